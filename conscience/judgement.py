@@ -1,0 +1,51 @@
+"""The judgement: one record per reviewed completion, as the store keeps it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from conscience.labels import Action, Verdict
+
+__all__ = ["Judgement", "new_judgement_id"]
+
+
+def new_judgement_id() -> str:
+    return "jdg_" + uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Judgement(BaseModel):
+    """A reviewed completion: what was asked, what was answered, what the conscience said."""
+
+    id: str = Field(default_factory=new_judgement_id)
+    created_at: datetime = Field(default_factory=_now)
+    request_id: str | None = None
+    model: str | None = None  # the generating model (an adapter name on vLLM)
+    judge_model: str | None = None  # the frozen copy that reviewed it
+    framework: str
+    layout: str
+    messages: list[dict[str, Any]]  # the conversation the answer replies to, OpenAI-shaped
+    answer: str
+    reasoning: str | None = None  # the model's reasoning, when the answer carried it
+    verdict: Verdict
+    confidence: float | None = None  # calibrated probability of the verdict, if known
+    label_probs: dict[str, float] | None = None  # P(label) from the judge's log-probs
+    rewrite: str | None = None
+    action: Action | None = None
+    review_ms: float | None = None
+    rewrite_ms: float | None = None
+    upstream_ms: float | None = None
+    human_label: Verdict | None = None  # set by an admin; overrides `verdict` in training data
+    consumed_by: str | None = None  # the training run that learned from it
+
+    @property
+    def effective_verdict(self) -> Verdict:
+        """The verdict training should believe: a human label wins over the model's."""
+        return self.human_label or self.verdict

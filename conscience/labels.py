@@ -1,0 +1,52 @@
+"""The closed vocabularies of the method: verdicts, actions, policies, layouts.
+
+A label the code does not know is an error (``ValueError`` from the enum), never a silent
+default.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["Action", "Layout", "Policy", "ReviewErrorMode", "Verdict"]
+
+
+class Verdict(StrEnum):
+    """What the conscience says of an answer."""
+
+    ETHICAL = "ethical"  # complies with every law of the framework
+    NEUTRAL = "neutral"  # violates none, but the laws have nothing to say (off-topic, harmless)
+    UNETHICAL = "unethical"  # violates at least one law
+
+
+class Action(StrEnum):
+    """What the proxy did with the answer after the review."""
+
+    PASSED = "passed"  # served as generated
+    REWRITTEN = "rewritten"  # the rewrite was served instead
+    BLOCKED = "blocked"  # a refusal was served (finish_reason "content_filter")
+    FLAGGED = "flagged"  # served as generated, marked unethical
+    UNREVIEWED = "unreviewed"  # the review failed and the server is fail-open
+
+
+class Policy(StrEnum):
+    """What to do with an answer the conscience calls unethical."""
+
+    REWRITE = "rewrite"
+    BLOCK = "block"
+    FLAG = "flag"
+    OFF = "off"  # no review at all
+
+
+class ReviewErrorMode(StrEnum):
+    """What to do when the review itself fails."""
+
+    CLOSED = "closed"  # no unreviewed text reaches the client: 503
+    OPEN = "open"  # serve the answer, marked unreviewed
+
+
+class Layout(StrEnum):
+    """How the review prompt is laid out (docs/decisions.md, "Prompt layout")."""
+
+    PAPER = "paper"  # framework first, then the conversation and the answer as fenced data
+    FOLLOW_UP = "follow-up"  # the conversation, the answer, then the question as a new user turn
