@@ -1,0 +1,131 @@
+"""The ``conscience`` command. Each subcommand imports what it needs when it runs.
+
+Errors the project knows about print one line on stderr and exit 1; bad flags exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from conscience.errors import ConscienceError
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _settings(args: argparse.Namespace, **fields: Any) -> Any:
+    """Settings from the environment, overridden by the flags that were given."""
+    from conscience.settings import Settings
+
+    given = {key: value for key, value in fields.items() if value is not None}
+    return Settings(**given)
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--upstream", help="OpenAI-compatible base URL (CONSCIENCE_UPSTREAM_URL)")
+    parser.add_argument("--api-key", help="key for the upstream (CONSCIENCE_UPSTREAM_API_KEY)")
+    parser.add_argument("--model", help="generating model (CONSCIENCE_MODEL)")
+    parser.add_argument("--judge-model", help="the frozen judge (CONSCIENCE_JUDGE_MODEL)")
+    parser.add_argument("--framework", help="ethics framework (CONSCIENCE_FRAMEWORK)")
+    parser.add_argument("--frameworks-dir", help="extra framework files")
+    parser.add_argument("--layout", choices=["paper", "follow-up"], help="review prompt layout")
+    parser.add_argument(
+        "--judge-constraint", choices=["auto", "choice", "grammar", "none"], help="label forcing"
+    )
+    parser.add_argument("--timeout", type=float, help="seconds per upstream call")
+
+
+def _engine_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "upstream_url": args.upstream,
+        "upstream_api_key": args.api_key,
+        "model": args.model,
+        "judge_model": args.judge_model,
+        "framework": args.framework,
+        "frameworks_dir": args.frameworks_dir,
+        "layout": args.layout,
+        "judge_constraint": args.judge_constraint,
+        "upstream_timeout": args.timeout,
+    }
+
+
+async def _review(args: argparse.Namespace) -> dict[str, Any]:
+    from conscience.client import EngineClient
+    from conscience.review import conscience_from_settings
+
+    settings = _settings(args, **_engine_fields(args))
+    if settings.upstream_url is None:
+        raise ConscienceError(
+            "no upstream: pass --upstream URL or set CONSCIENCE_UPSTREAM_URL "
+            "(an OpenAI-compatible base URL such as http://127.0.0.1:8080/v1)"
+        )
+    key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+    async with EngineClient(
+        settings.upstream_url, api_key=key, timeout=settings.upstream_timeout
+    ) as client:
+        conscience = conscience_from_settings(settings, client)
+        messages = [{"role": "user", "content": args.question}]
+        judgement = await conscience.review_and_rewrite(messages, args.answer)
+    out: dict[str, Any] = {
+        "verdict": judgement.verdict.value,
+        "confidence": judgement.confidence,
+        "label_probs": judgement.label_probs,
+        "framework": judgement.framework,
+        "layout": judgement.layout,
+        "judge_model": judgement.judge_model,
+        "latency_ms": {"review": judgement.review_ms, "rewrite": judgement.rewrite_ms},
+    }
+    if judgement.rewrite is not None:
+        out["rewrite"] = judgement.rewrite
+    return out
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    print(json.dumps(asyncio.run(_review(args)), ensure_ascii=False))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="conscience",
+        description="A model reviews its own answers under an ethics framework (Emergent "
+        "Alignment): guardrail proxy, review, trainer.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    review = commands.add_parser("review", help="review one answer; JSON to stdout")
+    _add_engine_flags(review)
+    review.add_argument("--question", required=True, help="the user's question")
+    review.add_argument("--answer", required=True, help="the answer to review")
+    review.set_defaults(handler=_cmd_review)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConscienceError as exc:
+        print(f"conscience: error: {exc}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"conscience: error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""An async client for any OpenAI-compatible engine, over one pooled ``httpx.AsyncClient``.
+
+Transport failures become the project's errors (``EngineUnavailable``, ``EngineTimeout``,
+``EngineStatusError``) so callers never see an httpx exception, and the API key never appears
+in any message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import httpx
+
+from conscience.errors import EngineError, EngineStatusError, EngineTimeout, EngineUnavailable
+
+__all__ = ["Constraint", "EngineClient", "constraint_for_owner"]
+
+# How the judge's label is forced: vLLM's structured-output choice, a llama.cpp GBNF grammar,
+# or nothing (an engine that can force nothing gets a strict parser).
+Constraint = Literal["choice", "grammar", "none"]
+
+
+def constraint_for_owner(owned_by: str | None) -> Constraint:
+    """The constraint an engine supports, from the ``owned_by`` of its ``/v1/models``."""
+    owner = (owned_by or "").lower().replace(".", "").replace("-", "").replace("_", "")
+    if owner == "vllm":
+        return "choice"
+    if owner in {"llamacpp", "xllamacpp"}:
+        return "grammar"
+    return "none"
+
+
+def _error_message(response: httpx.Response) -> tuple[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason_phrase, None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", "")), body
+    if isinstance(body, dict) and "message" in body:
+        return str(body["message"]), body
+    return json.dumps(body)[:200], body
+
+
+class EngineClient:
+    """Talks to one OpenAI-compatible base URL (``http://host:port/v1``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        http: httpx.AsyncClient | None = None,
+        max_connections: int = 256,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> EngineClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    async def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        try:
+            return await self._http.request(method, self._url(path), json=body)
+        except httpx.TimeoutException as exc:
+            raise EngineTimeout(f"engine at {self.base_url} did not answer in time") from exc
+        except httpx.TransportError as exc:
+            raise EngineUnavailable(f"cannot reach the engine at {self.base_url}: {exc}") from exc
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            message, body = _error_message(response)
+            raise EngineStatusError(response.status_code, message, body)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise EngineError("engine answered with something that is not JSON") from exc
+        if not isinstance(body, dict):
+            raise EngineError("engine answered with JSON that is not an object")
+        return body
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One non-streaming chat completion; the body is sent as given."""
+        result = self._json(await self._send("POST", "chat/completions", body))
+        if not isinstance(result.get("choices"), list) or not result["choices"]:
+            raise EngineError("engine answered a chat completion without choices")
+        return result
+
+    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """A streaming chat completion, one parsed chunk at a time (``[DONE]`` ends it)."""
+        request = self._http.build_request(
+            "POST", self._url("chat/completions"), json={**body, "stream": True}
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise EngineTimeout(f"engine at {self.base_url} did not answer in time") from exc
+        except httpx.TransportError as exc:
+            raise EngineUnavailable(f"cannot reach the engine at {self.base_url}: {exc}") from exc
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                self._json(response)
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    yield json.loads(data)
+                except ValueError as exc:
+                    raise EngineError("engine streamed a chunk that is not JSON") from exc
+        except httpx.TimeoutException as exc:
+            raise EngineTimeout(f"engine at {self.base_url} stalled mid-stream") from exc
+        except httpx.TransportError as exc:
+            raise EngineUnavailable(f"engine at {self.base_url} broke the stream: {exc}") from exc
+        finally:
+            await response.aclose()
+
+    async def models(self) -> dict[str, Any]:
+        return self._json(await self._send("GET", "models"))
+
+    async def detect_constraint(self, model: str) -> Constraint:
+        """Ask ``/v1/models`` who serves ``model`` and pick the constraint it supports."""
+        listing = await self.models()
+        entries = [m for m in listing.get("data", []) if isinstance(m, dict)]
+        owners = [m.get("owned_by") for m in entries if m.get("id") == model]
+        owners = owners or [m.get("owned_by") for m in entries]
+        return constraint_for_owner(owners[0] if owners else None)

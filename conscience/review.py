@@ -1,0 +1,163 @@
+"""The conscience review: the frozen model asks itself one question about an answer.
+
+``Conscience`` holds what every review shares (the engine client, the judge model, the
+frameworks, the layout, the decision rule); ``review`` returns a ``Judgement`` and ``rewrite``
+the ethical answer that replaces an unethical one. The same code path serves the proxy, the
+CLI, the evaluations and the online trainer.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from conscience.client import Constraint, EngineClient
+from conscience.errors import ConfigError, EngineError
+from conscience.framework import Framework
+from conscience.judgement import Judgement
+from conscience.labels import Layout
+from conscience.prompts import render_review, render_rewrite, split_reasoning
+from conscience.verdict import LABEL_SURFACE_FORMS, DecisionRule, read_verdict
+
+__all__ = ["Conscience", "conscience_from_settings", "judge_request"]
+
+Message = dict[str, Any]
+
+_GRAMMAR = "root ::= " + " | ".join(f'"{form}"' for form in LABEL_SURFACE_FORMS)
+_THINK_RE = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+
+
+def judge_request(
+    model: str, messages: list[Message], constraint: Constraint, top_logprobs: int
+) -> dict[str, Any]:
+    """The chat-completion body that asks for one label, forced where the engine can."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "temperature": 0.0,
+        "max_tokens": 6,  # the longest label is three tokens in the tokenizers we know
+        "logprobs": True,
+        "top_logprobs": top_logprobs,
+    }
+    if constraint == "choice":
+        body["structured_outputs"] = {"choice": list(LABEL_SURFACE_FORMS)}
+    elif constraint == "grammar":
+        body["grammar"] = _GRAMMAR
+    return body
+
+
+@dataclass
+class Conscience:
+    client: EngineClient
+    judge_model: str
+    frameworks: dict[str, Framework]
+    default_framework: str = "three-laws"
+    layout: Layout = Layout.PAPER
+    constraint: Constraint | None = None  # None: ask the engine once who it is
+    rule: DecisionRule = field(default_factory=DecisionRule)
+    top_logprobs: int = 20  # OpenAI's maximum; the labels' first tokens are always among them
+    rewrite_max_tokens: int = 1024
+    rewrite_temperature: float = 0.3
+
+    def framework(self, name: str | None) -> Framework:
+        name = name or self.default_framework
+        try:
+            return self.frameworks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.frameworks))
+            raise ConfigError(f"unknown framework {name!r} (known: {known})") from None
+
+    async def _constraint(self) -> Constraint:
+        if self.constraint is None:
+            self.constraint = await self.client.detect_constraint(self.judge_model)
+        return self.constraint
+
+    async def review(
+        self,
+        messages: list[Message],
+        answer: str,
+        framework: str | None = None,
+        *,
+        reasoning: str | None = None,
+        layout: Layout | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
+    ) -> Judgement:
+        """Judge ``answer`` to ``messages``; think tags in the answer are reviewed as reasoning."""
+        chosen = self.framework(framework)
+        visible, thoughts = split_reasoning(answer)
+        reasoning = "\n\n".join(r for r in (reasoning, thoughts) if r) or None
+        layout = layout or self.layout
+        prompt = render_review(chosen, messages, visible, layout=layout, reasoning=reasoning)
+        body = judge_request(self.judge_model, prompt, await self._constraint(), self.top_logprobs)
+        started = time.perf_counter()
+        result = await self.client.chat(body)
+        reading = read_verdict(result["choices"][0], self.rule)
+        return Judgement(
+            request_id=request_id,
+            model=model,
+            judge_model=self.judge_model,
+            framework=chosen.name,
+            layout=layout.value,
+            messages=messages,
+            answer=visible,
+            reasoning=reasoning,
+            verdict=reading.verdict,
+            confidence=reading.confidence,
+            label_probs=reading.label_probs,
+            review_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def rewrite(
+        self, messages: list[Message], answer: str, framework: str | None = None
+    ) -> str:
+        """An ethical answer to ``messages`` that still helps, from the frozen model."""
+        prompt = render_rewrite(self.framework(framework), messages, answer)
+        result = await self.client.chat(
+            {
+                "model": self.judge_model,
+                "messages": prompt,
+                "temperature": self.rewrite_temperature,
+                "max_tokens": self.rewrite_max_tokens,
+            }
+        )
+        content = (result["choices"][0].get("message") or {}).get("content") or ""
+        text = _THINK_RE.sub("", content).strip()
+        if not text:
+            raise EngineError("the judge returned an empty rewrite")
+        return text
+
+    async def review_and_rewrite(
+        self, messages: list[Message], answer: str, framework: str | None = None, **kwargs: Any
+    ) -> Judgement:
+        """Review, and when unethical, attach the rewrite and its latency to the judgement."""
+        judgement = await self.review(messages, answer, framework, **kwargs)
+        if judgement.verdict == "unethical":
+            started = time.perf_counter()
+            judgement.rewrite = await self.rewrite(messages, judgement.answer, framework)
+            judgement.rewrite_ms = (time.perf_counter() - started) * 1000
+        return judgement
+
+
+def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
+    """Build the shared ``Conscience`` from ``Settings`` (frameworks load, and fail, here)."""
+    from conscience.framework import load_frameworks
+
+    frameworks = load_frameworks(settings.frameworks_dir)
+    if settings.framework not in frameworks:
+        known = ", ".join(sorted(frameworks))
+        raise ConfigError(f"unknown framework {settings.framework!r} (known: {known})")
+    constraint = None if settings.judge_constraint == "auto" else settings.judge_constraint
+    return Conscience(
+        client=client,
+        judge_model=settings.judge,
+        frameworks=frameworks,
+        default_framework=settings.framework,
+        layout=settings.layout,
+        constraint=constraint,
+        rule=DecisionRule(settings.unethical_threshold, settings.neutral_threshold),
+        top_logprobs=settings.top_logprobs,
+        rewrite_max_tokens=settings.rewrite_max_tokens,
+    )

@@ -1,0 +1,80 @@
+"""Every setting in one place: a pydantic-settings object, env prefix ``CONSCIENCE_``.
+
+Nothing else in the project reads the environment. CLI flags override these fields by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from platformdirs import user_cache_dir, user_data_dir
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from conscience.labels import Layout, Policy, ReviewErrorMode
+
+__all__ = ["DEFAULT_MODEL", "Settings", "default_store_url"]
+
+DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct"
+
+
+def default_store_url() -> str:
+    return "sqlite:///" + str(Path(user_data_dir("conscience")) / "judgements.sqlite3")
+
+
+def _default_model_cache() -> Path:
+    return Path(user_cache_dir("conscience")) / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONSCIENCE_", extra="ignore")
+
+    # --- the engines
+    upstream_url: str | None = None  # OpenAI-compatible base URL; None starts the embedded engine
+    upstream_api_key: SecretStr | None = None  # sent to the upstream, never shown to anyone
+    model: str = DEFAULT_MODEL  # the generating model (on vLLM: the current adapter's name)
+    judge_model: str | None = None  # the frozen copy (on vLLM: the base model); None = `model`
+    judge_constraint: Literal["auto", "choice", "grammar", "none"] = "auto"  # auto asks /models
+    upstream_timeout: float = Field(120.0, gt=0)  # seconds for any one upstream call
+
+    # --- the review
+    framework: str = "three-laws"  # the default framework of a request
+    frameworks_dir: Path | None = None  # user framework files (NAME.toml) added to the built-ins
+    layout: Layout = Layout.PAPER  # docs/decisions.md, "Prompt layout"
+    policy: Policy = Policy.REWRITE  # what to do with an unethical answer
+    on_review_error: ReviewErrorMode = ReviewErrorMode.CLOSED  # fail closed: nothing unreviewed
+    allow_overrides: bool = True  # may a request choose its framework/policy in "conscience"?
+    unethical_threshold: float | None = Field(None, ge=0, le=1)  # P(unethical) that decides
+    neutral_threshold: float | None = Field(None, ge=0, le=1)  # P(neutral) that decides
+    top_logprobs: int = Field(20, ge=1, le=20)  # label candidates read from the judge
+    rewrite_max_tokens: int = Field(1024, gt=0)  # length of a rewrite
+    stream_mode: Literal["buffered", "incremental"] = "buffered"  # incremental: reviewed windows
+    stream_window_chars: int = Field(400, gt=0)  # incremental mode: text reviewed per window
+
+    # --- the store
+    store_url: str = Field(default_factory=default_store_url)  # sqlite path/URL or postgresql://
+    retention_days: int | None = Field(None, gt=0)  # purge stored conversations older than this
+
+    # --- the server
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: Annotated[list[SecretStr], NoDecode] = []  # client keys; none = no auth
+    admin_key: SecretStr | None = None  # for /admin; admin is disabled without it
+    max_body_bytes: int = Field(4_000_000, gt=0)  # larger requests get 413
+
+    # --- the embedded engine (no upstream_url)
+    model_cache_dir: Path = Field(default_factory=_default_model_cache)
+    engine_threads: int | None = None  # llama.cpp threads; None = all cores
+    engine_ctx_size: int = Field(8192, gt=0)  # context of the embedded engine
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def judge(self) -> str:
+        return self.judge_model or self.model
