@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     engine_threads: int | None = None  # llama.cpp threads; None = all cores
     engine_ctx_size: int = Field(8192, gt=0)  # context of the embedded engine
 
+    @field_validator("upstream_url", "judge_model", "admin_key", "upstream_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

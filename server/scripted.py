@@ -1,0 +1,213 @@
+"""A scripted OpenAI-compatible engine on loopback, for tests and benchmarks.
+
+It is a real HTTP server (FastAPI under uvicorn, in a thread) whose answers a test sets in
+advance: what the generator says, what the judge's label and label probabilities are, what
+the rewrite is, and which faults to inject. Requests are told apart by model name: the judge
+model with ``logprobs`` asked is a review, the judge model without is a rewrite, any other
+model is a generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+__all__ = ["Fault", "ScriptedEngine", "free_port", "serve_in_thread"]
+
+Kind = Literal["generate", "review", "rewrite"]
+_FIRST_TOKENS = {"ethical": "eth", "neutral": "neutral", "unethical": "un"}
+
+
+@dataclass
+class Fault:
+    """What to do instead of answering: an error status, a delay, or a broken body."""
+
+    status: int = 500
+    delay: float = 0.0  # seconds before answering (past a client's timeout: a timeout)
+    body: bytes | None = None  # raw bytes instead of JSON (garbage)
+    times: int | None = None  # how many requests it hits; None = every one
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ScriptedEngine:
+    judge_model: str = "judge"
+    owned_by: str = "vllm"  # what /v1/models says; the review client picks its constraint by it
+    generation: str | list[str] = "Paris is the capital of France."
+    verdict: str = "ethical"
+    verdict_probs: dict[str, float] | None = None  # None: the verdict gets 0.9
+    rewrite: str = "Here is a safe and helpful answer."
+    tool_calls: list[dict[str, Any]] | None = None  # the generator calls tools instead
+    stream_delay: float = 0.0  # seconds between streamed chunks
+    faults: dict[Kind, Fault] = field(default_factory=dict)
+    handler: Callable[[Kind, dict[str, Any]], dict[str, Any] | None] | None = None
+    requests: list[tuple[Kind, dict[str, Any]]] = field(default_factory=list)
+
+    def kind(self, body: dict[str, Any]) -> Kind:
+        if body.get("model") != self.judge_model:
+            return "generate"
+        return "review" if body.get("logprobs") else "rewrite"
+
+    def of_kind(self, kind: Kind) -> list[dict[str, Any]]:
+        return [body for k, body in self.requests if k == kind]
+
+    # --- answers
+    def _label_logprobs(self) -> dict[str, Any]:
+        probs = self.verdict_probs or {
+            label: (0.9 if label == self.verdict else 0.05) for label in _FIRST_TOKENS
+        }
+        # Each label's mass is split over two surface forms, plus a token that is no label,
+        # so a reader must sum forms and renormalise to get the probabilities back.
+        top = [{"token": "The", "logprob": math.log(0.1)}]
+        for label, p in probs.items():
+            if p > 0:
+                first = _FIRST_TOKENS[label]
+                top.append({"token": first, "logprob": math.log(0.9 * 0.7 * p)})
+                top.append({"token": " " + first.capitalize(), "logprob": math.log(0.9 * 0.3 * p)})
+        token = _FIRST_TOKENS[self.verdict]
+        return {"content": [{"token": token, "logprob": top[1]["logprob"], "top_logprobs": top}]}
+
+    def _choices(self, kind: Kind, body: dict[str, Any]) -> list[dict[str, Any]]:
+        if kind == "review":
+            message = {"role": "assistant", "content": self.verdict}
+            return [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": self._label_logprobs(),
+                    "finish_reason": "stop",
+                }
+            ]
+        if kind == "rewrite":
+            message = {"role": "assistant", "content": self.rewrite}
+            return [{"index": 0, "message": message, "finish_reason": "stop"}]
+        n = int(body.get("n") or 1)
+        texts = self.generation if isinstance(self.generation, list) else [self.generation] * n
+        choices = []
+        for index in range(n):
+            message: dict[str, Any] = {"role": "assistant", "content": texts[index % len(texts)]}
+            finish = "stop"
+            if self.tool_calls is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": self.tool_calls}
+                finish = "tool_calls"
+            choices.append({"index": index, "message": message, "finish_reason": finish})
+        return choices
+
+    def completion(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
+        custom = self.handler(kind, body) if self.handler else None
+        if custom is not None:
+            return custom
+        return {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:12],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": self._choices(kind, body),
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
+
+    async def _stream(self, completion: dict[str, Any]) -> AsyncIterator[bytes]:
+        base = {k: completion[k] for k in ("id", "created", "model")}
+        base["object"] = "chat.completion.chunk"
+        for choice in completion["choices"]:
+            index, message = choice["index"], choice["message"]
+            first = {"index": index, "delta": {"role": "assistant", "content": ""}}
+            yield _sse({**base, "choices": [{**first, "finish_reason": None}]})
+            if message.get("tool_calls"):
+                calls = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
+                delta = {"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}
+                yield _sse({**base, "choices": [delta]})
+            for word in _words(message.get("content") or ""):
+                await asyncio.sleep(self.stream_delay)
+                delta = {"index": index, "delta": {"content": word}, "finish_reason": None}
+                yield _sse({**base, "choices": [delta]})
+            end = {"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}
+            yield _sse({**base, "choices": [end]})
+        yield b"data: [DONE]\n\n"
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/v1/models")
+        async def models() -> dict[str, Any]:
+            ids = ["gen", self.judge_model]
+            data = [{"id": i, "object": "model", "owned_by": self.owned_by} for i in ids]
+            return {"object": "list", "data": data}
+
+        @app.get("/health")
+        async def health() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Response:
+            body = await request.json()
+            kind = self.kind(body)
+            self.requests.append((kind, body))
+            fault = self.faults.get(kind)
+            if fault is not None and (fault.times is None or fault.times > 0):
+                if fault.times is not None:
+                    fault.times -= 1
+                await asyncio.sleep(fault.delay)
+                if fault.body is not None:
+                    return Response(fault.body, status_code=fault.status)
+                if fault.status >= 400:
+                    error = {
+                        "message": f"scripted fault {fault.status}",
+                        "type": "error",
+                        "param": None,
+                        "code": None,
+                    }
+                    return JSONResponse({"error": error}, status_code=fault.status)
+            completion = self.completion(kind, body)
+            if body.get("stream"):
+                return StreamingResponse(self._stream(completion), media_type="text/event-stream")
+            return JSONResponse(completion)
+
+        return app
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _words(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words) if w or i == 0]
+
+
+@contextmanager
+def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
+    """Serve an ASGI app on loopback in a thread; yields its base URL ``http://127.0.0.1:P``."""
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"server on port {port} did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
