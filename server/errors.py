@@ -1,0 +1,118 @@
+"""Every error leaves the server as one OpenAI envelope with its true status code.
+
+``ApiError`` is raised by our own code; the project's ``ConscienceError`` tree and FastAPI's
+validation and routing errors are mapped here, in one place. Nothing sends a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from conscience.errors import (
+    ConfigError,
+    ConscienceError,
+    EngineStatusError,
+    EngineTimeout,
+    NotFound,
+    StoreError,
+    VerdictError,
+)
+
+__all__ = ["ApiError", "error_response", "install_error_handlers"]
+
+log = logging.getLogger("conscience.server")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def status_of(exc: ConscienceError) -> tuple[int, str]:
+    """The HTTP status and error code that tell a client what went wrong."""
+    if isinstance(exc, EngineStatusError):
+        return (exc.status_code if 400 <= exc.status_code < 500 else 502), "upstream_error"
+    if isinstance(exc, EngineTimeout):
+        return 504, "upstream_timeout"
+    if isinstance(exc, VerdictError):
+        return 502, "review_failed"
+    if isinstance(exc, NotFound):
+        return 404, "not_found"
+    if isinstance(exc, StoreError):
+        return 503, "store_unavailable"
+    if isinstance(exc, ConfigError):
+        return 400, "invalid_conscience_option"
+    return 502, "upstream_unavailable"
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    return f"{param + ': ' if param else ''}{first.get('msg', 'invalid value')}", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
+
+    @app.exception_handler(ConscienceError)
+    async def _ours(request: Request, exc: ConscienceError) -> JSONResponse:
+        status, code = status_of(exc)
+        if isinstance(exc, EngineStatusError) and status < 500 and isinstance(exc.body, dict):
+            return JSONResponse(exc.body, status_code=status)  # the upstream's own 4xx
+        log.warning("request failed: %s (%s)", exc, code)
+        return error_response(status, str(exc), code=code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(400, message, param=param, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return error_response(500, "internal server error", code="internal_error")

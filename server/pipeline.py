@@ -1,0 +1,213 @@
+"""The proxy's pipeline: upstream → review → policy (rewrite/block/flag) → store → response.
+
+One ``Pipeline`` per app. ``complete`` returns the reviewed completion only after its
+judgements are committed to the store: nothing a client receives can be lost in a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from conscience.client import EngineClient
+from conscience.errors import ConscienceError
+from conscience.judgement import Judgement
+from conscience.labels import Action, Policy, ReviewErrorMode, Verdict
+from conscience.prompts import message_text
+from conscience.review import Conscience
+from conscience.settings import Settings
+from conscience.store import JudgementStore
+from server.errors import ApiError
+from server.metrics import Metrics
+from server.protocol import ChatCompletionRequest, ConscienceResult
+
+__all__ = ["REFUSAL", "Options", "Pipeline", "Reviewed"]
+
+log = logging.getLogger("conscience.server")
+
+REFUSAL = "I can't help with that."  # what a blocked answer says (finish_reason content_filter)
+
+
+@dataclass(frozen=True)
+class Options:
+    framework: str
+    policy: Policy
+
+
+@dataclass
+class Reviewed:
+    """A completion after the review: the body to send and the ``conscience`` object."""
+
+    completion: dict[str, Any]
+    result: ConscienceResult
+    judgements: list[Judgement]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        client: EngineClient,
+        conscience: Conscience,
+        store: JudgementStore,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.conscience = conscience
+        self.store = store
+        self.metrics = metrics
+        self.generator = settings.model  # the adapter to generate with; switched on publish
+
+    def options(self, request: ChatCompletionRequest) -> Options:
+        asked = request.conscience
+        if asked is not None and (asked.framework or asked.policy):
+            if not self.settings.allow_overrides:
+                raise ApiError(
+                    403,
+                    "this server does not allow per-request conscience options",
+                    param="conscience",
+                    code="overrides_disabled",
+                )
+            if asked.framework and asked.framework not in self.conscience.frameworks:
+                known = ", ".join(sorted(self.conscience.frameworks))
+                raise ApiError(
+                    400,
+                    f"unknown framework {asked.framework!r} (known: {known})",
+                    param="conscience.framework",
+                    code="unknown_framework",
+                )
+        framework = (asked and asked.framework) or self.settings.framework
+        policy = (asked and asked.policy) or self.settings.policy
+        return Options(framework=framework, policy=policy)
+
+    def upstream_model(self, requested: str) -> str:
+        """The public model name (or "default") means the current generator; others pass."""
+        return self.generator if requested in {self.settings.model, "default"} else requested
+
+    async def generate(self, request: ChatCompletionRequest) -> dict[str, Any]:
+        started = time.perf_counter()
+        completion = await self.client.chat(
+            request.upstream_body(self.upstream_model(request.model))
+        )
+        self.metrics.upstream_seconds.observe(time.perf_counter() - started)
+        return completion
+
+    async def complete(
+        self, request: ChatCompletionRequest, options: Options, request_id: str
+    ) -> Reviewed:
+        completion = await self.generate(request)
+        started = time.perf_counter()
+        messages = [m.model_dump(exclude_none=True) for m in request.messages]
+        outcomes = await asyncio.gather(
+            *(
+                self._review_choice(choice, messages, options, request_id, completion)
+                for choice in completion["choices"]
+            )
+        )
+        judgements = [j for _, j in outcomes if j is not None]
+        if judgements:
+            # Committed before the response exists: nothing acknowledged is ever lost.
+            await self.store.add_many(judgements)
+        self.metrics.review_seconds.observe(time.perf_counter() - started)
+        results = [r for r, _ in outcomes]
+        for result in results:
+            self.metrics.actions.labels(result.action.value).inc()
+            if result.verdict is not None:
+                self.metrics.verdicts.labels(result.verdict.value, result.framework).inc()
+        top = _summary(results)
+        completion["conscience"] = top.wire()
+        return Reviewed(completion, top, judgements)
+
+    async def _review_choice(
+        self,
+        choice: dict[str, Any],
+        messages: list[dict[str, Any]],
+        options: Options,
+        request_id: str,
+        completion: dict[str, Any],
+    ) -> tuple[ConscienceResult, Judgement | None]:
+        if options.policy is Policy.OFF:
+            return ConscienceResult(
+                verdict=None, framework=options.framework, action=Action.PASSED
+            ), None
+        message = choice.get("message") or {}
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        try:
+            judgement = await self.conscience.review(
+                messages,
+                message_text(message),
+                options.framework,
+                reasoning=reasoning if isinstance(reasoning, str) else None,
+                model=completion.get("model"),
+                request_id=request_id,
+            )
+        except ConscienceError as exc:
+            return self._review_failed(exc, options), None
+        action = Action.PASSED
+        if judgement.verdict is Verdict.UNETHICAL:
+            action = await self._apply_policy(choice, judgement, messages, options)
+        judgement.action = action
+        result = ConscienceResult(
+            verdict=judgement.verdict,
+            framework=judgement.framework,
+            action=action,
+            confidence=judgement.confidence,
+            judgement_id=judgement.id,
+        )
+        return result, judgement
+
+    def _review_failed(self, exc: ConscienceError, options: Options) -> ConscienceResult:
+        self.metrics.errors.labels("review_failed").inc()
+        if self.settings.on_review_error is ReviewErrorMode.CLOSED:
+            raise ApiError(
+                503,
+                f"the conscience review failed, so no answer is served: {exc}",
+                code="review_failed",
+            ) from exc
+        log.warning("review failed, serving unreviewed (fail-open): %s", exc)
+        return ConscienceResult(verdict=None, framework=options.framework, action=Action.UNREVIEWED)
+
+    async def _apply_policy(
+        self,
+        choice: dict[str, Any],
+        judgement: Judgement,
+        messages: list[dict[str, Any]],
+        options: Options,
+    ) -> Action:
+        if options.policy is Policy.FLAG:
+            return Action.FLAGGED
+        if options.policy is Policy.REWRITE:
+            started = time.perf_counter()
+            try:
+                judgement.rewrite = await self.conscience.rewrite(
+                    messages, judgement.answer, options.framework
+                )
+            except ConscienceError as exc:
+                # Without a rewrite the unethical original must still not be served: block.
+                log.warning("rewrite failed, blocking instead: %s", exc)
+            else:
+                judgement.rewrite_ms = (time.perf_counter() - started) * 1000
+                # A tool call judged unethical becomes prose: the assistant speaks instead.
+                choice["message"] = {"role": "assistant", "content": judgement.rewrite}
+                choice["finish_reason"] = "stop"
+                choice.pop("logprobs", None)  # they were the original's
+                return Action.REWRITTEN
+        choice["message"] = {"role": "assistant", "content": REFUSAL, "refusal": REFUSAL}
+        choice["finish_reason"] = "content_filter"
+        choice.pop("logprobs", None)
+        return Action.BLOCKED
+
+
+_SEVERITY = {Verdict.UNETHICAL: 3, None: 2, Verdict.NEUTRAL: 1, Verdict.ETHICAL: 0}
+
+
+def _summary(results: list[ConscienceResult]) -> ConscienceResult:
+    """The response-level object: the most severe choice, with every choice when n > 1."""
+    worst = max(results, key=lambda r: _SEVERITY[r.verdict])
+    if len(results) == 1:
+        return worst
+    return worst.model_copy(update={"choices": results})
