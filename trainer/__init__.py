@@ -1,0 +1,7 @@
+"""The trainer: DPO (+ SFT) on a LoRA adapter from the conscience's preference pairs.
+
+Modules, one noun each: ``config`` (TrainConfig), ``data`` (pairs to batches), ``loss`` (pure
+loss functions), ``model`` (loading + LoRA), ``schedule`` (data order, learning rate),
+``checkpoint``, ``metrics``, ``loop`` (``train``) and ``job`` (``train_from_store``).
+Importing the package imports nothing heavy: torch loads with the module that needs it.
+"""

@@ -1,0 +1,115 @@
+"""Checkpoints: everything a killed run needs to finish with the weights it would have had.
+
+A checkpoint is the folder ``<out_dir>/checkpoint`` holding the adapter's trainable tensors
+(fp32, safetensors), the optimizer state, the RNG states, the step, the data order (the plan of
+every step's pair indices) and the precomputed reference log-probs. It is written to a
+temporary folder and renamed into place, so a kill while saving leaves the previous one whole.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["Checkpoint", "load_checkpoint", "remove_checkpoint", "restore", "save_checkpoint"]
+
+_NAME = "checkpoint"
+
+
+@dataclass
+class Checkpoint:
+    step: int  # optimizer steps done
+    plan: list[list[list[int]]]  # step -> micro-batch -> pair indices
+    fingerprint: str  # of the data and the settings that shape the plan
+    ref: tuple[torch.Tensor, torch.Tensor] | None  # precomputed (chosen, rejected) ref logps
+    adapter: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        name: p.detach().to("cpu", copy=True).contiguous()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_checkpoint(
+    out_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    step: int,
+    plan: list[list[list[int]]],
+    fingerprint: str,
+    ref: tuple[torch.Tensor, torch.Tensor] | None,
+) -> None:
+    from safetensors.torch import save_file
+
+    tmp, final, old = (out_dir / f"{_NAME}{s}" for s in (".tmp", "", ".old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_trainable(model), str(tmp / "adapter.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    state = {"step": step, "plan": plan, "fingerprint": fingerprint, "ref": ref}
+    torch.save({**state, "rng": _rng_state()}, tmp / "state.pt")
+    # Swap: keep the previous checkpoint until the new one is in place.
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(out_dir: Path) -> Checkpoint | None:
+    """The latest checkpoint under ``out_dir``, or ``None`` when there is none."""
+    from safetensors.torch import load_file
+
+    for name in (_NAME, f"{_NAME}.old"):  # .old: killed between the two renames of a save
+        folder = out_dir / name
+        if (folder / "state.pt").exists():
+            break
+    else:
+        return None
+    state = torch.load(folder / "state.pt", weights_only=True)
+    return Checkpoint(
+        step=state["step"],
+        plan=state["plan"],
+        fingerprint=state["fingerprint"],
+        ref=state["ref"],
+        adapter=load_file(str(folder / "adapter.safetensors")),
+        optimizer=torch.load(folder / "optimizer.pt", weights_only=True),
+        rng=state["rng"],
+    )
+
+
+def restore(
+    checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Put the adapter weights, the optimizer state and the RNGs back as they were saved."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in checkpoint.adapter.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(checkpoint.optimizer)
+    torch.set_rng_state(checkpoint.rng["torch"])
+    if "cuda" in checkpoint.rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint.rng["cuda"])
+
+
+def remove_checkpoint(out_dir: Path) -> None:
+    """A finished run's adapter is its result; the checkpoint only served an unfinished one."""
+    for name in (_NAME, f"{_NAME}.tmp", f"{_NAME}.old"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)

@@ -1,0 +1,220 @@
+"""The training loop: DPO (+ SFT on the chosen answer) on a LoRA adapter.
+
+Reads top to bottom: tokenize the pairs, load the model with a fresh adapter, compute the
+reference log-probs, loop over the planned steps (forward chosen and rejected together, loss,
+backward, clip, step, log, checkpoint), save the adapter, plot, report.
+
+The reference π_ref is the frozen copy of the paper: the same weights with the adapter switched
+off (``model.disable_adapter()``), so there is never a second model in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from conscience.errors import ConfigError
+from trainer.checkpoint import (
+    load_checkpoint,
+    remove_checkpoint,
+    restore,
+    save_checkpoint,
+)
+from trainer.config import TrainConfig
+from trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
+from trainer.loss import combined_loss, dpo_loss, sequence_logps, sft_loss
+from trainer.metrics import MetricsLog, plot_metrics
+from trainer.model import load_model, load_tokenizer, pad_id, resolve_device, resolve_dtype
+from trainer.schedule import lr_at, plan_steps
+
+__all__ = ["StepCallback", "reference_logps", "train"]
+
+# Called after every optimizer step with (steps done, that step's metrics). Raising from it
+# stops the run where it stands: the last checkpoint stays, and ``resume=True`` continues.
+StepCallback = Callable[[int, dict[str, Any]], None]
+
+
+def reference_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) summed log-probs under the frozen copy: the adapter switched off."""
+    with model.disable_adapter(), torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        chosen, rejected = sequence_logps(logits, batch.input_ids, batch.loss_mask).chunk(2)
+    return chosen, rejected
+
+
+def _precompute_reference(
+    model: Any, pairs: list[EncodedPair], config: TrainConfig, pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference log-probs of every pair, once: no reference forward inside the loop."""
+    chosen, rejected = [], []
+    for start in tqdm(
+        range(0, len(pairs), config.batch_size), desc="reference", disable=not config.progress
+    ):
+        batch = collate(pairs[start : start + config.batch_size], pad).to(device)
+        c, r = reference_logps(model, batch)
+        chosen.append(c.cpu())
+        rejected.append(r.cpu())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def _fingerprint(pairs: list[EncodedPair], config: TrainConfig) -> str:
+    """What a checkpoint must match to be resumed: the data and what shapes the plan."""
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(repr((p.id, p.prompt_len, p.chosen_ids, p.rejected_ids)).encode())
+    shape = (config.model, config.seed, config.batch_size, config.grad_accum, config.epochs)
+    h.update(repr((shape, config.max_steps, config.max_length)).encode())
+    return h.hexdigest()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def train(
+    config: TrainConfig,
+    pairs: Sequence[dict[str, Any]] | str | Path,
+    *,
+    on_step: StepCallback | None = None,
+) -> dict[str, Any]:
+    """Train a LoRA adapter on preference pairs; write it and its report to ``config.out_dir``.
+
+    ``pairs`` are TRL-style rows (a list of dicts, or the path of a JSONL file). Returns the
+    report, also written as ``report.json``. With no usable pair it trains nothing and says so
+    (``status: "nothing_to_learn"``).
+    """
+    started = time.perf_counter()
+    out = config.out_path
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_jsonl(pairs) if isinstance(pairs, str | Path) else list(pairs)
+    report: dict[str, Any] = {"status": "trained", "config": config.to_dict()}
+
+    # --- data: the tokenizer first, so an empty run never loads the model
+    tokenizer = load_tokenizer(config)
+    dataset, data_report = encode_pairs(rows, tokenizer, config.max_length)
+    report.update(
+        pairs_total=data_report["rows"],
+        pairs_used=len(dataset),
+        skipped=data_report["skipped"],
+        skipped_ids=data_report["skipped_ids"],
+        used_ids=[p.id for p in dataset if p.id is not None],
+    )
+    if not dataset:
+        report.update(status="nothing_to_learn", steps=0, seconds=time.perf_counter() - started)
+        _write_json(out / "report.json", report)
+        return report
+
+    # --- model: base weights frozen, a fresh seeded LoRA adapter on top
+    device = resolve_device(config)
+    dtype = resolve_dtype(config, device)
+    model = load_model(config, device, dtype)
+    model.train()
+    pad = pad_id(tokenizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    # --- the data order and the reference, fresh or from the last checkpoint
+    plan = plan_steps(len(dataset), config)
+    fingerprint = _fingerprint(dataset, config)
+    start_step, ref = 0, None
+    checkpoint = load_checkpoint(out) if config.resume else None
+    if checkpoint is not None:
+        if checkpoint.fingerprint != fingerprint:
+            raise ConfigError(f"the checkpoint in {out} is for other data or settings")
+        restore(checkpoint, model, optimizer)
+        start_step, plan, ref = checkpoint.step, checkpoint.plan, checkpoint.ref
+    if config.precompute_ref and ref is None:
+        ref = _precompute_reference(model, dataset, config, pad, device)
+    log = MetricsLog(out / "metrics.jsonl", keep_through=start_step)
+
+    # --- the loop
+    bar = tqdm(total=len(plan), initial=start_step, desc="dpo", disable=not config.progress)
+    for step in range(start_step, len(plan)):
+        t0 = time.perf_counter()
+        lr = lr_at(step, len(plan), config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        n_pairs = sum(len(indices) for indices in plan[step])
+        sums = dict.fromkeys(
+            ("loss", "dpo_loss", "sft_loss", "chosen_reward", "rejected_reward",
+             "reward_accuracy", "chosen_logps", "rejected_logps"),
+            0.0,
+        )  # fmt: skip
+        tokens = 0
+        for indices in plan[step]:
+            batch = collate([dataset[i] for i in indices], pad).to(device)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            policy_chosen, policy_rejected = sequence_logps(
+                logits, batch.input_ids, batch.loss_mask
+            ).chunk(2)
+            if ref is not None:
+                ref_chosen, ref_rejected = ref[0][indices].to(device), ref[1][indices].to(device)
+            else:
+                ref_chosen, ref_rejected = reference_logps(model, batch)
+            dpo, chosen_rewards, rejected_rewards = dpo_loss(
+                policy_chosen, policy_rejected, ref_chosen, ref_rejected, config.beta
+            )
+            chosen_tokens = batch.loss_mask[: batch.n_pairs, 1:].sum(dim=-1)
+            sft = sft_loss(policy_chosen, chosen_tokens)
+            losses = combined_loss(config.sft_weight * sft, dpo, config.dpo_weight)
+            # Every pair weighs 1/n_pairs of the step, however the step splits into micro-batches.
+            (losses.sum() / n_pairs).backward()
+
+            tokens += int(batch.attention_mask.sum())
+            for key, values in (
+                ("loss", losses), ("dpo_loss", dpo), ("sft_loss", sft),
+                ("chosen_reward", chosen_rewards), ("rejected_reward", rejected_rewards),
+                ("reward_accuracy", (chosen_rewards > rejected_rewards).float()),
+                ("chosen_logps", policy_chosen), ("rejected_logps", policy_rejected),
+            ):  # fmt: skip
+                sums[key] += float(values.detach().sum())  # a sync point, once per micro-batch
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # frees the gradients until the next backward
+
+        record: dict[str, Any] = {"step": step + 1, "epoch": (step + 1) / len(plan) * config.epochs}
+        record.update({key: value / n_pairs for key, value in sums.items()})
+        record["reward_margin"] = record["chosen_reward"] - record["rejected_reward"]
+        record.update(
+            grad_norm=float(grad_norm),
+            lr=lr,
+            pairs=n_pairs,
+            tokens=tokens,
+            seconds=time.perf_counter() - t0,
+        )
+        log.append(record)
+        done = step + 1
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < len(plan):
+            save_checkpoint(
+                out, model, optimizer, step=done, plan=plan, fingerprint=fingerprint, ref=ref
+            )
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", margin=f"{record['reward_margin']:.3f}")
+        if on_step is not None:
+            on_step(done, record)
+    bar.close()
+
+    # --- the result: the adapter first (vLLM loads it as it is), then the plot and the report
+    model.save_pretrained(str(out))
+    remove_checkpoint(out)
+    records = log.read()
+    plot_metrics(records, out / "loss.png")
+    report.update(
+        steps=len(plan),
+        resumed_from=start_step or None,
+        first=records[0],
+        final=records[-1],
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        adapter=str(out),
+        seconds=time.perf_counter() - started,
+    )
+    _write_json(out / "report.json", report)
+    return report

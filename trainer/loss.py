@@ -1,0 +1,73 @@
+"""The losses, as pure functions on tensors: no model, no config, no state.
+
+Shapes: ``logits`` is (batch, seq, vocab), ``labels`` and ``mask`` are (batch, seq); every
+per-sequence quantity is (batch,). The DPO functions take the chosen and the rejected halves
+separately, as TRL's older ``dpo_loss`` did.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["combined_loss", "dpo_loss", "sequence_logps", "sft_loss"]
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(labels[t] | tokens < t) over the positions where ``mask`` is 1.
+
+    The logits at position t predict the token at t+1, so logits drop their last position and
+    labels and mask drop their first (the shift). Computed in float32 whatever the model's
+    dtype: a bf16 log-softmax over a large vocabulary loses the small differences DPO feeds on.
+    Returns (batch,).
+    """
+    logits = logits[:, :-1, :].float()
+    labels = labels[:, 1:]
+    mask = mask[:, 1:].to(logits.dtype)
+    # Padding may carry any id (even -100); mask it out, but gather needs a valid index.
+    safe_labels = torch.where(mask.bool(), labels, torch.zeros_like(labels))
+    token_logps = (
+        torch.log_softmax(logits, dim=-1).gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)
+    )
+    return (token_logps * mask).sum(dim=-1)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sigmoid DPO loss of Rafailov et al. (2023), per pair.
+
+        r_c = β · (log π_θ(y_c|x) - log π_ref(y_c|x))          chosen reward
+        r_r = β · (log π_θ(y_r|x) - log π_ref(y_r|x))          rejected reward
+        L   = -log sigmoid(r_c - r_r)
+
+    All four inputs are summed sequence log-probs, shape (batch,). Returns ``(losses,
+    chosen_rewards, rejected_rewards)``, each (batch,); the rewards are detached (they are for
+    logging; the gradient flows through ``losses`` alone). At the start of a run, when the policy
+    equals the reference, every loss is log 2 ≈ 0.6931.
+    """
+    chosen_logratios = policy_chosen - ref_chosen
+    rejected_logratios = policy_rejected - ref_rejected
+    losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
+    chosen_rewards = beta * chosen_logratios.detach()
+    rejected_rewards = beta * rejected_logratios.detach()
+    return losses, chosen_rewards, rejected_rewards
+
+
+def sft_loss(logps: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean negative log-likelihood: ``-logps / n_tokens``, shape (batch,).
+
+    ``logps`` are summed log-probs from :func:`sequence_logps` over ``n_tokens`` answer tokens.
+    The mean per sequence (not per token over the batch) weighs every pair equally, as DPO does,
+    so the two terms can be added pair by pair and accumulated over micro-batches alike.
+    """
+    return -logps / n_tokens.clamp(min=1).to(logps.dtype)
+
+
+def combined_loss(sft: torch.Tensor, dpo: torch.Tensor, dpo_weight: float) -> torch.Tensor:
+    """The paper's objective L = L_SFT + λ·L_DPO (elementwise; λ = ``dpo_weight``)."""
+    return sft + dpo_weight * dpo
