@@ -5,28 +5,25 @@ closes them again."""
 from __future__ import annotations
 
 import logging
-import re
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from conscience.client import EngineClient
 from conscience.review import conscience_from_settings
 from conscience.settings import Settings
 from conscience.store import open_store
 from server import admin, routes
-from server.errors import error_response, install_error_handlers
+from server.errors import install_error_handlers
 from server.metrics import Metrics
+from server.middleware import RequestContext
 from server.pipeline import Pipeline
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("conscience.server")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 async def _start_engine(settings: Settings) -> Any:
@@ -91,38 +88,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(admin.router)
 
-    @app.middleware("http")
-    async def request_context(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        given = request.headers.get("x-request-id", "")
-        request_id = given if _REQUEST_ID.match(given) else "req_" + uuid.uuid4().hex
-        request.state.request_id = request_id
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            response: Response = error_response(
-                413,
-                f"request body larger than {settings.max_body_bytes} bytes",
-                code="request_too_large",
-            )
-        else:
-            started = time.perf_counter()
-            response = await call_next(request)
-            log.info(
-                "%s %s %s %.1fms",
-                request.method,
-                request.url.path,
-                response.status_code,
-                (time.perf_counter() - started) * 1000,
-                extra={"request_id": request_id},
-            )
-        response.headers["X-Request-ID"] = request_id
-        pipeline = getattr(request.app.state, "pipeline", None)
-        if pipeline is not None:
-            pipeline.metrics.requests.labels(
-                request.url.path if response.status_code != 404 else "unknown",
-                str(response.status_code),
-            ).inc()
-        return response
-
+    app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     return app

@@ -109,8 +109,11 @@ class Pipeline:
             )
         )
         judgements = [j for _, j in outcomes if j is not None]
-        if judgements:
-            # Committed before the response exists: nothing acknowledged is ever lost.
+        # Committed before the response exists: nothing acknowledged is ever lost. A single
+        # judgement goes through `add`, which commits concurrent requests' rows together.
+        if len(judgements) == 1:
+            await self.store.add(judgements[0])
+        elif judgements:
             await self.store.add_many(judgements)
         self.metrics.review_seconds.observe(time.perf_counter() - started)
         results = [r for r, _ in outcomes]

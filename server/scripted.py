@@ -211,3 +211,24 @@ def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def main() -> None:
+    """``python -m server.scripted --port N``: the scripted engine as its own process."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--verdict", default="ethical", choices=list(_FIRST_TOKENS))
+    args = parser.parse_args()
+    uvicorn.run(
+        ScriptedEngine(verdict=args.verdict).app(),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
