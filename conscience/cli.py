@@ -62,18 +62,21 @@ async def _review(args: argparse.Namespace) -> dict[str, Any]:
     from conscience.review import conscience_from_settings
 
     settings = _settings(args, **_engine_fields(args))
-    if settings.upstream_url is None:
-        raise ConscienceError(
-            "no upstream: pass --upstream URL or set CONSCIENCE_UPSTREAM_URL "
-            "(an OpenAI-compatible base URL such as http://127.0.0.1:8080/v1)"
-        )
     key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-    async with EngineClient(
-        settings.upstream_url, api_key=key, timeout=settings.upstream_timeout
-    ) as client:
-        conscience = conscience_from_settings(settings, client)
-        messages = [{"role": "user", "content": args.question}]
-        judgement = await conscience.review_and_rewrite(messages, args.answer)
+    engine = None
+    if settings.upstream_url is None:
+        from server.app import start_engine  # no upstream: the embedded engine and model
+
+        engine = await start_engine(settings)
+    try:
+        base_url = engine.base_url if engine is not None else settings.upstream_url
+        async with EngineClient(base_url, api_key=key, timeout=settings.upstream_timeout) as client:
+            conscience = conscience_from_settings(settings, client)
+            messages = [{"role": "user", "content": args.question}]
+            judgement = await conscience.review_and_rewrite(messages, args.answer)
+    finally:
+        if engine is not None:
+            await engine.stop()
     out: dict[str, Any] = {
         "verdict": judgement.verdict.value,
         "confidence": judgement.confidence,

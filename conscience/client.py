@@ -63,7 +63,9 @@ class EngineClient:
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
             limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=4.0,  # below llama.cpp's 5 s, so no reuse of a closed socket
             ),
         )
 
@@ -110,8 +112,12 @@ class EngineClient:
 
     async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """A streaming chat completion, one parsed chunk at a time (``[DONE]`` ends it)."""
+        # llama.cpp closes a connection after a stream without saying so: never reuse it.
         request = self._http.build_request(
-            "POST", self._url("chat/completions"), json={**body, "stream": True}
+            "POST",
+            self._url("chat/completions"),
+            json={**body, "stream": True},
+            headers={"Connection": "close"},
         )
         try:
             response = await self._http.send(request, stream=True)

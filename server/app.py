@@ -21,12 +21,12 @@ from server.metrics import Metrics
 from server.middleware import RequestContext
 from server.pipeline import Pipeline
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "start_engine"]
 
 log = logging.getLogger("conscience.server")
 
 
-async def _start_engine(settings: Settings) -> Any:
+async def start_engine(settings: Settings) -> Any:
     """The embedded llama.cpp engine serving ``settings.model``; None when an upstream is set."""
     if settings.upstream_url is not None:
         return None
@@ -47,7 +47,7 @@ async def _start_engine(settings: Settings) -> Any:
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = await _start_engine(settings)
+        engine = await start_engine(settings)
         base_url = engine.base_url if engine is not None else settings.upstream_url
         key = settings.upstream_api_key
         client = EngineClient(
