@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -28,8 +29,10 @@ BODY = {"model": "gen", "messages": [{"role": "user", "content": "What is 2 + 2?
 
 
 @contextmanager
-def _process(args: list[str], port: int) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL)
+def _process(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

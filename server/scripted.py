@@ -57,6 +57,7 @@ class ScriptedEngine:
     rewrite: str = "Here is a safe and helpful answer."
     tool_calls: list[dict[str, Any]] | None = None  # the generator calls tools instead
     stream_delay: float = 0.0  # seconds between streamed chunks
+    latency: dict[Kind, float] = field(default_factory=dict)  # simulated seconds per request
     faults: dict[Kind, Fault] = field(default_factory=dict)
     handler: Callable[[Kind, dict[str, Any]], dict[str, Any] | None] | None = None
     requests: list[tuple[Kind, dict[str, Any]]] = field(default_factory=list)
@@ -177,6 +178,8 @@ class ScriptedEngine:
                     }
                     return JSONResponse({"error": error}, status_code=fault.status)
             completion = self.completion(kind, body)
+            if self.latency.get(kind) and not body.get("stream"):
+                await asyncio.sleep(self.latency[kind])
             if body.get("stream"):
                 return StreamingResponse(self._stream(completion), media_type="text/event-stream")
             return JSONResponse(completion)
@@ -220,13 +223,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--verdict", default="ethical", choices=list(_FIRST_TOKENS))
+    parser.add_argument("--words", type=int, default=0, help="answer length (0: one sentence)")
+    parser.add_argument("--stream-delay", type=float, default=0.0, help="seconds per word")
+    parser.add_argument("--review-latency", type=float, default=0.0, help="seconds per review")
     args = parser.parse_args()
+    engine = ScriptedEngine(
+        verdict=args.verdict,
+        stream_delay=args.stream_delay,
+        latency={"review": args.review_latency},
+    )
+    if args.words:
+        engine.generation = " ".join(f"word{i}" for i in range(args.words))
+        # A non-streamed generation takes as long as streaming it would.
+        engine.latency["generate"] = args.words * args.stream_delay
     uvicorn.run(
-        ScriptedEngine(verdict=args.verdict).app(),
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        access_log=False,
+        engine.app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False
     )
 
 
