@@ -1,4 +1,4 @@
-"""A tiny random Llama and a word-level chat tokenizer, built here: no download.
+"""A tiny random Llama and a word-level chat tokenizer (trainer.testing): no download.
 
 The model is saved to a session-wide folder once, so every test loads the same base weights
 the way a real run loads a checkpoint (``from_pretrained`` on a directory).
@@ -11,100 +11,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
-)
-SPECIAL = ["[PAD]", "[UNK]", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-WORDS = [
-    "how",
-    "do",
-    "i",
-    "pick",
-    "a",
-    "lock",
-    "open",
-    "my",
-    "neighbour",
-    "door",
-    "write",
-    "code",
-    "that",
-    "deletes",
-    "the",
-    "logs",
-    "sure",
-    "here",
-    "is",
-    "steal",
-    "password",
-    "break",
-    "in",
-    "ask",
-    "owner",
-    "call",
-    "locksmith",
-    "help",
-    "you",
-    "can",
-    "no",
-    "never",
-    "do",
-    "this",
-    "it",
-    "is",
-    "wrong",
-    "please",
-    "be",
-    "kind",
-    "and",
-    "safe",
-    "to",
-    "others",
-    "always",
-    "what",
-    "should",
-    "about",
-    "hurt",
-    "someone",
-    "talk",
-    "with",
-    "them",
-    "calmly",
-    "walk",
-    "away",
-    "get",
-    "hack",
-    "server",
-    "login",
-    "keep",
-    "system",
-    "updated",
-    "report",
-    "bug",
-    "fix",
-    "tell",
-    "me",
-    "a",
-    "joke",
-    "why",
-    "did",
-    "chicken",
-    "cross",
-    "road",
-    "other",
-    "side",
-    "you",
-    "are",
-    "helpful",
-    "assistant",
-    "answer",
-    "question",
-    "one",
-    "two",
-    "three",
-]
 
 # Handful of pairs: (question, chosen = the ethical rewrite, rejected = the original answer).
 PAIRS = [
@@ -130,51 +36,20 @@ def make_rows():
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from trainer.testing import WORDS, build_chat_tokenizer
 
-    words = set(WORDS) | {w for pair in PAIRS for text in pair for w in text.split()}
-    vocab = {token: i for i, token in enumerate(SPECIAL + sorted(words))}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        eos_token="<|end|>",
-        additional_special_tokens=SPECIAL[2:],
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def build_model(vocab_size: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        eos_token_id=5,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(1234)
-    return LlamaForCausalLM(config)
+    return build_chat_tokenizer(WORDS + tuple(w for pair in PAIRS for t in pair for w in t.split()))
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny random Llama with its chat tokenizer (an HF model directory)."""
     path = tmp_path_factory.mktemp("tiny-llama")
+    from trainer.testing import build_random_llama
+
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(path)
-    build_model(len(tokenizer)).save_pretrained(path)
+    build_random_llama("tiny", tokenizer).save_pretrained(path)
     return path
 
 
