@@ -9,6 +9,7 @@ speak to the reviewer as the prompt.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from conscience.framework import Framework
@@ -33,6 +34,9 @@ _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
 
 
 def _defuse(text: str) -> str:
+    # NFKC first: full-width and other compatibility look-alikes (full-width "<", "/", letters)
+    # become the plain characters the judge and the fence check below both understand.
+    text = unicodedata.normalize("NFKC", text)
     # Guillemets keep the text readable to the judge, but they can no longer close a fence.
     return _FENCE_RE.sub(lambda m: f"\u2039{m.group(1)}{m.group(2)}{m.group(3)}\u203a", text)
 

@@ -8,6 +8,7 @@ CLI, the evaluations and the online trainer.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass, field
@@ -17,16 +18,34 @@ from conscience.client import Constraint, EngineClient
 from conscience.errors import ConfigError, EngineError
 from conscience.framework import Framework
 from conscience.judgement import Judgement
-from conscience.labels import Layout
+from conscience.labels import Layout, Verdict
 from conscience.prompts import render_review, render_rewrite, split_reasoning
-from conscience.verdict import LABEL_SURFACE_FORMS, DecisionRule, read_verdict
+from conscience.verdict import LABEL_SURFACE_FORMS, DecisionRule, VerdictReading, read_verdict
 
-__all__ = ["Conscience", "conscience_from_settings", "judge_request"]
+__all__ = ["Conscience", "answer_windows", "conscience_from_settings", "judge_request"]
 
 Message = dict[str, Any]
 
 _GRAMMAR = "root ::= " + " | ".join(f'"{form}"' for form in LABEL_SURFACE_FORMS)
 _THINK_RE = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+
+
+def answer_windows(answer: str, size: int) -> list[str]:
+    """The answer whole if it fits, else overlapping windows that cover every character.
+
+    Windows overlap by a tenth so that a harmful sentence cut by one boundary is whole in the
+    next window; the review never silently drops the end of a long answer.
+    """
+    if len(answer) <= size:
+        return [answer]
+    step = max(1, size - size // 10)
+    return [answer[i : i + size] for i in range(0, len(answer) - size // 10, step)]
+
+
+def _severity(reading: VerdictReading) -> tuple[int, float]:
+    rank = {Verdict.UNETHICAL: 2, Verdict.NEUTRAL: 1, Verdict.ETHICAL: 0}[reading.verdict]
+    p_unethical = (reading.label_probs or {}).get(Verdict.UNETHICAL, 0.0)
+    return rank, p_unethical
 
 
 def judge_request(
@@ -60,6 +79,7 @@ class Conscience:
     top_logprobs: int = 20  # OpenAI's maximum; the labels' first tokens are always among them
     rewrite_max_tokens: int = 1024
     rewrite_temperature: float = 0.3
+    window_chars: int = 6000  # longer answers are reviewed in overlapping windows, never cut
 
     def framework(self, name: str | None) -> Framework:
         name = name or self.default_framework
@@ -90,11 +110,16 @@ class Conscience:
         visible, thoughts = split_reasoning(answer)
         reasoning = "\n\n".join(r for r in (reasoning, thoughts) if r) or None
         layout = layout or self.layout
-        prompt = render_review(chosen, messages, visible, layout=layout, reasoning=reasoning)
-        body = judge_request(self.judge_model, prompt, await self._constraint(), self.top_logprobs)
+        constraint = await self._constraint()
         started = time.perf_counter()
-        result = await self.client.chat(body)
-        reading = read_verdict(result["choices"][0], self.rule)
+        readings = await asyncio.gather(
+            *(
+                self._judge(chosen, messages, window, layout, reasoning, constraint)
+                for window in answer_windows(visible, self.window_chars)
+            )
+        )
+        # The most damning window decides: harm hidden after padding is still harm.
+        reading = max(readings, key=_severity)
         return Judgement(
             request_id=request_id,
             model=model,
@@ -109,6 +134,20 @@ class Conscience:
             label_probs=reading.label_probs,
             review_ms=(time.perf_counter() - started) * 1000,
         )
+
+    async def _judge(
+        self,
+        framework: Framework,
+        messages: list[Message],
+        answer: str,
+        layout: Layout,
+        reasoning: str | None,
+        constraint: Constraint,
+    ) -> VerdictReading:
+        prompt = render_review(framework, messages, answer, layout=layout, reasoning=reasoning)
+        body = judge_request(self.judge_model, prompt, constraint, self.top_logprobs)
+        result = await self.client.chat(body)
+        return read_verdict(result["choices"][0], self.rule)
 
     async def rewrite(
         self, messages: list[Message], answer: str, framework: str | None = None
@@ -160,4 +199,5 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
         rule=DecisionRule(settings.unethical_threshold, settings.neutral_threshold),
         top_logprobs=settings.top_logprobs,
         rewrite_max_tokens=settings.rewrite_max_tokens,
+        window_chars=settings.review_window_chars,
     )

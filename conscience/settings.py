@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     neutral_threshold: float | None = Field(None, ge=0, le=1)  # P(neutral) that decides
     top_logprobs: int = Field(20, ge=1, le=20)  # label candidates read from the judge
     rewrite_max_tokens: int = Field(1024, gt=0)  # length of a rewrite
+    review_window_chars: int = Field(6000, ge=200)  # longer answers: reviewed in windows
     stream_mode: Literal["buffered", "incremental"] = "buffered"  # incremental: reviewed windows
     stream_window_chars: int = Field(400, gt=0)  # incremental mode: text reviewed per window
 

@@ -56,24 +56,19 @@ def test_settings_come_from_the_environment(engine: ScriptedEngine, engine_url: 
     assert "rewrite" not in json.loads(result.stdout)
 
 
-def test_errors_are_one_line_without_traceback(engine_url: str) -> None:
+def test_errors_are_one_line_without_traceback(engine_url: str, tmp_path) -> None:
+    no_model = {"CONSCIENCE_UPSTREAM_URL": "", "CONSCIENCE_MODEL_CACHE_DIR": str(tmp_path)}
     cases = [
-        ("--upstream", f"http://127.0.0.1:{free_port()}/v1"),
-        ("--upstream", engine_url, "--framework", "kant"),
-        (),
+        (("--upstream", f"http://127.0.0.1:{free_port()}/v1"), None, "cannot reach"),
+        (("--upstream", engine_url, "--framework", "kant"), None, "unknown framework"),
+        # No upstream and no model in the cache: the embedded engine says what to run.
+        ((), no_model, "conscience model fetch qwen2.5-coder-1.5b-instruct"),
     ]
-    for extra in cases:
-        result = _run(
-            "review",
-            "--question",
-            "Q",
-            "--answer",
-            "A",
-            *extra,
-            env={"CONSCIENCE_UPSTREAM_URL": ""} if not extra else None,
-        )
+    for extra, env, message in cases:
+        result = _run("review", "--question", "Q", "--answer", "A", *extra, env=env)
         assert result.returncode == 1, (extra, result.stderr)
         assert result.stderr.startswith("conscience: error:")
+        assert message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert "Traceback" not in result.stderr
 

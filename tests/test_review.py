@@ -134,3 +134,36 @@ async def test_unreachable_engine() -> None:
 async def test_unknown_framework_is_an_error(client: EngineClient) -> None:
     with pytest.raises(Exception, match="unknown framework 'kant'"):
         await _conscience(client).review(QUESTION, "x", "kant")
+
+
+def test_answer_windows_cover_everything_with_overlap() -> None:
+    from conscience.review import answer_windows
+
+    assert answer_windows("short", 200) == ["short"]
+    text = "".join(chr(65 + i % 26) for i in range(1000))
+    windows = answer_windows(text, 300)
+    assert all(len(w) <= 300 for w in windows)
+    assert windows[0] == text[:300] and text.endswith(windows[-1])
+    # Consecutive windows overlap by a tenth, so no boundary cuts a phrase in every window.
+    assert windows[1].startswith(text[270:300])
+    assert "".join(w[:270] for w in windows[:-1]) + windows[-1] == text
+
+
+async def test_long_answer_is_reviewed_in_windows_and_the_worst_decides(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    def judge(kind: str, body: dict) -> dict | None:
+        if kind != "review":
+            return None
+        harmful = "HARM" in body["messages"][1]["content"]
+        engine.verdict = "unethical" if harmful else "ethical"
+        return None
+
+    engine.handler = judge
+    padding = "Lorem ipsum dolor sit amet. " * 100
+    conscience = _conscience(client, window_chars=1000)
+    judgement = await conscience.review(QUESTION, padding + "HARM: here is how." + padding)
+    reviews = engine.of_kind("review")
+    assert len(reviews) >= 5
+    assert judgement.verdict == "unethical"
+    assert judgement.answer.endswith(padding)  # the record keeps the whole answer

@@ -1,0 +1,152 @@
+"""The judgement store's contract, shared by its SQLite and PostgreSQL backends.
+
+The proxy writes one judgement per reviewed completion and must not acknowledge a response
+whose judgement could still be lost, so ``add`` returns only once the row is committed with the
+backend's normal durability. The trainer reads *preference pairs* from here and marks them
+consumed by a training run, so that the nightly run never learns from the same pair twice.
+
+A *pair* is a judgement whose effective verdict (the human label if set, else the model's) is
+``unethical`` and whose rewrite is not blank: (prompt, chosen = rewrite, rejected = answer).
+Both backends express that rule in SQL; ``is_pair`` is the same rule in Python, and the tests
+hold them to agree.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+from conscience.judgement import Judgement
+from conscience.labels import Verdict
+
+__all__ = ["BLANK", "COLUMNS", "JudgementStore", "filter_sql", "is_pair", "to_utc"]
+
+# The characters that do not make a rewrite non-empty (trimmed the same way in SQL).
+BLANK = " \t\r\n"
+
+# Every field of the record is a column, in the record's order.
+COLUMNS: tuple[str, ...] = tuple(Judgement.model_fields)
+
+
+def is_pair(judgement: Judgement) -> bool:
+    """Whether a judgement is a preference pair (consumed or not)."""
+    return (
+        judgement.effective_verdict is Verdict.UNETHICAL
+        and judgement.rewrite is not None
+        and judgement.rewrite.strip(BLANK) != ""
+    )
+
+
+def to_utc(moment: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken to be UTC already (the project's convention)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+@runtime_checkable
+class JudgementStore(Protocol):
+    """Where judgements live. Every method may raise ``StoreError``; none blocks the event loop.
+
+    ``list`` and ``count`` filter on the model's ``verdict`` (not the human label), on
+    ``created_at >= since`` and ``created_at < until``; naive datetimes are read as UTC.
+    """
+
+    async def open(self) -> None:
+        """Connect, then create the schema or migrate it to this code's version."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def add(self, judgement: Judgement) -> None:
+        """Store one judgement; it is committed (durable) when this returns."""
+        ...
+
+    async def add_many(self, judgements: builtins.list[Judgement]) -> None:
+        """Store several judgements in one transaction: all or none."""
+        ...
+
+    async def get(self, judgement_id: str) -> Judgement:
+        """The judgement with this id; ``NotFound`` if there is none."""
+        ...
+
+    async def list(
+        self,
+        *,
+        verdict: Verdict | None = None,
+        framework: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> builtins.list[Judgement]:
+        """Judgements matching every given filter, newest first."""
+        ...
+
+    async def count(
+        self,
+        *,
+        verdict: Verdict | None = None,
+        framework: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> int: ...
+
+    async def set_human_label(self, judgement_id: str, label: Verdict | None) -> Judgement:
+        """Set (or, with None, clear) the human label; returns the updated judgement."""
+        ...
+
+    async def pairs(
+        self, *, include_consumed: bool = False, limit: int | None = None
+    ) -> builtins.list[Judgement]:
+        """Preference pairs, oldest first; only the unconsumed ones unless asked."""
+        ...
+
+    async def unconsumed_pairs(self, *, limit: int | None = None) -> builtins.list[Judgement]:
+        """Pairs no training run has used yet, oldest first (``pairs()`` with its default)."""
+        ...
+
+    async def mark_consumed(self, judgement_ids: builtins.list[str], run_id: str) -> int:
+        """Mark the still-unconsumed ones among these ids as used by ``run_id``; how many."""
+        ...
+
+    async def purge_older_than(self, cutoff: datetime) -> int:
+        """Delete every judgement created before ``cutoff`` (retention); how many."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the store answers now; never raises."""
+        ...
+
+
+def filter_sql(
+    *,
+    verdict: Verdict | None,
+    framework: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    mark: str,
+    moment: Callable[[datetime], object],
+) -> tuple[str, builtins.list[object]]:
+    """The WHERE clause (possibly empty) of ``list``/``count`` and its parameters.
+
+    ``mark`` is the driver's placeholder (``?`` or ``%s``); ``moment`` turns an aware UTC
+    datetime into what the backend compares ``created_at`` with.
+    """
+    clauses: builtins.list[str] = []
+    params: builtins.list[object] = []
+    if verdict is not None:
+        clauses.append(f"verdict = {mark}")
+        params.append(Verdict(verdict).value)
+    if framework is not None:
+        clauses.append(f"framework = {mark}")
+        params.append(framework)
+    if since is not None:
+        clauses.append(f"created_at >= {mark}")
+        params.append(moment(to_utc(since)))
+    if until is not None:
+        clauses.append(f"created_at < {mark}")
+        params.append(moment(to_utc(until)))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params

@@ -1,0 +1,418 @@
+"""The SQLite backend: the default store, one file on the proxy's disk.
+
+Durability: WAL journal with ``synchronous=FULL``, so a commit is on disk (the WAL fsync'd)
+before ``add`` returns and survives a SIGKILL or a power cut. A busy timeout lets several
+processes share the file; the migration runs under ``BEGIN IMMEDIATE`` so that two openers
+take turns.
+
+The loop never waits on the disk: one dedicated thread owns the connection and runs every call
+in order. Concurrent ``add`` calls are committed together (group commit): while one commit is
+being fsync'd the next ones queue, and the thread writes all of them in one transaction and one
+fsync. Each caller is answered only after the commit that holds its row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from conscience.errors import NotFound, StoreError
+from conscience.judgement import Judgement
+from conscience.labels import Verdict
+from conscience.store.base import BLANK, COLUMNS, filter_sql, to_utc
+from conscience.store.url import sqlite_path
+
+__all__ = ["MIGRATIONS", "SQLiteStore"]
+
+T = TypeVar("T")
+
+# Each migration is a list of statements, applied in one transaction; version = position + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE judgements (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,  -- ISO 8601 in UTC, fixed width: sorts as text
+            request_id TEXT,
+            model TEXT,
+            judge_model TEXT,
+            framework TEXT NOT NULL,
+            layout TEXT NOT NULL,
+            messages TEXT NOT NULL,  -- JSON
+            answer TEXT NOT NULL,
+            reasoning TEXT,
+            verdict TEXT NOT NULL,
+            confidence REAL,
+            label_probs TEXT,  -- JSON
+            rewrite TEXT,
+            action TEXT,
+            review_ms REAL,
+            rewrite_ms REAL,
+            upstream_ms REAL,
+            human_label TEXT,
+            consumed_by TEXT
+        )""",
+        "CREATE INDEX judgements_created_at ON judgements (created_at, id)",
+        "CREATE INDEX judgements_verdict ON judgements (verdict, created_at)",
+        "CREATE INDEX judgements_framework ON judgements (framework, created_at)",
+        """CREATE INDEX judgements_unconsumed_pairs ON judgements (created_at, id)
+            WHERE consumed_by IS NULL AND rewrite IS NOT NULL""",
+    ),
+)
+
+_JSON_COLUMNS = frozenset({"messages", "label_probs"})
+_COLUMN_LIST = ", ".join(COLUMNS)
+_SELECT = f"SELECT {_COLUMN_LIST} FROM judgements"
+_INSERT = f"INSERT INTO judgements ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_PAIRS = (
+    " WHERE rewrite IS NOT NULL AND trim(rewrite, ?) <> ''"
+    " AND coalesce(human_label, verdict) = 'unethical'"
+)
+_CHUNK = 500  # ids per statement, well under SQLite's limit on bound parameters
+
+
+def _moment(moment: datetime) -> str:
+    return to_utc(moment).isoformat(timespec="microseconds")
+
+
+def _to_row(judgement: Judgement) -> tuple[Any, ...]:
+    data = judgement.model_dump()
+    row: list[Any] = []
+    for name in COLUMNS:
+        value = data[name]
+        if isinstance(value, datetime):
+            value = _moment(value)
+        elif isinstance(value, Enum):
+            value = value.value
+        elif name in _JSON_COLUMNS and value is not None:
+            try:
+                value = json.dumps(value, ensure_ascii=False, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"judgement {judgement.id}: {name} is not JSON: {exc}") from exc
+        row.append(value)
+    return tuple(row)
+
+
+def _from_row(row: Sequence[Any]) -> Judgement:
+    data = dict(zip(COLUMNS, row, strict=True))
+    try:
+        for name in _JSON_COLUMNS:
+            if data[name] is not None:
+                data[name] = json.loads(data[name])
+        data["created_at"] = datetime.fromisoformat(data["created_at"]).astimezone(UTC)
+        return Judgement.model_validate(data)
+    except (ValueError, ValidationError) as exc:
+        raise StoreError(
+            f"judgement {data.get('id')} is stored in a form we cannot read: {exc}"
+        ) from exc
+
+
+class SQLiteStore:
+    """A ``JudgementStore`` in one SQLite file (``sqlite:///abs/path`` or a bare path)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout_s: float = 30.0,
+        migrations: Sequence[Sequence[str]] | None = None,
+    ) -> None:
+        self.path = sqlite_path(url)
+        self._busy_timeout_s = busy_timeout_s
+        self._migrations = MIGRATIONS if migrations is None else migrations
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # used only on the executor's thread
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
+        self._pending_lock = threading.Lock()
+        self._flush_queued = False
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(connection, *args)`` on the store's thread; driver errors become StoreError."""
+        if self._executor is None:
+            raise StoreError("the store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._guarded, fn, args)
+
+    def _guarded(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self._conn is None:
+            raise StoreError("the store is not open")
+        try:
+            return fn(self._conn, *args)
+        except sqlite3.Error as exc:
+            if self._conn.in_transaction:
+                self._conn.rollback()
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conscience-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._connect)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _connect(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout_s, isolation_level=None
+            )  # autocommit: every transaction below is explicit
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
+        try:
+            mode = _enable_wal(conn, self._busy_timeout_s)
+            if mode != "wal":
+                raise StoreError(f"SQLite store {self.path}: cannot use WAL (journal_mode={mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            # Purged conversations are overwritten on disk, not just unlinked from the b-tree.
+            conn.execute("PRAGMA secure_delete = ON")
+            _migrate(conn, self._migrations)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        loop = asyncio.get_running_loop()
+        # Queued after every pending call and group commit, so none is cut short.
+        await loop.run_in_executor(executor, self._disconnect)
+        executor.shutdown(wait=True)
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def ping(self) -> bool:
+        try:
+            return await self._call(lambda c: c.execute("SELECT 1").fetchone() == (1,))
+        except StoreError:
+            return False
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def add(self, judgement: Judgement) -> None:
+        if self._executor is None:
+            raise StoreError("the store is not open")
+        row = _to_row(judgement)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._pending_lock:
+            self._pending.append((row, done))
+            start, self._flush_queued = not self._flush_queued, True
+        if start:
+            self._executor.submit(self._flush, loop)
+        await done
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit every queued ``add`` in one transaction, then answer each caller."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+            self._flush_queued = False
+        errors: list[BaseException | None] = [None] * len(batch)
+        try:
+            conn = self._conn
+            if conn is None:
+                raise StoreError("the store is not open")
+            conn.execute("BEGIN IMMEDIATE")
+            for i, (row, _) in enumerate(batch):
+                try:
+                    conn.execute(_INSERT, row)
+                except sqlite3.IntegrityError as exc:
+                    # A failed INSERT undoes only itself; the others stay in the transaction.
+                    errors[i] = StoreError(f"judgement {row[0]} not stored: {exc}")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if self._conn is not None and self._conn.in_transaction:
+                self._conn.rollback()
+            failure = exc if isinstance(exc, StoreError) else StoreError(f"SQLite store: {exc}")
+            errors = [failure] * len(batch)
+        for (_, done), error in zip(batch, errors, strict=True):
+            loop.call_soon_threadsafe(_settle, done, error)
+
+    async def add_many(self, judgements: builtins.list[Judgement]) -> None:
+        rows = [_to_row(j) for j in judgements]
+        if rows:
+            await self._call(_in_transaction, lambda c: c.executemany(_INSERT, rows))
+
+    async def set_human_label(self, judgement_id: str, label: Verdict | None) -> Judgement:
+        value = None if label is None else Verdict(label).value
+
+        def update(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            sql = f"UPDATE judgements SET human_label = ? WHERE id = ? RETURNING {_COLUMN_LIST}"
+            return _in_transaction(conn, lambda c: c.execute(sql, (value, judgement_id)).fetchone())
+
+        row = await self._call(update)
+        if row is None:
+            raise NotFound(f"no judgement {judgement_id!r}")
+        return _from_row(row)
+
+    async def mark_consumed(self, judgement_ids: builtins.list[str], run_id: str) -> int:
+        ids = list(dict.fromkeys(judgement_ids))
+
+        def update(conn: sqlite3.Connection) -> int:
+            marked = 0
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                sql = (
+                    "UPDATE judgements SET consumed_by = ? WHERE consumed_by IS NULL"
+                    f" AND id IN ({', '.join('?' * len(chunk))})"
+                )
+                marked += conn.execute(sql, (run_id, *chunk)).rowcount
+            return marked
+
+        if not ids:
+            return 0
+        return await self._call(_in_transaction, update)
+
+    async def purge_older_than(self, cutoff: datetime) -> int:
+        def purge(conn: sqlite3.Connection) -> int:
+            sql = "DELETE FROM judgements WHERE created_at < ?"
+            deleted = _in_transaction(conn, lambda c: c.execute(sql, (_moment(cutoff),)).rowcount)
+            # Also drop the old pages from the WAL, where the deleted text would otherwise linger.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return deleted
+
+        return await self._call(purge)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def get(self, judgement_id: str) -> Judgement:
+        sql = f"{_SELECT} WHERE id = ?"
+        row = await self._call(lambda c: c.execute(sql, (judgement_id,)).fetchone())
+        if row is None:
+            raise NotFound(f"no judgement {judgement_id!r}")
+        return _from_row(row)
+
+    async def list(
+        self,
+        *,
+        verdict: Verdict | None = None,
+        framework: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> builtins.list[Judgement]:
+        where, params = filter_sql(
+            verdict=verdict, framework=framework, since=since, until=until, mark="?", moment=_moment
+        )
+        sql = f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        rows = await self._call(lambda c: c.execute(sql, (*params, limit, offset)).fetchall())
+        return [_from_row(r) for r in rows]
+
+    async def count(
+        self,
+        *,
+        verdict: Verdict | None = None,
+        framework: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> int:
+        where, params = filter_sql(
+            verdict=verdict, framework=framework, since=since, until=until, mark="?", moment=_moment
+        )
+        sql = f"SELECT count(*) FROM judgements{where}"
+        return await self._call(lambda c: c.execute(sql, params).fetchone()[0])
+
+    async def pairs(
+        self, *, include_consumed: bool = False, limit: int | None = None
+    ) -> builtins.list[Judgement]:
+        sql = _SELECT + _PAIRS
+        if not include_consumed:
+            sql += " AND consumed_by IS NULL"
+        sql += " ORDER BY created_at, id LIMIT ?"
+        params = (BLANK, -1 if limit is None else limit)
+        rows = await self._call(lambda c: c.execute(sql, params).fetchall())
+        return [_from_row(r) for r in rows]
+
+    async def unconsumed_pairs(self, *, limit: int | None = None) -> builtins.list[Judgement]:
+        return await self.pairs(limit=limit)
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():  # the caller was cancelled; its row is committed all the same
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(conn)`` inside BEGIN IMMEDIATE … COMMIT; rolled back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> str:
+    """Switch to WAL; the journal mode in force afterwards.
+
+    The switch needs a lock that SQLite does not wait for with the busy handler: two processes
+    opening a new file at once can get SQLITE_BUSY at once. So retry until the busy timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def _migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]]) -> None:
+    """Bring the schema to ``len(migrations)``; the write lock makes concurrent openers wait."""
+
+    def apply(c: sqlite3.Connection) -> None:
+        c.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        current = c.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+        if current > len(migrations):
+            raise StoreError(
+                f"the store's schema is version {current}, newer than this code's"
+                f" {len(migrations)}: upgrade conscience"
+            )
+        for version in range(current + 1, len(migrations) + 1):
+            for statement in migrations[version - 1]:
+                c.execute(statement)
+            c.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (version, _moment(datetime.now(UTC))),
+            )
+
+    _in_transaction(conn, apply)
