@@ -300,7 +300,7 @@ class PostgresStore:
 async def _migrate(conn: psycopg.AsyncConnection[Any], migrations: Sequence[Sequence[str]]) -> None:
     """Bring the schema to ``len(migrations)``, one opener at a time (advisory lock)."""
     async with conn.transaction():
-        pass
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_version"
             " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
