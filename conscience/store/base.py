@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
 
-__all__ = ["BLANK", "COLUMNS", "JudgementStore", "filter_sql", "is_pair", "to_utc"]
+__all__ = ["BLANK", "COLUMNS", "JudgementStore", "check_page", "filter_sql", "is_pair", "to_utc"]
 
 # The characters that do not make a rewrite non-empty (trimmed the same way in SQL).
 BLANK = " \t\r\n"
@@ -37,6 +37,12 @@ def is_pair(judgement: Judgement) -> bool:
         and judgement.rewrite is not None
         and judgement.rewrite.strip(BLANK) != ""
     )
+
+
+def check_page(limit: int | None, offset: int = 0) -> None:
+    """Refuse a negative limit or offset (SQLite would read -1 as "no limit", PostgreSQL fails)."""
+    if (limit is not None and limit < 0) or offset < 0:
+        raise ValueError(f"limit and offset must not be negative (got {limit}, {offset})")
 
 
 def to_utc(moment: datetime) -> datetime:

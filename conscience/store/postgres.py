@@ -30,43 +30,13 @@ from pydantic import ValidationError
 from conscience.errors import NotFound, StoreError
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
-from conscience.store.base import BLANK, COLUMNS, filter_sql, to_utc
+from conscience.store.base import BLANK, COLUMNS, check_page, filter_sql, to_utc
+from conscience.store.schema import POSTGRES_MIGRATIONS
 from conscience.store.url import redact, scrub
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
-# Each migration is a list of statements, applied in one transaction; version = position + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE judgements (
-            id text PRIMARY KEY,
-            created_at timestamptz NOT NULL,
-            request_id text,
-            model text,
-            judge_model text,
-            framework text NOT NULL,
-            layout text NOT NULL,
-            messages jsonb NOT NULL,
-            answer text NOT NULL,
-            reasoning text,
-            verdict text NOT NULL,
-            confidence double precision,
-            label_probs jsonb,
-            rewrite text,
-            action text,
-            review_ms double precision,
-            rewrite_ms double precision,
-            upstream_ms double precision,
-            human_label text,
-            consumed_by text
-        )""",
-        "CREATE INDEX judgements_created_at ON judgements (created_at, id)",
-        "CREATE INDEX judgements_verdict ON judgements (verdict, created_at)",
-        "CREATE INDEX judgements_framework ON judgements (framework, created_at)",
-        """CREATE INDEX judgements_unconsumed_pairs ON judgements (created_at, id)
-            WHERE consumed_by IS NULL AND rewrite IS NOT NULL""",
-    ),
-)
+MIGRATIONS = POSTGRES_MIGRATIONS
 
 # pg_advisory_xact_lock key for migrations: the bytes of "conscie" (any constant would do).
 _MIGRATION_LOCK = int.from_bytes(b"conscie", "big")
@@ -255,6 +225,7 @@ class PostgresStore:
         limit: int = 100,
         offset: int = 0,
     ) -> builtins.list[Judgement]:
+        check_page(limit, offset)
         where, params = filter_sql(
             verdict=verdict, framework=framework, since=since, until=until, mark="%s", moment=to_utc
         )
@@ -284,6 +255,7 @@ class PostgresStore:
     async def pairs(
         self, *, include_consumed: bool = False, limit: int | None = None
     ) -> builtins.list[Judgement]:
+        check_page(limit)
         sql = _SELECT + _PAIRS
         if not include_consumed:
             sql += " AND consumed_by IS NULL"

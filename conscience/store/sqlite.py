@@ -30,45 +30,15 @@ from pydantic import ValidationError
 from conscience.errors import NotFound, StoreError
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
-from conscience.store.base import BLANK, COLUMNS, filter_sql, to_utc
+from conscience.store.base import BLANK, COLUMNS, check_page, filter_sql, to_utc
+from conscience.store.schema import SQLITE_MIGRATIONS
 from conscience.store.url import sqlite_path
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
 
-T = TypeVar("T")
+MIGRATIONS = SQLITE_MIGRATIONS
 
-# Each migration is a list of statements, applied in one transaction; version = position + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE judgements (
-            id TEXT PRIMARY KEY,
-            created_at TEXT NOT NULL,  -- ISO 8601 in UTC, fixed width: sorts as text
-            request_id TEXT,
-            model TEXT,
-            judge_model TEXT,
-            framework TEXT NOT NULL,
-            layout TEXT NOT NULL,
-            messages TEXT NOT NULL,  -- JSON
-            answer TEXT NOT NULL,
-            reasoning TEXT,
-            verdict TEXT NOT NULL,
-            confidence REAL,
-            label_probs TEXT,  -- JSON
-            rewrite TEXT,
-            action TEXT,
-            review_ms REAL,
-            rewrite_ms REAL,
-            upstream_ms REAL,
-            human_label TEXT,
-            consumed_by TEXT
-        )""",
-        "CREATE INDEX judgements_created_at ON judgements (created_at, id)",
-        "CREATE INDEX judgements_verdict ON judgements (verdict, created_at)",
-        "CREATE INDEX judgements_framework ON judgements (framework, created_at)",
-        """CREATE INDEX judgements_unconsumed_pairs ON judgements (created_at, id)
-            WHERE consumed_by IS NULL AND rewrite IS NOT NULL""",
-    ),
-)
+T = TypeVar("T")
 
 _JSON_COLUMNS = frozenset({"messages", "label_probs"})
 _COLUMN_LIST = ", ".join(COLUMNS)
@@ -319,6 +289,7 @@ class SQLiteStore:
         limit: int = 100,
         offset: int = 0,
     ) -> builtins.list[Judgement]:
+        check_page(limit, offset)
         where, params = filter_sql(
             verdict=verdict, framework=framework, since=since, until=until, mark="?", moment=_moment
         )
@@ -343,6 +314,7 @@ class SQLiteStore:
     async def pairs(
         self, *, include_consumed: bool = False, limit: int | None = None
     ) -> builtins.list[Judgement]:
+        check_page(limit)
         sql = _SELECT + _PAIRS
         if not include_consumed:
             sql += " AND consumed_by IS NULL"

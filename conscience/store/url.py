@@ -9,7 +9,7 @@ password, so every error built from a URL or a driver's message goes through ``r
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from conscience.errors import ConfigError
 
@@ -25,39 +25,53 @@ def scheme_of(url: str) -> str | None:
     return url.split("://", 1)[0].lower()
 
 
-def password_of(url: str) -> str | None:
-    """The password in a URL's user info, if any (as written and decoded)."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
+def _userinfo_password(url: str) -> str | None:
+    """The password of a URL's user info, as written (maybe percent-encoded), or None.
+
+    Found the way libpq finds it, without a URL parser that could refuse a malformed URL (the
+    very URL whose error message must not repeat the password): the user info is what precedes
+    the first ``@`` that comes before any ``/`` after the scheme.
+    """
+    if "://" not in url:
         return None
-    return password or None
+    rest = url.split("://", 1)[1]
+    at, slash = rest.find("@"), rest.find("/")
+    if at < 0 or (0 <= slash < at):
+        return None
+    return rest[:at].partition(":")[2] or None
+
+
+def _query_passwords(url: str) -> list[str]:
+    """Values of ``password=`` in the query string (libpq accepts the password there too)."""
+    query = url.partition("?")[2].partition("#")[0]
+    pairs = (item.partition("=") for item in query.split("&"))
+    return [value for key, _, value in pairs if unquote(key) == "password" and value]
+
+
+def password_of(url: str) -> str | None:
+    """The URL's password (user info first, else the query), as written; None if it has none."""
+    return _userinfo_password(url) or next(iter(_query_passwords(url)), None)
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced by ``***``; unparsable URLs become ``<url>``."""
+    """The URL with every password in it replaced by ``***``."""
     if "://" not in url:
         return url
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        return f"<{scheme_of(url) or 'unparsable'} url>"
+    if _userinfo_password(url) is not None:
+        scheme, rest = url.split("://", 1)
+        user, _, host = rest.partition("@")
+        url = f"{scheme}://{user.partition(':')[0]}:***@{host}"
+    for secret in _query_passwords(url):
+        url = url.replace(f"password={secret}", "password=***")
+    return url
 
 
 def scrub(message: str, url: str) -> str:
-    """A message with every spelling of the URL's password replaced by ``***``."""
-    try:
-        raw = urlsplit(url).netloc.rpartition("@")[0].partition(":")[2]
-    except ValueError:
-        raw = ""
-    for secret in {raw, unquote(raw)}:
-        if secret:
-            message = message.replace(secret, "***")
+    """A message with every spelling of every password of the URL replaced by ``***``."""
+    secrets = [_userinfo_password(url), *_query_passwords(url)]
+    spellings = {spelling for s in secrets if s for spelling in (s, unquote(s))}
+    for secret in sorted(spellings, key=len, reverse=True):
+        message = message.replace(secret, "***")
     return message
 
 

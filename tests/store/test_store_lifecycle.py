@@ -12,8 +12,10 @@ from conscience.errors import ConfigError, StoreError
 from conscience.store import open_store
 from conscience.store import postgres as pg_backend
 from conscience.store import sqlite as sqlite_backend
+from conscience.store.base import COLUMNS
 from conscience.store.postgres import PostgresStore
 from conscience.store.sqlite import SQLiteStore
+from conscience.store.url import redact, scrub
 
 EXTRA = ("CREATE INDEX judgements_model ON judgements (model)",)
 
@@ -68,6 +70,26 @@ async def test_open_creates_the_schema_and_a_second_open_migrates_it(
         await older.open()
 
 
+async def test_every_field_of_the_record_is_a_column(store, backend, run_sql):
+    if backend == "sqlite":
+        rows = run_sql("SELECT name FROM pragma_table_info('judgements')")
+    else:
+        rows = run_sql(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = 'judgements'"
+        )
+    assert sorted(r[0] for r in rows) == sorted(COLUMNS)
+
+
+async def test_a_negative_page_is_refused(store):
+    with pytest.raises(ValueError):
+        await store.list(limit=-1)
+    with pytest.raises(ValueError):
+        await store.list(offset=-5)
+    with pytest.raises(ValueError):
+        await store.unconsumed_pairs(limit=-1)
+
+
 async def test_several_stores_open_one_new_database_at_once(store_url, make):
     stores = [open_store(store_url) for _ in range(4)]
     opened = await asyncio.gather(*(s.open() for s in stores), return_exceptions=True)
@@ -108,6 +130,31 @@ async def test_a_refused_postgres_connection_is_a_store_error_without_the_passwo
     assert "S3cr" not in message and "S3cr%40t" not in message
     assert "127.0.0.1" in message and "***" in message
     assert caught.value.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:Hush%2Fhush@[::1/db",  # libpq quotes a malformed URI in its error
+        "postgresql://u:Hush-hush@127.0.0.1:notaport/db",
+        "postgres://u@127.0.0.1:1/db?password=Hush-hush&bogus=1",
+        "postgresql://127.0.0.1:1/db?sslmode=nonsense&password=Hush%2Dhush",
+    ],
+)
+async def test_a_malformed_postgres_url_is_a_store_error_without_the_password(url):
+    with pytest.raises(StoreError) as caught:
+        await open_store(url).open()
+    assert "Hush" not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
+def test_redact_and_scrub_hide_every_spelling_of_the_password():
+    url = "postgresql://bob:p%40ss@db:5432/x?password=second&sslmode=require"
+    assert redact(url) == "postgresql://bob:***@db:5432/x?password=***&sslmode=require"
+    message = "auth failed for p@ss, p%40ss and second"
+    assert scrub(message, url) == "auth failed for ***, *** and ***"
+    path = "/var/lib/conscience/judgements.sqlite3"
+    assert redact(path) == path
 
 
 @pytest.mark.postgres

@@ -1,0 +1,80 @@
+"""The store's schema, as migrations: SQLite's and PostgreSQL's side by side.
+
+Each migration is a list of statements applied in one transaction; a database's version is the
+number of migrations applied, recorded one row per version in ``schema_version``. Migrations
+are append-only: never edit or reorder one that has shipped, add a new one. A database newer than
+the code is refused at open (old code must not guess at columns it does not know).
+
+The two lists must stay equivalent: every field of ``Judgement`` is a column, with the same
+name. SQLite keeps times as fixed-width ISO 8601 text in UTC (it sorts as text) and JSON as
+text; PostgreSQL uses ``timestamptz`` and ``jsonb``. Labels are plain text checked by the enum
+when a row is read, not by a CHECK constraint, so that a new label needs no table rebuild.
+"""
+
+from __future__ import annotations
+
+__all__ = ["POSTGRES_MIGRATIONS", "SQLITE_MIGRATIONS"]
+
+SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE judgements (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,  -- ISO 8601 in UTC, fixed width: sorts as text
+            request_id TEXT,
+            model TEXT,
+            judge_model TEXT,
+            framework TEXT NOT NULL,
+            layout TEXT NOT NULL,
+            messages TEXT NOT NULL,  -- JSON
+            answer TEXT NOT NULL,
+            reasoning TEXT,
+            verdict TEXT NOT NULL,
+            confidence REAL,
+            label_probs TEXT,  -- JSON
+            rewrite TEXT,
+            action TEXT,
+            review_ms REAL,
+            rewrite_ms REAL,
+            upstream_ms REAL,
+            human_label TEXT,
+            consumed_by TEXT
+        )""",
+        "CREATE INDEX judgements_created_at ON judgements (created_at, id)",
+        "CREATE INDEX judgements_verdict ON judgements (verdict, created_at)",
+        "CREATE INDEX judgements_framework ON judgements (framework, created_at)",
+        """CREATE INDEX judgements_unconsumed_pairs ON judgements (created_at, id)
+            WHERE consumed_by IS NULL AND rewrite IS NOT NULL""",
+    ),
+)
+
+POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE judgements (
+            id text PRIMARY KEY,
+            created_at timestamptz NOT NULL,
+            request_id text,
+            model text,
+            judge_model text,
+            framework text NOT NULL,
+            layout text NOT NULL,
+            messages jsonb NOT NULL,
+            answer text NOT NULL,
+            reasoning text,
+            verdict text NOT NULL,
+            confidence double precision,
+            label_probs jsonb,
+            rewrite text,
+            action text,
+            review_ms double precision,
+            rewrite_ms double precision,
+            upstream_ms double precision,
+            human_label text,
+            consumed_by text
+        )""",
+        "CREATE INDEX judgements_created_at ON judgements (created_at, id)",
+        "CREATE INDEX judgements_verdict ON judgements (verdict, created_at)",
+        "CREATE INDEX judgements_framework ON judgements (framework, created_at)",
+        """CREATE INDEX judgements_unconsumed_pairs ON judgements (created_at, id)
+            WHERE consumed_by IS NULL AND rewrite IS NOT NULL""",
+    ),
+)
