@@ -26,10 +26,9 @@
 #   store's own durability settings are unchanged (synchronous_commit stays on);
 # - a second `start` finds the running cluster and only prints its URL (well under a second).
 
-set -euo pipefail
-
 if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
-    # Sourced: run as a child (so `set -e` and `exit` cannot touch the caller) and export its line.
+    # Sourced: run as a child, so that neither `set -e` nor `exit` reaches the caller's shell,
+    # and export the line it prints. (Hence this comes before `set -euo pipefail`.)
     __conscience_pg_out="$(bash "${BASH_SOURCE[0]}" start)" || {
         unset __conscience_pg_out
         return 1
@@ -38,6 +37,8 @@ if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
     unset __conscience_pg_out
     return 0
 fi
+
+set -euo pipefail
 
 DIR="${CONSCIENCE_PG_DIR:-${TMPDIR:-/tmp}/conscience-ci-postgres}"
 PORT="${CONSCIENCE_PG_PORT:-54329}"
@@ -63,12 +64,14 @@ install_server() {
         exit 1
     fi
     log "installing postgresql with apt-get"
-    # Debian's package would create and start a cluster on 5432; we want only ours.
+    # Debian's package would create and start a cluster on 5432; we want only ours. The file is
+    # managed by ucf, which would ask about a file it did not write: keep ours, without asking.
     mkdir -p /etc/postgresql-common
     echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
-    export DEBIAN_FRONTEND=noninteractive
+    export DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1
     apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends postgresql >&2
+    apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold postgresql >&2
 }
 
 # Run a command as the cluster's owner.
