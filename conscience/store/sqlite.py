@@ -171,7 +171,7 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         # Queued after every pending call and group commit, so none is cut short.
         await loop.run_in_executor(executor, self._disconnect)
-        executor.shutdown(wait=True)
+        executor.shutdown(wait=False)  # its last job is done: the thread exits idle
 
     def _disconnect(self) -> None:
         if self._conn is not None:

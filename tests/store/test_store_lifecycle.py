@@ -9,7 +9,7 @@ import pytest
 from conftest import with_options
 
 from conscience.errors import ConfigError, StoreError
-from conscience.store import open_store
+from conscience.store import JudgementStore, open_store
 from conscience.store import postgres as pg_backend
 from conscience.store import sqlite as sqlite_backend
 from conscience.store.base import COLUMNS
@@ -105,6 +105,8 @@ async def test_several_stores_open_one_new_database_at_once(store_url, make):
 
 
 def test_open_store_picks_the_backend_from_the_url(tmp_path):
+    for url in (str(tmp_path / "x.sqlite3"), "postgresql://u@h/d"):
+        assert isinstance(open_store(url), JudgementStore)
     assert isinstance(open_store(str(tmp_path / "a.sqlite3")), SQLiteStore)
     store = open_store(f"sqlite://{tmp_path}/b%20c.sqlite3")
     assert isinstance(store, SQLiteStore)
