@@ -14,14 +14,25 @@ hold them to agree.
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
+from conscience.errors import StoreError
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
 
-__all__ = ["BLANK", "COLUMNS", "JudgementStore", "check_page", "filter_sql", "is_pair", "to_utc"]
+__all__ = [
+    "BLANK",
+    "COLUMNS",
+    "JudgementStore",
+    "check_page",
+    "filter_sql",
+    "is_pair",
+    "json_text",
+    "to_utc",
+]
 
 # The characters that do not make a rewrite non-empty (trimmed the same way in SQL).
 BLANK = " \t\r\n"
@@ -37,6 +48,17 @@ def is_pair(judgement: Judgement) -> bool:
         and judgement.rewrite is not None
         and judgement.rewrite.strip(BLANK) != ""
     )
+
+
+def json_text(judgement_id: str, field: str, value: object) -> str:
+    """A field as JSON text, or ``StoreError`` naming the judgement (bytes, sets, NaN: not JSON).
+
+    Both backends serialize here, so that what one refuses the other refuses too.
+    """
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"judgement {judgement_id}: {field} is not JSON: {exc}") from exc
 
 
 def check_page(limit: int | None, offset: int = 0) -> None:

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from conscience.errors import NotFound, StoreError
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
-from conscience.store.base import BLANK, COLUMNS, check_page, filter_sql, to_utc
+from conscience.store.base import BLANK, COLUMNS, check_page, filter_sql, json_text, to_utc
 from conscience.store.schema import POSTGRES_MIGRATIONS
 from conscience.store.url import redact, scrub
 
@@ -62,7 +62,8 @@ def _to_row(judgement: Judgement) -> tuple[Any, ...]:
         elif isinstance(value, Enum):
             value = value.value  # psycopg would dump an Enum by its *name*
         elif name in _JSON_COLUMNS and value is not None:
-            value = Jsonb(value)
+            text = json_text(judgement.id, name, value)
+            value = Jsonb(value, dumps=lambda _, text=text: text)  # serialized once, as SQLite does
         row.append(value)
     return tuple(row)
 

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from conscience.errors import NotFound, StoreError
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
-from conscience.store.base import BLANK, COLUMNS, check_page, filter_sql, to_utc
+from conscience.store.base import BLANK, COLUMNS, check_page, filter_sql, json_text, to_utc
 from conscience.store.schema import SQLITE_MIGRATIONS
 from conscience.store.url import sqlite_path
 
@@ -65,10 +65,7 @@ def _to_row(judgement: Judgement) -> tuple[Any, ...]:
         elif isinstance(value, Enum):
             value = value.value
         elif name in _JSON_COLUMNS and value is not None:
-            try:
-                value = json.dumps(value, ensure_ascii=False, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise StoreError(f"judgement {judgement.id}: {name} is not JSON: {exc}") from exc
+            value = json_text(judgement.id, name, value)
         row.append(value)
     return tuple(row)
 
@@ -359,7 +356,7 @@ def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> str:
         try:
             return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         except sqlite3.OperationalError as exc:
-            busy = exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            busy = (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
             if not busy or time.monotonic() > deadline:
                 raise
             time.sleep(0.005)

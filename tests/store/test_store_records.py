@@ -80,6 +80,28 @@ async def test_a_duplicate_id_is_refused_and_the_first_record_kept(store, make):
     assert (await store.get(first.id)).answer == "first"
 
 
+@pytest.mark.parametrize("content", [b"bytes", {1, 2}, float("nan")])
+async def test_a_record_that_is_not_json_is_a_store_error(store, make, content):
+    bad = make(messages=[{"role": "user", "content": content}])
+    with pytest.raises(StoreError, match=bad.id):
+        await store.add(bad)
+    with pytest.raises(StoreError):
+        await store.add_many([make(), bad])
+    assert await store.count() == 0
+
+
+async def test_a_nul_character_is_kept_by_sqlite_and_refused_cleanly_by_postgres(
+    store, make, backend
+):
+    for j in (make(answer="a\x00b"), make(messages=[{"role": "user", "content": "\x00"}])):
+        if backend == "sqlite":
+            await store.add(j)
+            assert await store.get(j.id) == j
+        else:  # PostgreSQL text and jsonb cannot hold NUL (docs/notes/store.md)
+            with pytest.raises(StoreError):
+                await store.add(j)
+
+
 async def test_concurrent_adds_are_all_stored_and_a_bad_one_fails_alone(store, make):
     judgements = [make() for _ in range(60)]
     await store.add(judgements[7])
