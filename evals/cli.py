@@ -19,7 +19,7 @@ from typing import Any
 
 from conscience.errors import ConfigError
 
-__all__ = ["DEFAULT_EM_DATA_DIR", "add_eval_commands", "em_data_dir"]
+__all__ = ["DEFAULT_EM_DATA_DIR", "add_eval_commands", "em_data_dir", "main"]
 
 # The shared data directory beside the repository: the paper's data is read, never copied.
 DEFAULT_EM_DATA_DIR = (
@@ -267,3 +267,21 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     verdicts.add_argument("--limit", type=int, help="only the first N items (smoke runs)")
     verdicts.add_argument("--out", default="eval-results/verdicts", help="output directory")
     verdicts.set_defaults(handler=_cmd_verdicts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m evals.cli eval ...``: the same commands outside the main CLI."""
+    from conscience.errors import ConscienceError
+
+    parser = argparse.ArgumentParser(prog="python -m evals.cli")
+    add_eval_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConscienceError as exc:
+        print(f"conscience: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
