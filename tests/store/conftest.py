@@ -1,8 +1,9 @@
 """Fixtures for the store suite: every test runs once per backend.
 
 SQLite gets a fresh file in tmp_path. PostgreSQL needs ``CONSCIENCE_TEST_POSTGRES_URL`` (start a
-throwaway server with ``eval "$(.ci/postgres.sh)"``); each test gets its own schema, named in
-the URL's ``options=-c search_path=...``, and the schema is dropped afterwards.
+throwaway server with ``eval "$(.ci/postgres.sh)"``); its tests skip without it, or fail where
+``CONSCIENCE_REQUIRE_POSTGRES=1`` (CI). Each test gets its own schema, named in the URL's
+``options=-c search_path=...``, and the schema is dropped afterwards.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ def with_options(url: str, *options: str) -> str:
 
 @pytest.fixture
 def postgres_url() -> str:
+    """The test server's URL; without one, skip (or fail where CI requires PostgreSQL)."""
     url = os.environ.get(PG_ENV)
     if not url:
+        if os.environ.get("CONSCIENCE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"CONSCIENCE_REQUIRE_POSTGRES=1 but {NO_PG}")
         pytest.skip(NO_PG)
     return url
 
