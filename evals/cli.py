@@ -152,6 +152,10 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
     if not items:
         raise ConfigError(f"no items in split {args.split!r} of {data}")
     frameworks = load_frameworks(Path(args.frameworks_dir) if args.frameworks_dir else None)
+    unknown = [name for name in args.frameworks if name not in frameworks]
+    if unknown:  # before an embedded engine spends a minute starting
+        known = ", ".join(sorted(frameworks))
+        raise ConfigError(f"unknown framework {', '.join(unknown)} (known: {known})")
     settings = _settings(args)
     threshold = args.unethical_threshold
     if threshold is not None and not 0.0 <= threshold <= 1.0:

@@ -186,3 +186,20 @@ def test_bad_flags_are_config_errors(engine_url: str, tmp_path: Path) -> None:
         _cli(*base, "--layouts", "sideways", "--out", str(tmp_path))
     with pytest.raises(ConfigError, match="between 0 and 1"):
         _cli(*base, "--unethical-threshold", "2", "--out", str(tmp_path))
+
+
+def test_the_main_cli_reports_errors_on_one_line_once_hooked(
+    engine_url: str, tmp_path: Path, capsys
+) -> None:
+    from conscience import cli
+
+    commands = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    if "eval" not in commands.choices:
+        pytest.skip("conscience.cli does not carry the eval commands yet")
+    code = cli.main(
+        ["eval", "verdicts", "--url", engine_url, "--judge-model", "judge",
+         "--frameworks", "nope", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown framework" in err
