@@ -209,6 +209,10 @@ def _parser() -> argparse.ArgumentParser:
         "--include-consumed", action="store_true", help="also pairs a training run already used"
     )
     export.set_defaults(handler=_cmd_pairs_export)
+
+    from evals.cli import add_eval_commands  # argparse only: the benchmarks load when they run
+
+    add_eval_commands(commands)
     return parser
 
 
