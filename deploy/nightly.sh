@@ -1,0 +1,39 @@
+#!/bin/sh
+# The nightly retraining job (docker-compose.yml, service `trainer`; scheduled by the host:
+# deploy/crontab or deploy/systemd/). One run:
+#   1. `conscience train` learns a LoRA adapter from the store's unconsumed preference pairs
+#      into $ADAPTERS_DIR/run-<UTC date-time>, runs the evaluation gate, and when the adapter
+#      passes, publishes it to vLLM and switches the proxy to it;
+#   2. adapter.py record writes the proxy's generator to $ADAPTERS_DIR/CURRENT, which vLLM and
+#      the proxy read when they restart.
+# A run still going when the next one is due makes the next one exit (a lock on the volume).
+set -eu
+
+adapters="${ADAPTERS_DIR:-/adapters}"
+vllm_url="${VLLM_URL:-http://vllm:8000}"
+proxy_url="${PROXY_URL:-http://proxy:8000}"
+here="$(dirname "$0")"
+run="run-$(date -u +%Y%m%d-%H%M%S)"
+
+if [ -z "${CONSCIENCE_ADMIN_KEY:-}" ]; then
+    echo "nightly.sh: CONSCIENCE_ADMIN_KEY is not set: the job cannot switch the proxy" >&2
+    exit 2
+fi
+: "${CONSCIENCE_STORE_URL:?CONSCIENCE_STORE_URL is not set}"
+: "${BASE_MODEL:?BASE_MODEL is not set}"
+
+exec 9>"$adapters/.nightly.lock"
+if ! flock -n 9; then
+    echo "nightly.sh: another run holds $adapters/.nightly.lock; this one is skipped" >&2
+    exit 0
+fi
+
+echo "nightly.sh: $run: training on $BASE_MODEL" >&2
+conscience train \
+    --store "$CONSCIENCE_STORE_URL" \
+    --base-model "$BASE_MODEL" \
+    --out "$adapters/$run" \
+    --publish "$vllm_url" \
+    --proxy-admin "$proxy_url"
+
+python "$here/adapter.py" --vllm "$vllm_url" --proxy "$proxy_url" --adapters "$adapters" record
