@@ -130,8 +130,11 @@ def train(
             raise ConfigError(f"the checkpoint in {out} is for other data or settings")
         restore(checkpoint, model, optimizer)
         start_step, plan, ref = checkpoint.step, checkpoint.plan, checkpoint.ref
+    ref_seconds = 0.0
     if config.precompute_ref and ref is None:
+        t0 = time.perf_counter()
         ref = _precompute_reference(model, dataset, config, pad, device)
+        ref_seconds = time.perf_counter() - t0
     log = MetricsLog(out / "metrics.jsonl", keep_through=start_step)
 
     # --- the loop
@@ -211,6 +214,7 @@ def train(
         resumed_from=start_step or None,
         first=records[0],
         final=records[-1],
+        reference_seconds=ref_seconds,  # the one-off reference pass, when precomputed
         device=str(device),
         dtype=str(dtype).removeprefix("torch."),
         adapter=str(out),

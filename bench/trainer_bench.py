@@ -1,0 +1,255 @@
+"""Our trainer against TRL's DPOTrainer (PEFT reference) on the same model and pairs.
+
+Both train the same LoRA (r=16, alpha=32 on q/k/v/o, no dropout) with pure sigmoid DPO (β=0.1;
+our SFT term off) at the same learning rate, batch and precision, on the same random pairs, with
+the reference taken from the same weights with the adapter disabled. Each trainer runs in a
+child process of its own, so its peak RSS is its own. Speed is the mean of the steady steps
+(the first, warm-up step left out); ratios are ours / TRL (steps/s: higher is better; RSS:
+lower is better).
+
+    python -m bench.trainer_bench                              # SmolLM2-135M's shape, random
+    python -m bench.trainer_bench --model path/to/model.gguf   # a real model (HF dir or GGUF)
+    python -m bench.trainer_bench --shape tiny --steps 3       # a smoke run in seconds
+
+Needs trl (and its datasets) beside the train extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+_REPO = Path(__file__).resolve().parents[1]
+LR = 5e-5
+BETA = 0.1
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _child_trl(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    source, kwargs = _source(args.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+    steps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            steps.append(time.perf_counter() - self.t0)
+
+    with tempfile.TemporaryDirectory() as out:
+        config = DPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=args.pairs_per_step,
+            learning_rate=LR,
+            beta=BETA,
+            max_steps=args.steps + 1,
+            lr_scheduler_type="cosine",
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=not torch.cuda.is_available(),
+            gradient_checkpointing=False,  # TRL's default is on; ours is off: compare like for like
+            max_length=1024,
+            seed=0,
+            disable_tqdm=True,
+        )
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS)
+        trainer = DPOTrainer(
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=[Clock()],
+        )
+        trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    return {
+        "step_seconds": steps,
+        "dpo_loss_first": logs[0]["loss"],
+        "dpo_loss_last": logs[-1]["loss"],
+        "reward_margin_last": logs[-1].get("rewards/margins"),
+        "reference_seconds": 0.0,
+    }
+
+
+def _child_ours(args: argparse.Namespace, rows: list[dict[str, Any]], precompute: bool) -> dict:
+    from trainer.config import TrainConfig
+    from trainer.loop import train
+
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(
+            model=args.model_dir,
+            out_dir=out,
+            beta=BETA,
+            sft_weight=0.0,  # pure DPO, as TRL's sigmoid loss
+            lr=LR,
+            warmup_ratio=0.0,
+            min_lr_ratio=0.0,
+            batch_size=args.pairs_per_step,
+            max_steps=args.steps + 1,
+            precompute_ref=precompute,
+            dtype="float32",  # TRL's precision on CPU (bf16 on CUDA would favour us unfairly)
+            checkpoint_every=0,
+            progress=False,
+        )
+        report = train(config, rows)
+        lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    return {
+        "step_seconds": [json.loads(line)["seconds"] for line in lines],
+        "dpo_loss_first": report["first"]["dpo_loss"],
+        "dpo_loss_last": report["final"]["dpo_loss"],
+        "reward_margin_last": report["final"]["reward_margin"],
+        "reference_seconds": report["reference_seconds"],
+    }
+
+
+def _source(model: str) -> tuple[str, dict[str, Any]]:
+    path = Path(model)
+    if path.suffix == ".gguf":
+        from transformers import GgufConfig
+
+        return str(path.parent), {
+            "gguf_file": path.name,
+            "quantization_config": GgufConfig(dequantize=True),
+        }
+    return model, {}
+
+
+RUNS = {
+    "trl": "TRL DPOTrainer, PEFT reference",
+    "ours-live": "ours, live reference",
+    "ours": "ours, precomputed reference",
+}
+
+
+def _run_child(name: str, args: argparse.Namespace, pairs_file: Path) -> dict[str, Any]:
+    command = [
+        sys.executable, "-m", "bench.trainer_bench", "--child", name,
+        "--model-dir", args.model_dir, "--pairs-file", str(pairs_file),
+        "--steps", str(args.steps), "--pairs-per-step", str(args.pairs_per_step),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=_REPO, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median all-in time (a whole round, so its numbers belong together)."""
+    return sorted(runs, key=lambda r: r["all_in"])[(len(runs) - 1) // 2]
+
+
+def _table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    base = results["trl"]
+    head = (
+        f"{'run':30} {'s/step':>7} {'ref once':>9} {'all-in':>7} {'steps/s':>8} {'x TRL':>6}"
+        f" {'peak RSS':>9} {'x TRL':>6} {'DPO loss first→last':>20}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        lines.append(
+            f"{RUNS[name]:30} {r['s_per_step']:7.3f} {r['reference_seconds']:8.2f}s"
+            f" {r['all_in']:7.3f} {1 / r['all_in']:8.3f} {base['all_in'] / r['all_in']:6.2f}"
+            f" {r['peak_rss_mib'] / 1024:7.2f}GB {r['peak_rss_mib'] / base['peak_rss_mib']:6.2f}"
+            f" {r['dpo_loss_first']:10.4f}→{r['dpo_loss_last']:.4f}"
+        )
+    lines.append(
+        "s/step: steady loop steps; ref once: the precomputed reference pass; all-in: s/step"
+        " + ref once spread over the run's steps (what steps/s and its ratio use)"
+    )
+    lines.append(
+        f"model {args.model_label}, {args.pairs_per_step} pairs/step, ~{args.tokens} tokens per"
+        f" sequence, {args.steps} timed steps after 1 warm-up, fp32, torch threads"
+        f" {args.threads}, median of {args.repeats} round(s), load average"
+        f" {args.load[0]:.2f} before, {args.load[1]:.2f} after"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", default="smollm2-135m", help="a trainer.testing shape")
+    parser.add_argument("--model", help="an HF model dir or .gguf file instead of a random shape")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (one more warms up)")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; medians")
+    parser.add_argument("--pairs-per-step", type=int, default=4)
+    parser.add_argument("--words", type=int, default=45, help="prompt and answer words each")
+    parser.add_argument("--only", nargs="*", choices=list(RUNS), help="run only these")
+    parser.add_argument("--child", choices=list(RUNS), help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if str(_REPO) not in sys.path:
+        sys.path.insert(0, str(_REPO))
+    if args.child:  # inside a child: one trainer, one JSON line
+        rows = [json.loads(line) for line in Path(args.pairs_file).read_text().splitlines()]
+        if args.child == "trl":
+            result = _child_trl(args, rows)
+        else:
+            result = _child_ours(args, rows, precompute=args.child == "ours")
+        result["peak_rss_mib"] = _peak_rss_mib()
+        print(json.dumps(result))
+        return 0
+
+    import torch
+
+    from trainer.testing import random_pairs, save_random_model
+
+    with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
+        if args.model:
+            args.model_dir, args.model_label = args.model, Path(args.model).name
+        else:
+            args.model_dir = str(save_random_model(Path(tmp) / "model", args.shape))
+            args.model_label = f"random {args.shape}"
+        n = args.pairs_per_step * (args.steps + 1)
+        rows = random_pairs(n, prompt_words=args.words, answer_words=args.words)
+        pairs_file = Path(tmp) / "pairs.jsonl"
+        pairs_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        args.tokens = 2 * args.words + 6  # the word tokenizer: a token a word, plus the template
+        args.threads = torch.get_num_threads()
+        load_before = os.getloadavg()[0]
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in args.only or RUNS}
+        for _ in range(args.repeats):  # interleaved, so a noisy minute hits every run alike
+            for name in rounds:
+                result = _run_child(name, args, pairs_file)
+                steady = result["step_seconds"][1:] or result["step_seconds"]
+                result["s_per_step"] = statistics.mean(steady)
+                spread = result["reference_seconds"] / (args.steps + 1)
+                result["all_in"] = result["s_per_step"] + spread
+                rounds[name].append(result)
+                print(f"{name}: {result['s_per_step']:.3f} s/step", file=sys.stderr)
+        results = {name: _median(runs) for name, runs in rounds.items()}
+        args.load = (load_before, os.getloadavg()[0])
+    if "trl" in results:
+        print(_table(results, args))
+    else:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
