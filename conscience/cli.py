@@ -213,10 +213,20 @@ def _parser() -> argparse.ArgumentParser:
     from evals.cli import add_eval_commands  # argparse only: the benchmarks load when they run
 
     add_eval_commands(commands)
+
+    from trainer.cli import add_train_commands  # argparse only: torch loads when a run starts
+
+    add_train_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["adapter"]:
+        # Its own parser (trainer/publish.py): argparse cannot hand options on through REMAINDER.
+        from trainer.publish import main as adapter_main
+
+        return adapter_main(argv[1:])
     args = _parser().parse_args(argv)
     handler: Handler = args.handler
     try:

@@ -61,6 +61,7 @@ class ScriptedEngine:
     faults: dict[Kind, Fault] = field(default_factory=dict)
     handler: Callable[[Kind, dict[str, Any]], dict[str, Any] | None] | None = None
     requests: list[tuple[Kind, dict[str, Any]]] = field(default_factory=list)
+    adapters: dict[str, str] = field(default_factory=dict)  # vLLM-style runtime LoRA: name → path
 
     def kind(self, body: dict[str, Any]) -> Kind:
         if body.get("model") != self.judge_model:
@@ -149,9 +150,17 @@ class ScriptedEngine:
 
         @app.get("/v1/models")
         async def models() -> dict[str, Any]:
-            ids = ["gen", self.judge_model]
+            ids = ["gen", self.judge_model, *self.adapters]
             data = [{"id": i, "object": "model", "owned_by": self.owned_by} for i in ids]
             return {"object": "list", "data": data}
+
+        @app.post("/v1/load_lora_adapter")
+        async def load_lora_adapter(request: Request) -> Response:
+            body = await request.json()  # vLLM's payload: {"lora_name", "lora_path"}
+            if body.get("lora_name") in self.adapters:
+                return JSONResponse({"error": {"message": "already loaded"}}, status_code=400)
+            self.adapters[body["lora_name"]] = body["lora_path"]
+            return Response(f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
 
         @app.get("/health")
         async def health() -> dict[str, str]:

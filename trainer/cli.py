@@ -1,0 +1,174 @@
+"""``conscience train`` (the nightly job) and ``conscience adapter`` (publish, roll back).
+
+``conscience train --store URL --base-model M --out DIR [--publish VLLM --proxy-admin PROXY]``
+learns from the store's unconsumed pairs (or from ``--pairs FILE.jsonl``), writes the adapter,
+marks the pairs consumed only once the adapter exists, then, with ``--publish``, passes the
+evaluation gate before vLLM loads the adapter and the proxy generates with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from conscience.errors import ConscienceError
+
+__all__ = ["add_train_commands", "gate"]
+
+# Defaults of the flags are TrainConfig's own (docs/decisions.md, "Trainer").
+_CONFIG_FLAGS: dict[str, tuple[type, str]] = {
+    "beta": (float, "DPO temperature"),
+    "dpo_weight": (float, "λ, the weight of the DPO term"),
+    "sft_weight": (float, "weight of the SFT term on the chosen rewrite (0: pure DPO)"),
+    "lr": (float, "peak learning rate"),
+    "epochs": (int, "passes over the pairs"),
+    "max_steps": (int, "cap on optimizer steps"),
+    "batch_size": (int, "pairs per micro-batch"),
+    "grad_accum": (int, "micro-batches per optimizer step"),
+    "lora_r": (int, "LoRA rank (vLLM serves up to its --max-lora-rank)"),
+    "max_length": (int, "longest pair in tokens; longer pairs are skipped"),
+    "dtype": (str, "auto, float32 or bfloat16"),
+    "device": (str, "auto, cpu or cuda"),
+    "seed": (int, "seed of LoRA init and data order"),
+    "checkpoint_every": (int, "optimizer steps between checkpoints (0: never)"),
+}
+
+
+def gate(report: dict[str, Any], min_reward_accuracy: float) -> str | None:
+    """Why an adapter must not be published, or None when it may be.
+
+    The gate reads the run's own last-step metrics: a run that trained, whose loss is finite
+    and whose reward accuracy (chosen preferred over rejected) reached the bar.
+    """
+    if report.get("status") != "trained":
+        return f"the run did not train (status {report.get('status')!r})"
+    final = report.get("final") or {}
+    loss = final.get("loss")
+    if not isinstance(loss, int | float) or loss != loss or loss in (float("inf"), float("-inf")):
+        return f"the final loss is not finite ({loss!r})"
+    accuracy = final.get("reward_accuracy")
+    if not isinstance(accuracy, int | float) or accuracy < min_reward_accuracy:
+        return f"reward accuracy {accuracy!r} is below the gate's {min_reward_accuracy}"
+    return None
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from trainer.config import TrainConfig
+
+    given = {name: getattr(args, name) for name in _CONFIG_FLAGS if getattr(args, name) is not None}
+    return TrainConfig(
+        model=args.base_model,
+        out_dir=args.out,
+        resume=args.resume,
+        progress=not args.quiet,
+        **given,
+    )
+
+
+async def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from conscience.settings import Settings
+    from conscience.store import open_store
+    from trainer.job import train_from_store
+    from trainer.loop import train
+
+    config = _config(args)
+    run_id = args.run_id or Path(args.out).name or "run-" + uuid.uuid4().hex[:8]
+    if args.pairs:
+        return await asyncio.to_thread(train, config, args.pairs)
+    settings = Settings(**({"store_url": args.store} if args.store else {}))
+    store = open_store(settings.store_url)
+    await store.open()
+    try:
+        return await train_from_store(store, config, run_id, limit=args.limit)
+    finally:
+        await store.close()
+
+
+def _publish(args: argparse.Namespace, report: dict[str, Any]) -> str:
+    import httpx
+
+    from conscience.settings import Settings
+    from trainer.publish import publish
+
+    settings = Settings()
+    if settings.admin_key is None:
+        raise ConscienceError("--publish needs CONSCIENCE_ADMIN_KEY to switch the proxy")
+    vllm_key = settings.upstream_api_key
+    out = Path(args.out).resolve()
+    with httpx.Client(timeout=120) as client:
+        return publish(
+            client,
+            out.name,
+            vllm=args.publish.rstrip("/"),
+            proxy=args.proxy_admin.rstrip("/"),
+            adapters=out.parent,
+            admin_key=settings.admin_key.get_secret_value(),
+            vllm_key=vllm_key.get_secret_value() if vllm_key else None,
+        )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.publish and not args.proxy_admin:
+        raise ConscienceError("--publish needs --proxy-admin (the proxy to switch)")
+    report = asyncio.run(_train(args))
+    summary = {
+        k: report.get(k)
+        for k in (
+            "status",
+            "run_id",
+            "pairs_total",
+            "pairs_used",
+            "steps",
+            "consumed",
+            "skipped",
+            "final",
+        )
+    }
+    if report.get("status") == "nothing_to_learn":
+        print("nothing new to learn: no unconsumed preference pairs", file=sys.stderr)
+    elif args.publish:
+        reason = gate(report, args.min_reward_accuracy)
+        if reason is not None:
+            summary["published"] = False
+            summary["gate"] = reason
+            print(json.dumps(summary, default=str))
+            print(f"not published: {reason}", file=sys.stderr)
+            return 3
+        summary["published"] = _publish(args, report)
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def add_train_commands(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="DPO on the logged pairs; a LoRA adapter")
+    train.add_argument(
+        "--base-model", required=True, help="HF model directory or .gguf file (the frozen copy)"
+    )
+    train.add_argument("--out", required=True, help="output directory of the adapter")
+    train.add_argument("--store", help="store URL (CONSCIENCE_STORE_URL)")
+    train.add_argument("--pairs", help="train on this TRL JSONL instead of the store")
+    train.add_argument("--limit", type=int, help="at most this many pairs from the store")
+    train.add_argument("--run-id", help="name the pairs are consumed under (default: --out's)")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    train.add_argument("--publish", metavar="VLLM_URL", help="publish to this vLLM (no /v1)")
+    train.add_argument("--proxy-admin", metavar="PROXY_URL", help="the proxy to switch")
+    train.add_argument(
+        "--min-reward-accuracy",
+        type=float,
+        default=0.6,
+        help="the gate: publish only at or above this reward accuracy",
+    )
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name, (kind, text) in _CONFIG_FLAGS.items():
+        train.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    train.set_defaults(handler=_cmd_train)
+
+    # Listed for --help; `conscience.cli.main` hands `adapter ...` to trainer/publish.py whole.
+    commands.add_parser(
+        "adapter", help="list / publish / record / restore the served adapter (rollback)"
+    )
