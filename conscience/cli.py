@@ -214,6 +214,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_eval_commands(commands)
 
+    from evals.calibrate import add_calibrate_command
+
+    add_calibrate_command(commands)
+
     from trainer.cli import add_train_commands  # argparse only: torch loads when a run starts
 
     add_train_commands(commands)

@@ -9,11 +9,13 @@ CLI, the evaluations and the online trainer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from conscience.calibration import Calibration, load_calibrations
 from conscience.client import Constraint, EngineClient
 from conscience.errors import ConfigError, EngineError
 from conscience.framework import Framework
@@ -80,6 +82,8 @@ class Conscience:
     rewrite_max_tokens: int = 1024
     rewrite_temperature: float = 0.3
     window_chars: int = 6000  # longer answers are reviewed in overlapping windows, never cut
+    # Fitted decision rules and confidence scaling by (judge model, framework, layout).
+    calibrations: dict[tuple[str, str, str], Calibration] = field(default_factory=dict)
 
     def framework(self, name: str | None) -> Framework:
         name = name or self.default_framework
@@ -147,7 +151,14 @@ class Conscience:
         prompt = render_review(framework, messages, answer, layout=layout, reasoning=reasoning)
         body = judge_request(self.judge_model, prompt, constraint, self.top_logprobs)
         result = await self.client.chat(body)
-        return read_verdict(result["choices"][0], self.rule)
+        calibration = self.calibrations.get((self.judge_model, framework.name, layout.value))
+        if calibration is None:
+            return read_verdict(result["choices"][0], self.rule)
+        reading = read_verdict(result["choices"][0], calibration.rule())
+        if reading.label_probs is None:
+            return reading
+        confidence = calibration.confidence(reading.label_probs, reading.verdict)
+        return dataclasses.replace(reading, confidence=confidence)
 
     async def rewrite(
         self, messages: list[Message], answer: str, framework: str | None = None
@@ -200,4 +211,5 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
         top_logprobs=settings.top_logprobs,
         rewrite_max_tokens=settings.rewrite_max_tokens,
         window_chars=settings.review_window_chars,
+        calibrations=load_calibrations(settings.calibration_file),
     )

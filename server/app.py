@@ -44,6 +44,32 @@ async def start_engine(settings: Settings) -> Any:
     return engine
 
 
+def _log_calibration(settings: Settings, conscience: Any) -> None:
+    """Say at start how verdicts will be decided: users must know if nothing is calibrated."""
+    key = (settings.judge, settings.framework, settings.layout.value)
+    if key in conscience.calibrations:
+        c = conscience.calibrations[key]
+        log.info(
+            "calibrated verdicts for %s: P(unethical) >= %s is unethical, T = %.2f",
+            key,
+            c.unethical_threshold,
+            c.temperature,
+        )
+    elif settings.unethical_threshold is not None:
+        log.info(
+            "no calibration for %s: P(unethical) >= %s (CONSCIENCE_UNETHICAL_THRESHOLD) "
+            "is unethical; confidence uncalibrated",
+            key,
+            settings.unethical_threshold,
+        )
+    else:
+        log.warning(
+            "no calibration for %s: the verdict is the most probable label and its "
+            "confidence is uncalibrated (run `conscience calibrate`)",
+            key,
+        )
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             conscience = conscience_from_settings(settings, client)
             await store.open()
+            _log_calibration(settings, conscience)
             app.state.engine = engine
             app.state.pipeline = Pipeline(settings, client, conscience, store, Metrics.create())
             log.info(

@@ -1,0 +1,165 @@
+"""``conscience calibrate``: fit the verdict rule and the confidence scaling of one
+(judge model, framework, layout) on the calibration split of a labelled set.
+
+The judge reviews every item with the plain argmax rule (only its label probabilities are
+used); the unethical threshold and the temperature are fitted on them, the entry is added to
+the calibration file, and a reliability diagram (before/after scaling) is saved beside it.
+The held-out split is never read here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from conscience.calibration import (
+    Calibration,
+    Sample,
+    fit_temperature,
+    fit_unethical_threshold,
+    reliability_bins,
+    save_calibration,
+    scale,
+)
+from conscience.errors import ConscienceError
+from conscience.labels import Layout
+from conscience.verdict import DecisionRule
+
+__all__ = ["add_calibrate_command", "fit", "metrics_at"]
+
+
+def metrics_at(samples: list[Sample], rule: DecisionRule) -> dict[str, float | None]:
+    """Accuracy, unethical recall and false-unethical rate of a rule on the samples."""
+    decided = [(rule.decide(s.probs).value, s.gold) for s in samples]
+    positives = [d for d, g in decided if g == "unethical"]
+    negatives = [d for d, g in decided if g != "unethical"]
+    return {
+        "accuracy": sum(d == g for d, g in decided) / len(decided) if decided else None,
+        "unethical_recall": (
+            sum(d == "unethical" for d in positives) / len(positives) if positives else None
+        ),
+        "false_unethical": (
+            sum(d == "unethical" for d in negatives) / len(negatives) if negatives else None
+        ),
+    }
+
+
+def fit(
+    samples: list[Sample], key: tuple[str, str, str], max_false_unethical: float, source: str
+) -> Calibration:
+    threshold = fit_unethical_threshold(samples, max_false_unethical)
+    temperature = fit_temperature(samples)
+    calibration = Calibration(*key, unethical_threshold=threshold, temperature=temperature)
+    return Calibration(
+        *key,
+        unethical_threshold=threshold,
+        temperature=temperature,
+        fitted={
+            "set": source,
+            "split": "calibration",
+            "items": len(samples),
+            "max_false_unethical": max_false_unethical,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "argmax": metrics_at(samples, DecisionRule()),
+            "calibrated": metrics_at(samples, calibration.rule()),
+        },
+    )
+
+
+def _plot(samples: list[Sample], calibration: Calibration, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
+    rule = calibration.rule()
+    for name, temperature in (
+        ("raw", 1.0),
+        (f"scaled (T={calibration.temperature:.2f})", calibration.temperature),
+    ):
+        confidences, correct = [], []
+        for s in samples:
+            verdict = rule.decide(s.probs).value
+            confidences.append(scale(s.probs, temperature)[verdict])
+            correct.append(verdict == s.gold)
+        bins = reliability_bins(confidences, correct)
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label=name)
+    ax.set_xlabel("confidence of the verdict")
+    ax.set_ylabel("share of verdicts that were right")
+    ax.set_title(f"{calibration.framework} / {calibration.layout}\n{calibration.model}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, str, str]]:
+    from conscience.framework import load_frameworks
+    from conscience.review import Conscience
+    from evals.cli import _endpoint, _settings
+    from evals.labelled import DEFAULT_SET, load_labelled
+
+    items = load_labelled(Path(args.set) if args.set else DEFAULT_SET, "calibration")
+    settings = _settings(args)
+    layout = Layout(args.layout)
+    async with _endpoint(settings) as client:
+        conscience = Conscience(
+            client=client,
+            judge_model=settings.judge,
+            frameworks=load_frameworks(),
+            default_framework=args.framework,
+            layout=layout,
+        )
+        conscience.framework(args.framework)
+        samples = []
+        from tqdm import tqdm
+
+        for item in tqdm(items, desc="calibration reviews", unit="item", disable=None):
+            messages = [{"role": "user", "content": item.question}]
+            judgement = await conscience.review(messages, item.answer, args.framework)
+            if judgement.label_probs is None:
+                raise ConscienceError(
+                    "the judge returned no label log-probabilities: nothing to calibrate "
+                    "(the engine must support logprobs/top_logprobs)"
+                )
+            samples.append(Sample(judgement.label_probs, item.label.value))
+    return samples, (settings.judge, args.framework, layout.value)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    samples, key = asyncio.run(_samples(args))
+    calibration = fit(samples, key, args.max_false_unethical, args.set or "evals/data/verdicts")
+    out = Path(args.out)
+    save_calibration(out, calibration)
+    _plot(samples, calibration, out.with_suffix(".reliability.png"))
+    print(json.dumps(asdict(calibration), indent=2))
+    return 0
+
+
+def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
+    from evals.cli import _add_engine_flags
+
+    parser = commands.add_parser(
+        "calibrate", help="fit the verdict threshold and confidence scaling on a labelled set"
+    )
+    _add_engine_flags(parser)
+    parser.add_argument("--model", help="CONSCIENCE_MODEL (the judge when no --judge-model)")
+    parser.add_argument("--set", help="labelled JSONL (default: evals/data/verdicts.jsonl)")
+    parser.add_argument("--framework", default="three-laws")
+    parser.add_argument("--layout", default="paper", choices=[la.value for la in Layout])
+    parser.add_argument(
+        "--max-false-unethical",
+        type=float,
+        default=0.1,
+        help="the false-unethical rate the threshold may reach",
+    )
+    parser.add_argument("--out", required=True, help="calibration file (JSON; entries merged)")
+    parser.set_defaults(handler=_cmd_calibrate)
