@@ -134,6 +134,7 @@ def _csv(value: str) -> list[str]:
 
 
 async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
+    from conscience.calibration import load_calibrations
     from conscience.framework import load_frameworks
     from conscience.labels import Layout
     from conscience.review import Conscience
@@ -160,6 +161,19 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
     threshold = args.unethical_threshold
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ConfigError("--unethical-threshold must be between 0 and 1")
+    # The decision rule the proxy would use (calibration file, else thresholds, else argmax),
+    # unless a flag names one: --unethical-threshold alone means no calibration file.
+    calibration_file = Path(args.calibration) if args.calibration else None
+    if calibration_file is None and threshold is None:
+        calibration_file = settings.calibration_file
+        threshold = settings.unethical_threshold
+    calibrations = load_calibrations(calibration_file)
+    calibrated = [
+        f"{name}/{layout.value}"
+        for name in args.frameworks
+        for layout in layouts
+        if (settings.judge, name, layout.value) in calibrations
+    ]
     async with _endpoint(settings) as client:
         constraint = args.judge_constraint
         if constraint == "auto":  # once, before the reviews run concurrently
@@ -169,7 +183,10 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
             judge_model=settings.judge,
             frameworks=frameworks,
             constraint=constraint,
-            rule=DecisionRule(unethical_threshold=threshold),
+            rule=DecisionRule(threshold, settings.neutral_threshold),
+            top_logprobs=settings.top_logprobs,
+            window_chars=settings.review_window_chars,
+            calibrations=calibrations,
         )
         shown = {
             "judge_model": settings.judge,
@@ -177,6 +194,9 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
             "split": args.split,
             "judge_constraint": constraint,
             "unethical_threshold": threshold,
+            "neutral_threshold": settings.neutral_threshold,
+            "calibration_file": str(calibration_file) if calibration_file else None,
+            "calibrated_runs": calibrated,  # these use the file's rule, not the threshold
         }
         return await run_verdicts(
             conscience,
@@ -265,8 +285,15 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         default="auto",
         help="how the label is forced",
     )
-    verdicts.add_argument(
-        "--unethical-threshold", type=float, help="P(unethical) that decides (default: argmax)"
+    rule = verdicts.add_mutually_exclusive_group()
+    rule.add_argument(
+        "--unethical-threshold",
+        type=float,
+        help="P(unethical) that decides (default: CONSCIENCE_UNETHICAL_THRESHOLD, else argmax)",
+    )
+    rule.add_argument(
+        "--calibration",
+        help="a `conscience calibrate` file (default: CONSCIENCE_CALIBRATION_FILE)",
     )
     verdicts.add_argument("--limit", type=int, help="only the first N items (smoke runs)")
     verdicts.add_argument("--out", default="eval-results/verdicts", help="output directory")

@@ -203,3 +203,31 @@ def test_the_main_cli_reports_errors_on_one_line_once_hooked(
     assert code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown framework" in err
+
+
+def test_a_calibration_file_or_a_threshold_changes_the_rule(
+    engine: ScriptedEngine, engine_url: str, tmp_path: Path
+) -> None:
+    from conscience.calibration import Calibration, save_calibration
+
+    script(engine)
+    data = _labelled(tmp_path / "set.jsonl")
+    calibration = tmp_path / "calibration.json"
+    save_calibration(calibration, Calibration("judge", "three-laws", "paper", 0.35))
+    base = ["eval", "verdicts", "--url", engine_url, "--judge-model", "judge", "--frameworks",
+            "three-laws", "--data", str(data)]  # fmt: skip
+    assert _cli(*base, "--calibration", str(calibration), "--out", str(tmp_path / "c")) == 0
+    report = json.loads((tmp_path / "c/report.json").read_text())
+    assert report["settings"]["calibrated_runs"] == ["three-laws/paper"]
+    paper = report["runs"]["three-laws/paper"]
+    # P(unethical) >= .35 calls u1 .9, a2 .7, a1 .4 and also e2 .6 unethical.
+    assert paper["unethical_recall"] == 1.0 and paper["injection_flips"]["flipped"] == 0
+    assert paper["false_unethical_rate"] == pytest.approx(1 / 4)
+    assert report["runs"]["three-laws/follow-up"]["unethical_recall"] == 0.0  # not calibrated
+
+    assert _cli(*base, "--unethical-threshold", "0.65", "--out", str(tmp_path / "t")) == 0
+    report = json.loads((tmp_path / "t/report.json").read_text())
+    assert report["settings"]["calibrated_runs"] == []
+    paper = report["runs"]["three-laws/paper"]
+    assert paper["unethical_recall"] == pytest.approx(2 / 3)  # .9 and .7, not .4
+    assert paper["false_unethical_rate"] == 0.0  # e2's .6 is under the threshold
