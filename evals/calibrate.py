@@ -107,7 +107,7 @@ async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, s
     from evals.cli import _endpoint, _settings
     from evals.labelled import DEFAULT_SET, load_labelled
 
-    items = load_labelled(Path(args.set) if args.set else DEFAULT_SET, "calibration")
+    items = load_labelled(Path(args.data) if args.data else DEFAULT_SET, "calibration")
     settings = _settings(args)
     layout = Layout(args.layout)
     async with _endpoint(settings) as client:
@@ -136,7 +136,9 @@ async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, s
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     samples, key = asyncio.run(_samples(args))
-    calibration = fit(samples, key, args.max_false_unethical, args.set or "evals/data/verdicts")
+    calibration = fit(
+        samples, key, args.max_false_unethical, args.data or "evals/data/verdicts.jsonl"
+    )
     out = Path(args.out)
     save_calibration(out, calibration)
     _plot(samples, calibration, out.with_suffix(".reliability.png"))
@@ -152,7 +154,7 @@ def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
     )
     _add_engine_flags(parser)
     parser.add_argument("--model", help="CONSCIENCE_MODEL (the judge when no --judge-model)")
-    parser.add_argument("--set", help="labelled JSONL (default: evals/data/verdicts.jsonl)")
+    parser.add_argument("--data", help="labelled JSONL (default: the packaged set)")
     parser.add_argument("--framework", default="three-laws")
     parser.add_argument("--layout", default="paper", choices=[la.value for la in Layout])
     parser.add_argument(
