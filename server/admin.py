@@ -9,13 +9,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from conscience.labels import Verdict
 from conscience.pairs import to_trl_pair
 from server.auth import require_admin
 from server.errors import ApiError
 from server.pipeline import Pipeline
+from server.retention import purge_older_than_days
 
 __all__ = ["router"]
 
@@ -34,6 +35,10 @@ class AdapterBody(BaseModel):
     model: str  # the upstream model (vLLM: LoRA adapter name) that generates from now on
 
 
+class PurgeBody(BaseModel):
+    older_than_days: int = Field(gt=0)  # like CONSCIENCE_RETENTION_DAYS
+
+
 @router.get("/judgements")
 async def list_judgements(
     request: Request,
@@ -42,7 +47,7 @@ async def list_judgements(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2**63 - 1),  # the stores' largest integer
 ) -> dict[str, Any]:
     store = _pipeline(request).store
     filters = {"verdict": verdict, "framework": framework, "since": since, "until": until}
@@ -73,6 +78,13 @@ async def export_pairs(request: Request, include_consumed: bool = False) -> Stre
             yield (json.dumps(to_trl_pair(judgement), ensure_ascii=False) + "\n").encode()
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@router.post("/purge")
+async def purge(request: Request, body: PurgeBody) -> dict[str, Any]:
+    """Delete stored conversations older than ``older_than_days`` now (retention on demand)."""
+    deleted, cutoff = await purge_older_than_days(_pipeline(request).store, body.older_than_days)
+    return {"deleted": deleted, "cutoff": cutoff.isoformat()}
 
 
 @router.get("/adapter")

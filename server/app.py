@@ -4,9 +4,10 @@ closes them again."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI
@@ -15,11 +16,13 @@ from conscience.client import EngineClient
 from conscience.review import conscience_from_settings
 from conscience.settings import Settings
 from conscience.store import open_store
+from conscience.store.url import redact
 from server import admin, routes
-from server.errors import install_error_handlers
+from server.errors import install_error_handlers, secret_scrubber
 from server.metrics import Metrics
 from server.middleware import RequestContext
 from server.pipeline import Pipeline
+from server.retention import retention_loop
 
 __all__ = ["create_app", "start_engine"]
 
@@ -82,15 +85,18 @@ def create_app(settings: Settings) -> FastAPI:
             timeout=settings.upstream_timeout,
         )
         store = open_store(settings.store_url)
+        purger: asyncio.Task[None] | None = None
         try:
             conscience = conscience_from_settings(settings, client)
             await store.open()
+            if settings.retention_days is not None:
+                purger = asyncio.create_task(retention_loop(store, settings.retention_days))
             _log_calibration(settings, conscience)
             app.state.engine = engine
             app.state.pipeline = Pipeline(settings, client, conscience, store, Metrics.create())
             log.info(
                 "conscience proxy ready: upstream %s, model %s, judge %s, framework %s, policy %s",
-                base_url,
+                redact(base_url),
                 settings.model,
                 settings.judge,
                 settings.framework,
@@ -98,6 +104,10 @@ def create_app(settings: Settings) -> FastAPI:
             )
             yield
         finally:
+            if purger is not None:  # stopped before the store it uses is closed
+                purger.cancel()
+                with suppress(asyncio.CancelledError):
+                    await purger
             await store.close()
             await client.aclose()
             if engine is not None:
@@ -111,7 +121,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = None
-    install_error_handlers(app)
+    app.state.scrub = secret_scrubber(settings)
+    install_error_handlers(app, app.state.scrub)
     app.include_router(routes.router)
     app.include_router(admin.router)
 

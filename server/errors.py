@@ -6,12 +6,15 @@ validation and routing errors are mapped here, in one place. Nothing sends a tra
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from conscience.errors import (
     ConfigError,
@@ -22,8 +25,17 @@ from conscience.errors import (
     StoreError,
     VerdictError,
 )
+from conscience.settings import Settings
+from conscience.store.url import scrub as scrub_url
 
-__all__ = ["ApiError", "error_response", "install_error_handlers"]
+__all__ = [
+    "ApiError",
+    "client_message",
+    "error_response",
+    "install_error_handlers",
+    "secret_scrubber",
+    "status_of",
+]
 
 log = logging.getLogger("conscience.server")
 
@@ -77,6 +89,26 @@ def status_of(exc: ConscienceError) -> tuple[int, str]:
     return 502, "upstream_unavailable"
 
 
+def client_message(exc: ConscienceError) -> str:
+    """What a client may read of an error: a store's own text names the store (path, host,
+    user) and may quote the row it failed to write, so that stays in the operator's log."""
+    if isinstance(exc, StoreError) and not isinstance(exc, NotFound):
+        return "the judgement store failed (the server log has the details)"
+    return str(exc)
+
+
+def secret_scrubber(settings: Settings) -> Callable[[str], str]:
+    """``scrub(text)``: the text without the upstream's key or the password in its URL, either
+    of which an upstream's error message (or a connection error) can repeat to us."""
+    key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else ""
+    url = settings.upstream_url or ""
+
+    def scrub(text: str) -> str:
+        return scrub_url(text.replace(key, "***") if key else text, url)
+
+    return scrub
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
@@ -87,18 +119,26 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"{param + ': ' if param else ''}{first.get('msg', 'invalid value')}", param
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, scrub: Callable[[str], str]) -> None:
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
+        message = scrub(exc.message)  # it may quote an upstream's error
+        return error_response(exc.status, message, param=exc.param, code=exc.code)
 
     @app.exception_handler(ConscienceError)
     async def _ours(request: Request, exc: ConscienceError) -> JSONResponse:
         status, code = status_of(exc)
         if isinstance(exc, EngineStatusError) and status < 500 and isinstance(exc.body, dict):
-            return JSONResponse(exc.body, status_code=status)  # the upstream's own 4xx
-        log.warning("request failed: %s (%s)", exc, code)
-        return error_response(status, str(exc), code=code)
+            body = json.loads(scrub(json.dumps(exc.body)))
+            return JSONResponse(body, status_code=status)  # the upstream's own 4xx
+        log.warning("request failed: %s (%s)", scrub(str(exc)), code)
+        return error_response(status, scrub(client_message(exc)), code=code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client left mid-body: not our failure, and nobody reads this answer.
+        log.info("client disconnected before sending the whole body")
+        return error_response(400, "the client disconnected", code="client_disconnected")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -110,7 +150,10 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}"
-        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+        code = "request_too_large" if exc.status_code == 413 else None
+        return error_response(
+            exc.status_code, message, code=code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

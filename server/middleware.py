@@ -1,6 +1,7 @@
 """Request context as a plain ASGI middleware: a request id on every response and log line,
-the body-size limit, request metrics. (Starlette's ``BaseHTTPMiddleware`` costs about a
-millisecond a request; this costs almost nothing.)"""
+the body-size limit (by Content-Length, and on the bytes as they arrive), request metrics.
+(Starlette's ``BaseHTTPMiddleware`` costs about a millisecond a request; this costs almost
+nothing.)"""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import error_response
@@ -54,13 +56,15 @@ class RequestContext:
             )
             await response(scope, receive, send_with_id)
         else:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, _limited(receive, self.max_body_bytes), send_with_id)
         self._observe(scope, status["code"], request_id, time.perf_counter() - started)
 
     def _observe(self, scope: Scope, status: int, request_id: str, seconds: float) -> None:
         app: Any = scope.get("app")
         pipeline = getattr(getattr(app, "state", None), "pipeline", None)
-        route = scope["path"] if status != 404 else "unknown"
+        # The route's template, never the raw path: a path parameter (a judgement id) would
+        # make one series per value, and any caller could grow the registry without bound.
+        route = getattr(scope.get("route"), "path", None) or "unknown"
         if pipeline is not None:
             pipeline.metrics.requests.labels(route, str(status)).inc()
         if log.isEnabledFor(logging.INFO):
@@ -72,3 +76,21 @@ class RequestContext:
                 seconds * 1000,
                 extra={"request_id": request_id},
             )
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """``receive`` that refuses the body as soon as it passes the limit: a chunked body has no
+    Content-Length to refuse it by, and must not be read whole into memory first (FastAPI reads
+    an admin route's body before the admin key is checked)."""
+    seen = 0
+
+    async def receive_limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            # An HTTPException, because FastAPI re-raises those from its body parsing.
+            raise HTTPException(413, f"request body larger than {limit} bytes")
+        return message
+
+    return receive_limited

@@ -20,7 +20,7 @@ from conscience.prompts import message_text
 from conscience.review import Conscience
 from conscience.settings import Settings
 from conscience.store import JudgementStore
-from server.errors import ApiError
+from server.errors import ApiError, secret_scrubber
 from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest, ConscienceResult
 
@@ -61,6 +61,7 @@ class Pipeline:
         self.store = store
         self.metrics = metrics
         self.generator = settings.model  # the adapter to generate with; switched on publish
+        self.scrub = secret_scrubber(settings)  # for logs: upstream errors can repeat its key
 
     def options(self, request: ChatCompletionRequest) -> Options:
         asked = request.conscience
@@ -171,7 +172,7 @@ class Pipeline:
                 f"the conscience review failed, so no answer is served: {exc}",
                 code="review_failed",
             ) from exc
-        log.warning("review failed, serving unreviewed (fail-open): %s", exc)
+        log.warning("review failed, serving unreviewed (fail-open): %s", self.scrub(str(exc)))
         return ConscienceResult(verdict=None, framework=options.framework, action=Action.UNREVIEWED)
 
     async def _apply_policy(
@@ -191,7 +192,7 @@ class Pipeline:
                 )
             except ConscienceError as exc:
                 # Without a rewrite the unethical original must still not be served: block.
-                log.warning("rewrite failed, blocking instead: %s", exc)
+                log.warning("rewrite failed, blocking instead: %s", self.scrub(str(exc)))
             else:
                 judgement.rewrite_ms = (time.perf_counter() - started) * 1000
                 # A tool call judged unethical becomes prose: the assistant speaks instead.

@@ -17,17 +17,47 @@ __all__ = [
     "ChatMessage",
     "ConscienceOptions",
     "ConscienceResult",
+    "ContentPart",
     "ErrorBody",
     "ErrorResponse",
+    "FunctionCall",
+    "ToolCall",
 ]
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content (text, image_url, input_audio, file, refusal, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None  # typed because the reviewer reads it
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    arguments: str | None = None  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    """A call in an earlier assistant turn; typed because the reviewer reads it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = None
+    type: str | None = None
+    function: FunctionCall | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ConscienceOptions(BaseModel):

@@ -3,24 +3,56 @@ pipeline, and returns a response, a stream or an error."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from conscience.errors import ConscienceError
 from server.auth import require_client
-from server.errors import ApiError, status_of
+from server.errors import ApiError, client_message, status_of
 from server.pipeline import Pipeline
 from server.protocol import ChatCompletionRequest
 from server.streaming import buffered_chunks, incremental_chunks, sse
 
 __all__ = ["router"]
 
+log = logging.getLogger("conscience.server")
+
 router = APIRouter()
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` inlined: an OpenAPI document resolves ``#/...``
+    from its own root, where pydantic's ``#/$defs/...`` does not exist."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return resolve(schema)
+
+
+# The handler reads the body itself (to give OpenAI-style errors), so FastAPI cannot see the
+# model: describe it here, for clients' generators and for the schema-driven fuzz tests.
+_CHAT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _inline_refs(ChatCompletionRequest.model_json_schema())}
+        },
+    }
+}
 
 
 def _pipeline(request: Request) -> Pipeline:
@@ -28,13 +60,13 @@ def _pipeline(request: Request) -> Pipeline:
 
 
 async def _parse(request: Request) -> ChatCompletionRequest:
-    raw = await request.body()
-    limit = request.app.state.settings.max_body_bytes
-    if len(raw) > limit:  # a chunked body has no Content-Length to refuse it by earlier
-        raise ApiError(413, f"request body larger than {limit} bytes", code="request_too_large")
+    raw = await request.body()  # its size is bounded as it arrives (server.middleware)
     try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # Not json.loads: deep nesting (10 000 "[") is a RecursionError there, and it takes NaN,
+        # Infinity and lone surrogates that nothing downstream can encode again. pydantic-core
+        # refuses all of them, and invalid UTF-8, with a ValueError (nesting: 200 levels).
+        payload = from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(payload, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
@@ -46,18 +78,27 @@ async def _parse(request: Request) -> ChatCompletionRequest:
         raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from exc
 
 
-async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _guarded(
+    chunks: AsyncIterator[bytes], scrub: Callable[[str], str]
+) -> AsyncIterator[bytes]:
     """After the headers are sent a failure can only be told in the stream: an error event."""
     try:
         async for chunk in chunks:
             yield chunk
-    except (ApiError, ConscienceError) as exc:
-        code = exc.code if isinstance(exc, ApiError) else status_of(exc)[1]
-        error = {"message": str(exc), "type": "server_error", "param": None, "code": code}
+    except ApiError as exc:
+        message, code = scrub(exc.message), exc.code
+        error = {"message": message, "type": "server_error", "param": None, "code": code}
+        yield sse({"error": error})
+    except ConscienceError as exc:
+        log.warning("stream failed: %s", scrub(str(exc)))
+        message, code = scrub(client_message(exc)), status_of(exc)[1]
+        error = {"message": message, "type": "server_error", "param": None, "code": code}
         yield sse({"error": error})
 
 
-@router.post("/v1/chat/completions", dependencies=[Depends(require_client)])
+@router.post(
+    "/v1/chat/completions", dependencies=[Depends(require_client)], openapi_extra=_CHAT_BODY
+)
 async def chat_completions(request: Request) -> Response:
     pipeline = _pipeline(request)
     body = await _parse(request)
@@ -66,7 +107,8 @@ async def chat_completions(request: Request) -> Response:
     if body.stream and pipeline.settings.stream_mode == "incremental" and (body.n or 1) == 1:
         stream = incremental_chunks(pipeline, body, options, request_id)
         first = await anext(stream)  # nothing upstream can fail before the first chunk
-        return StreamingResponse(_guarded(_prepend(first, stream)), media_type="text/event-stream")
+        guarded = _guarded(_prepend(first, stream), request.app.state.scrub)
+        return StreamingResponse(guarded, media_type="text/event-stream")
     reviewed = await pipeline.complete(body, options, request_id)
     headers = {
         "X-Conscience-Verdict": reviewed.result.verdict or "unreviewed",
@@ -116,7 +158,7 @@ async def ready(request: Request) -> JSONResponse:
         try:
             await pipeline.client.models()
         except ConscienceError as exc:
-            problems.append(f"upstream: {exc}")
+            problems.append(f"upstream: {request.app.state.scrub(str(exc))}")
     if not await pipeline.store.ping():
         problems.append("the judgement store does not answer")
     if problems:
