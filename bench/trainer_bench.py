@@ -70,6 +70,7 @@ def _child_trl(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str
             save_strategy="no",
             report_to="none",
             use_cpu=not torch.cuda.is_available(),
+            bf16=False,  # fp32 like ours here: compare the trainers, not the precisions
             gradient_checkpointing=False,  # TRL's default is on; ours is off: compare like for like
             max_length=1024,
             seed=0,
@@ -176,13 +177,19 @@ def _table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
             f" {r['peak_rss_mib'] / 1024:7.2f}GB {r['peak_rss_mib'] / base['peak_rss_mib']:6.2f}"
             f" {r['dpo_loss_first']:10.4f}→{r['dpo_loss_last']:.4f}"
         )
+    if "peak_gpu_mib" in base:
+        lines += [
+            f"peak GPU memory, {RUNS[name]}: {r['peak_gpu_mib'] / 1024:.2f} GiB"
+            f" (x TRL {r['peak_gpu_mib'] / base['peak_gpu_mib']:.2f})"
+            for name, r in results.items()
+        ]
     lines.append(
         "s/step: steady loop steps; ref once: the precomputed reference pass; all-in: s/step"
         " + ref once spread over the run's steps (what steps/s and its ratio use)"
     )
     lines.append(
         f"model {args.model_label}, {args.pairs_per_step} pairs/step, ~{args.tokens} tokens per"
-        f" sequence, {args.steps} timed steps after 1 warm-up, fp32, torch threads"
+        f" sequence, {args.steps} timed steps after 1 warm-up, fp32 on {args.device}, torch threads"
         f" {args.threads}, median of {args.repeats} round(s), load average"
         f" {args.load[0]:.2f} before, {args.load[1]:.2f} after"
     )
@@ -212,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = _child_ours(args, rows, precompute=args.child == "ours")
         result["peak_rss_mib"] = _peak_rss_mib()
+        import torch
+
+        if torch.cuda.is_available():
+            result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
         print(json.dumps(result))
         return 0
 
@@ -231,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
         args.tokens = 2 * args.words + 6  # the word tokenizer: a token a word, plus the template
         args.threads = torch.get_num_threads()
+        args.device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
         load_before = os.getloadavg()[0]
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in args.only or RUNS}
         for _ in range(args.repeats):  # interleaved, so a noisy minute hits every run alike

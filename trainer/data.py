@@ -67,6 +67,7 @@ class Batch:
     attention_mask: torch.Tensor  # (2B, T)
     loss_mask: torch.Tensor  # (2B, T): 1 on answer tokens
     n_pairs: int
+    answer_start: int  # the first position of an answer token in any row (the shortest prompt)
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -74,6 +75,7 @@ class Batch:
             self.attention_mask.to(device),
             self.loss_mask.to(device),
             self.n_pairs,
+            self.answer_start,
         )
 
 
@@ -205,4 +207,6 @@ def collate(pairs: Sequence[EncodedPair], pad_id: int) -> Batch:
         input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention_mask[i, : len(seq)] = 1
         loss_mask[i, prompt_len : len(seq)] = 1
-    return Batch(input_ids, attention_mask, loss_mask, n_pairs=len(pairs))
+    return Batch(
+        input_ids, attention_mask, loss_mask, n_pairs=len(pairs), answer_start=min(prompt_lens)
+    )

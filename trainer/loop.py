@@ -10,7 +10,9 @@ off (``model.disable_adapter()``), so there is never a second model in memory.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -34,19 +36,39 @@ from trainer.metrics import MetricsLog, plot_metrics
 from trainer.model import load_model, load_tokenizer, pad_id, resolve_device, resolve_dtype
 from trainer.schedule import lr_at, plan_steps
 
-__all__ = ["StepCallback", "reference_logps", "train"]
+__all__ = ["StepCallback", "answer_logps", "reference_logps", "train"]
 
 # Called after every optimizer step with (steps done, that step's metrics). Raising from it
 # stops the run where it stands: the last checkpoint stays, and ``resume=True`` continues.
 StepCallback = Callable[[int, dict[str, Any]], None]
 
 
+@functools.cache
+def _keeps_logits(model_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+def answer_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) summed log-probs of the answers, each (B,).
+
+    Only positions that predict an answer token need the LM head: with a 50-150k vocabulary the
+    head over the prompt is a large share of the step's compute and of its biggest tensor, the
+    (2B, T, vocab) logits. Models that take ``logits_to_keep`` (Llama, Qwen2, Mistral, GPT-2 in
+    transformers 5) compute logits from the shortest prompt's end on; others compute them all.
+    """
+    start, kwargs = 0, {}
+    if _keeps_logits(type(model.get_base_model())):
+        start = max(batch.answer_start - 1, 0)  # the position that predicts the first answer token
+        kwargs["logits_to_keep"] = batch.input_ids.shape[1] - start
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
+    logps = sequence_logps(logits, batch.input_ids[:, start:], batch.loss_mask[:, start:])
+    return logps.chunk(2)
+
+
 def reference_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) summed log-probs under the frozen copy: the adapter switched off."""
     with model.disable_adapter(), torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        chosen, rejected = sequence_logps(logits, batch.input_ids, batch.loss_mask).chunk(2)
-    return chosen, rejected
+        return answer_logps(model, batch)
 
 
 def _precompute_reference(
@@ -153,10 +175,7 @@ def train(
         tokens = 0
         for indices in plan[step]:
             batch = collate([dataset[i] for i in indices], pad).to(device)
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            policy_chosen, policy_rejected = sequence_logps(
-                logits, batch.input_ids, batch.loss_mask
-            ).chunk(2)
+            policy_chosen, policy_rejected = answer_logps(model, batch)
             if ref is not None:
                 ref_chosen, ref_rejected = ref[0][indices].to(device), ref[1][indices].to(device)
             else:

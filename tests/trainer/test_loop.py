@@ -247,3 +247,25 @@ def test_config_rejects_nonsense(tmp_path):
     assert TrainConfig(model="m", out_dir=str(tmp_path), lora_targets=["q_proj"]).lora_targets == (
         "q_proj",
     )
+
+
+@pytest.mark.parametrize("trim", [True, False], ids=["logits-from-the-answer", "all-logits"])
+def test_answer_logps_equal_the_full_computation(
+    tiny_model_dir, tmp_path, rows, tokenizer_factory, monkeypatch, trim
+):
+    from trainer.data import collate, encode_pairs
+    from trainer.loss import sequence_logps
+    from trainer.model import load_model
+
+    if not trim:  # a model without logits_to_keep: the head runs over every position
+        monkeypatch.setattr(loop, "_keeps_logits", lambda cls: False)
+    config = TrainConfig(model=str(tiny_model_dir), out_dir=str(tmp_path))
+    model = load_model(config, torch.device("cpu"), torch.float32)
+    pairs, _ = encode_pairs(rows, tokenizer_factory(), 64)
+    batch = collate(pairs, pad_id=0)
+    assert batch.answer_start == min(p.prompt_len for p in pairs) > 1
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        full = sequence_logps(logits, batch.input_ids, batch.loss_mask)
+        chosen, rejected = loop.answer_logps(model, batch)
+    assert torch.allclose(torch.cat([chosen, rejected]), full, atol=1e-5)
