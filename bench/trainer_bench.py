@@ -159,7 +159,8 @@ def _run_child(name: str, args: argparse.Namespace, pairs_file: Path) -> dict[st
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round with the median all-in time (a whole round, so its numbers belong together)."""
+    """The round with the median all-in time, the faster of the two middle ones for an even
+    count (a whole round, so its numbers belong together)."""
     return sorted(runs, key=lambda r: r["all_in"])[(len(runs) - 1) // 2]
 
 

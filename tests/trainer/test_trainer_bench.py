@@ -12,8 +12,10 @@ from bench import trainer_bench
 
 @pytest.mark.slow
 def test_the_bench_prints_a_table_of_ratios(capsys):
-    assert trainer_bench.main(["--shape", "tiny", "--steps", "1", "--pairs-per-step", "2"]) == 0
+    argv = ["--shape", "tiny", "--steps", "1", "--pairs-per-step", "2"]
+    # Two of the three runs (each a child process importing torch): TRL's side is what drifts.
+    assert trainer_bench.main([*argv, "--only", "trl", "ours-live"]) == 0
     table = capsys.readouterr().out
-    for label in trainer_bench.RUNS.values():
-        assert label in table
+    for name in ("trl", "ours-live"):
+        assert trainer_bench.RUNS[name] in table
     assert "x TRL" in table
