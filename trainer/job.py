@@ -11,15 +11,21 @@ import contextlib
 import functools
 import json
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.config import TrainConfig
+from trainer.data import read_jsonl
 from trainer.loop import train
 
 if TYPE_CHECKING:
     from conscience.store import JudgementStore
 
 __all__ = ["TrainingStopped", "train_from_store"]
+
+
+# The pairs a run started on, kept beside its checkpoint until they are marked consumed.
+_SNAPSHOT = "pairs.jsonl"
 
 
 class TrainingStopped(Exception):
@@ -35,25 +41,24 @@ async def train_from_store(
     trainer skipped (too long, say) stays unconsumed: a later run with other settings may use it.
     Training runs in a worker thread, so the event loop (the proxy's, maybe) keeps serving.
     """
-    from conscience.pairs import to_trl_pair
-
-    judgements = await store.unconsumed_pairs(limit=limit)
-    rows, not_text = [], 0
-    for judgement in judgements:
-        try:
-            rows.append(to_trl_pair(judgement))
-        except ValueError:  # a conversation with non-text parts (an image): not for this trainer
-            not_text += 1
-    if not rows:
-        return {
-            "status": "nothing_to_learn",
-            "run_id": run_id,
-            "pairs_total": len(judgements),
-            "pairs_used": 0,
-            "skipped": {"non_string_content": not_text} if not_text else {},
-            "steps": 0,
-            "consumed": 0,
-        }
+    snapshot = config.out_path / _SNAPSHOT
+    if config.resume and snapshot.exists():
+        # The interrupted run's own pairs, whatever was logged since: the checkpoint's data order
+        # indexes exactly these.
+        rows, not_text = read_jsonl(snapshot), 0
+    else:
+        rows, not_text = await _fetch(store, limit)
+        if not rows:
+            return {
+                "status": "nothing_to_learn",
+                "run_id": run_id,
+                "pairs_total": not_text,
+                "pairs_used": 0,
+                "skipped": {"non_string_content": not_text} if not_text else {},
+                "steps": 0,
+                "consumed": 0,
+            }
+        _write_snapshot(snapshot, rows)
 
     stop = threading.Event()
 
@@ -85,7 +90,29 @@ async def train_from_store(
         if not adapter.exists():  # never mark pairs learned by an adapter that is not there
             raise RuntimeError(f"training finished but {adapter} is missing")
         report["consumed"] = await store.mark_consumed(report["used_ids"], run_id)
+    # Marked (or nothing to mark): the conversations need not outlive the store's retention here.
+    snapshot.unlink(missing_ok=True)
     (config.out_path / "report.json").write_text(
         json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8"
     )
     return report
+
+
+async def _fetch(store: JudgementStore, limit: int | None) -> tuple[list[dict[str, Any]], int]:
+    """The store's unconsumed pairs as TRL rows, and how many could not be (non-text parts)."""
+    from conscience.pairs import to_trl_pair
+
+    rows, not_text = [], 0
+    for judgement in await store.unconsumed_pairs(limit=limit):
+        try:
+            rows.append(to_trl_pair(judgement))
+        except ValueError:  # a conversation with non-text parts (an image): not for this trainer
+            not_text += 1
+    return rows, not_text
+
+
+def _write_snapshot(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    tmp.replace(path)

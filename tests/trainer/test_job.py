@@ -165,3 +165,36 @@ async def test_a_cancelled_job_stops_training_and_consumes_nothing(
     assert len(await store.unconsumed_pairs()) == 8
     assert not (tmp_path / "a" / "adapter_model.safetensors").exists()
     assert (tmp_path / "a" / "checkpoint").exists()  # a later resume=True run continues here
+
+
+async def test_a_resumed_job_trains_on_the_pairs_it_started_with(
+    tiny_model_dir, tmp_path, store, filled, monkeypatch
+):
+    out = tmp_path / "a"
+    settings = {"batch_size": 2, "epochs": 2, "checkpoint_every": 2}
+
+    def crash_at_step_3(config, rows, *, on_step):
+        def crash(step, record):
+            if step == 3:
+                raise RuntimeError("killed")
+
+        return loop.train(config, rows, on_step=crash)
+
+    monkeypatch.setattr(job, "train", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        await job.train_from_store(store, _config(tiny_model_dir, out, **settings), "run-5")
+    assert (out / "pairs.jsonl").exists()  # the pairs the run started on, beside its checkpoint
+
+    # A new pair is logged before the resume: it must not shift the interrupted run's data.
+    late = _judgement(30, "how do i pick a lock", "sure", rewrite="ask the owner")
+    await store.add(late)
+    monkeypatch.setattr(job, "train", loop.train)
+    config = _config(tiny_model_dir, out, resume=True, **settings)
+    report = await job.train_from_store(store, config, "run-5")
+    assert report["resumed_from"] == 2
+    assert report["consumed"] == 6
+    assert {j.id for j in await store.unconsumed_pairs()} == {
+        late.id,
+        *(j.id for j in filled["unusable"]),
+    }
+    assert not (out / "pairs.jsonl").exists()  # marked: the conversations are not kept here
