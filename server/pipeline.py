@@ -155,14 +155,7 @@ class Pipeline:
         if judgement.verdict is Verdict.UNETHICAL:
             action = await self._apply_policy(choice, judgement, messages, options)
         judgement.action = action
-        result = ConscienceResult(
-            verdict=judgement.verdict,
-            framework=judgement.framework,
-            action=action,
-            confidence=judgement.confidence,
-            judgement_id=judgement.id,
-        )
-        return result, judgement
+        return ConscienceResult.of(judgement), judgement
 
     def _review_failed(self, exc: ConscienceError, options: Options) -> ConscienceResult:
         self.metrics.errors.labels("review_failed").inc()

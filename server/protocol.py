@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from conscience.judgement import Judgement
 from conscience.labels import Action, Policy, Verdict
 
 __all__ = [
@@ -105,6 +106,19 @@ class ConscienceResult(BaseModel):
     confidence: float | None = None
     judgement_id: str | None = None
     choices: list[ConscienceResult] | None = None  # one per choice when n > 1
+
+    @classmethod
+    def of(cls, judgement: Judgement) -> ConscienceResult:
+        """The object for a judgement whose action is decided."""
+        if judgement.action is None:
+            raise ValueError(f"judgement {judgement.id} has no action yet")
+        return cls(
+            verdict=judgement.verdict,
+            framework=judgement.framework,
+            action=judgement.action,
+            confidence=judgement.confidence,
+            judgement_id=judgement.id,
+        )
 
     def wire(self) -> dict[str, object]:
         """The JSON object clients see: every contract key, ``choices`` only when n > 1."""

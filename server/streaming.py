@@ -112,14 +112,7 @@ class _Incremental:
         if judgement.verdict is Verdict.UNETHICAL:
             action = await self._act(judgement)
         judgement.action = action
-        result = ConscienceResult(
-            verdict=judgement.verdict,
-            framework=judgement.framework,
-            action=action,
-            confidence=judgement.confidence,
-            judgement_id=judgement.id,
-        )
-        return result, judgement
+        return ConscienceResult.of(judgement), judgement
 
     async def _act(self, judgement: Any) -> Action:
         policy = self.options.policy
