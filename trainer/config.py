@@ -6,7 +6,7 @@ reasons in docs/notes/trainer.md (merged into docs/decisions.md).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class TrainConfig:
     checkpoint_every: int = 50  # optimizer steps between checkpoints; 0 = never
     resume: bool = False  # continue from out_dir/checkpoint if one is there
     progress: bool = True  # a tqdm bar on stderr
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, copied into report.json
 
     def __post_init__(self) -> None:
         if self.beta <= 0:

@@ -94,3 +94,18 @@ def test_one_step_on_the_real_smollm2_gguf(tmp_path):
     adapter_config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert adapter_config["peft_type"] == "LORA"
     assert (tmp_path / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_gradient_checkpointing_gives_the_same_steps(tiny_model_dir, tmp_path, rows):
+    settings = {"model": str(tiny_model_dir), "lr": 1e-2, "batch_size": 6, "epochs": 3}
+    plain, checkpointed = (
+        loop.train(
+            TrainConfig(
+                **settings, out_dir=str(tmp_path / str(gc)), gradient_checkpointing=gc,
+                progress=False,
+            ),
+            rows,
+        )
+        for gc in (False, True)
+    )  # fmt: skip
+    assert checkpointed["final"]["loss"] == pytest.approx(plain["final"]["loss"], abs=1e-5)
