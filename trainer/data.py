@@ -7,6 +7,9 @@ user message). The prompt is rendered with the model's chat template and
 ``add_generation_prompt=True``; the answer's tokens are whatever the full conversation adds after
 it, and only those carry loss.
 
+A task row for SFT (the online run's task set, TRL/OpenAI chat JSONL) is ``{"messages": [...]}``
+whose last message is the assistant's answer; it is rendered the same way (``encode_chats``).
+
 A bad row is never a crash: it is skipped and counted under its reason in the report.
 """
 
@@ -24,9 +27,13 @@ import torch
 __all__ = [
     "SKIP_REASONS",
     "Batch",
+    "EncodedChat",
     "EncodedPair",
     "collate",
+    "collate_chats",
+    "encode_chats",
     "encode_pairs",
+    "prompt_ids",
     "read_jsonl",
 ]
 
@@ -59,9 +66,22 @@ class EncodedPair:
     rejected_ids: tuple[int, ...]  # prompt + rejected answer
 
 
+@dataclass(frozen=True)
+class EncodedChat:
+    """One task conversation for SFT: its last (assistant) turn starts at ``prompt_len``."""
+
+    id: str | None
+    prompt_len: int
+    ids: tuple[int, ...]  # prompt + answer
+
+
 @dataclass
 class Batch:
-    """Chosen sequences first, then rejected ones: one forward pass for both halves."""
+    """Chosen sequences first, then rejected ones: one forward pass for both halves.
+
+    A batch of single conversations (``collate_chats``, SFT) has ``n_pairs == 0`` and one row
+    per conversation.
+    """
 
     input_ids: torch.Tensor  # (2B, T)
     attention_mask: torch.Tensor  # (2B, T)
@@ -124,6 +144,46 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _prompt_text(tokenizer: Any, prompt: list[dict[str, str]]) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return _render(tokenizer, prompt, generation_prompt=True)
+    # A base model without a template: the prompt is the one user message's text.
+    if len(prompt) != 1:
+        raise _Skip("template_mismatch")
+    return prompt[0]["content"]
+
+
+def prompt_ids(tokenizer: Any, prompt: list[dict[str, str]]) -> list[int]:
+    """The prompt's tokens as training sees them, up to where the answer begins (generation).
+
+    ``ValueError`` if a tokenizer without a chat template is given more than one message.
+    """
+    try:
+        return _ids(tokenizer, _prompt_text(tokenizer, prompt))
+    except _Skip as skip:
+        raise ValueError(f"cannot render this prompt: {skip.reason}") from None
+
+
+def _tokenize(
+    tokenizer: Any, prompt: list[dict[str, str]], answers: list[list[dict[str, str]]]
+) -> tuple[list[int], list[list[int]]]:
+    """``(prompt ids, [prompt + answer ids for each answer])``; answers start at len(prompt)."""
+    prompt_text = _prompt_text(tokenizer, prompt)
+    texts = []
+    if getattr(tokenizer, "chat_template", None):
+        for answer in answers:
+            full = _render(tokenizer, prompt + answer, generation_prompt=False)
+            if not full.startswith(prompt_text):
+                raise _Skip("template_mismatch")
+            texts.append(full[len(prompt_text) :])
+    else:
+        # Plain concatenation, the answer closed by EOS.
+        eos = tokenizer.eos_token or ""
+        texts = [answer[0]["content"] + eos for answer in answers]
+    ids = _ids(tokenizer, prompt_text)
+    return ids, [ids + _ids(tokenizer, text) for text in texts]
+
+
 def _encode_row(row: Any, tokenizer: Any, max_length: int) -> EncodedPair:
     if not isinstance(row, dict) or not {"prompt", "chosen", "rejected"} <= row.keys():
         raise _Skip("malformed")
@@ -135,24 +195,7 @@ def _encode_row(row: Any, tokenizer: Any, max_length: int) -> EncodedPair:
     if chosen[0]["content"] == rejected[0]["content"]:
         raise _Skip("identical")
 
-    if getattr(tokenizer, "chat_template", None):
-        prompt_text = _render(tokenizer, prompt, generation_prompt=True)
-        answers = []
-        for answer in (chosen, rejected):
-            full = _render(tokenizer, prompt + answer, generation_prompt=False)
-            if not full.startswith(prompt_text):
-                raise _Skip("template_mismatch")
-            answers.append(full[len(prompt_text) :])
-    else:
-        # A base model without a template: plain concatenation, the answer closed by EOS.
-        if len(prompt) != 1:
-            raise _Skip("template_mismatch")
-        prompt_text = prompt[0]["content"]
-        eos = tokenizer.eos_token or ""
-        answers = [chosen[0]["content"] + eos, rejected[0]["content"] + eos]
-
-    prompt_ids = _ids(tokenizer, prompt_text)
-    chosen_ids, rejected_ids = (prompt_ids + _ids(tokenizer, text) for text in answers)
+    prompt_ids, (chosen_ids, rejected_ids) = _tokenize(tokenizer, prompt, [chosen, rejected])
     if max(len(chosen_ids), len(rejected_ids)) > max_length:
         raise _Skip("too_long")
     if min(len(chosen_ids), len(rejected_ids)) <= len(prompt_ids):
@@ -166,6 +209,49 @@ def _encode_row(row: Any, tokenizer: Any, max_length: int) -> EncodedPair:
     )
 
 
+def _encode_chat(row: Any, tokenizer: Any, max_length: int) -> EncodedChat:
+    """A ``{"messages": [..., assistant]}`` row (TRL/OpenAI chat JSONL): SFT on its last turn."""
+    if not isinstance(row, dict) or "messages" not in row:
+        raise _Skip("malformed")
+    messages = _messages(row["messages"], answer=False)
+    prompt, answer = messages[:-1], messages[-1:]
+    if not prompt or answer[0]["role"] != "assistant":
+        raise _Skip("malformed")
+    if not answer[0]["content"].strip():
+        raise _Skip("empty_answer")
+    ids_prompt, (ids,) = _tokenize(tokenizer, prompt, [answer])
+    if len(ids) > max_length:
+        raise _Skip("too_long")
+    if len(ids) <= len(ids_prompt):
+        raise _Skip("empty_answer")
+    row_id = row.get("id")
+    return EncodedChat(
+        id=None if row_id is None else str(row_id), prompt_len=len(ids_prompt), ids=tuple(ids)
+    )
+
+
+def _encode_all(rows: Iterable[Any], encode: Any) -> tuple[list[Any], dict[str, Any]]:
+    kept: list[Any] = []
+    skipped: Counter[str] = Counter()
+    skipped_ids: list[str] = []
+    n = 0
+    for row in rows:
+        n += 1
+        try:
+            kept.append(encode(row))
+        except _Skip as skip:
+            skipped[skip.reason] += 1
+            if isinstance(row, dict) and row.get("id") is not None:
+                skipped_ids.append(str(row["id"]))
+    report = {
+        "rows": n,
+        "kept": len(kept),
+        "skipped": dict(skipped),
+        "skipped_ids": skipped_ids,
+    }
+    return kept, report
+
+
 def encode_pairs(
     rows: Iterable[Any], tokenizer: Any, max_length: int
 ) -> tuple[list[EncodedPair], dict[str, Any]]:
@@ -174,31 +260,34 @@ def encode_pairs(
     ``skipped`` maps each reason of :data:`SKIP_REASONS` that occurred to its count, and
     ``skipped_ids`` lists the ids of skipped rows that had one.
     """
-    pairs: list[EncodedPair] = []
-    skipped: Counter[str] = Counter()
-    skipped_ids: list[str] = []
-    n = 0
-    for row in rows:
-        n += 1
-        try:
-            pairs.append(_encode_row(row, tokenizer, max_length))
-        except _Skip as skip:
-            skipped[skip.reason] += 1
-            if isinstance(row, dict) and row.get("id") is not None:
-                skipped_ids.append(str(row["id"]))
-    report = {
-        "rows": n,
-        "kept": len(pairs),
-        "skipped": dict(skipped),
-        "skipped_ids": skipped_ids,
-    }
-    return pairs, report
+    return _encode_all(rows, lambda row: _encode_row(row, tokenizer, max_length))
+
+
+def encode_chats(
+    rows: Iterable[Any], tokenizer: Any, max_length: int
+) -> tuple[list[EncodedChat], dict[str, Any]]:
+    """Tokenize task rows ``{"messages": [...]}`` for SFT on their last (assistant) turn.
+
+    Same rules and the same report as :func:`encode_pairs`: the prompt is every message but the
+    last, rendered with the chat template and the generation prompt; bad rows are counted.
+    """
+    return _encode_all(rows, lambda row: _encode_chat(row, tokenizer, max_length))
 
 
 def collate(pairs: Sequence[EncodedPair], pad_id: int) -> Batch:
     """Right-pad chosen then rejected sequences into one (2B, T) batch."""
     sequences = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-    prompt_lens = [p.prompt_len for p in pairs] * 2
+    return _pad(sequences, [p.prompt_len for p in pairs] * 2, pad_id, n_pairs=len(pairs))
+
+
+def collate_chats(chats: Sequence[EncodedChat], pad_id: int) -> Batch:
+    """Right-pad conversations into one (B, T) batch (``n_pairs == 0``), answers masked in."""
+    return _pad([c.ids for c in chats], [c.prompt_len for c in chats], pad_id, n_pairs=0)
+
+
+def _pad(
+    sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int, n_pairs: int
+) -> Batch:
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -208,5 +297,5 @@ def collate(pairs: Sequence[EncodedPair], pad_id: int) -> Batch:
         attention_mask[i, : len(seq)] = 1
         loss_mask[i, prompt_len : len(seq)] = 1
     return Batch(
-        input_ids, attention_mask, loss_mask, n_pairs=len(pairs), answer_start=min(prompt_lens)
+        input_ids, attention_mask, loss_mask, n_pairs=n_pairs, answer_start=min(prompt_lens)
     )

@@ -16,6 +16,7 @@ import inspect
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,15 @@ from trainer.metrics import MetricsLog, plot_metrics
 from trainer.model import load_model, load_tokenizer, pad_id, resolve_device, resolve_dtype
 from trainer.schedule import lr_at, plan_steps
 
-__all__ = ["StepCallback", "answer_logps", "reference_logps", "train"]
+__all__ = [
+    "PairTerms",
+    "StepCallback",
+    "answer_logps",
+    "batch_logps",
+    "pair_terms",
+    "reference_logps",
+    "train",
+]
 
 # Called after every optimizer step with (steps done, that step's metrics). Raising from it
 # stops the run where it stands: the last checkpoint stays, and ``resume=True`` continues.
@@ -48,8 +57,8 @@ def _keeps_logits(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
-def answer_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) summed log-probs of the answers, each (B,).
+def batch_logps(model: Any, batch: Batch) -> torch.Tensor:
+    """Summed log-probs of every row's answer tokens, (rows,): pairs or single conversations.
 
     Only positions that predict an answer token need the LM head: with a 50-150k vocabulary the
     head over the prompt is a large share of the step's compute and of its biggest tensor, the
@@ -61,14 +70,48 @@ def answer_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         start = max(batch.answer_start - 1, 0)  # the position that predicts the first answer token
         kwargs["logits_to_keep"] = batch.input_ids.shape[1] - start
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
-    logps = sequence_logps(logits, batch.input_ids[:, start:], batch.loss_mask[:, start:])
-    return logps.chunk(2)
+    return sequence_logps(logits, batch.input_ids[:, start:], batch.loss_mask[:, start:])
+
+
+def answer_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) summed log-probs of the answers, each (B,)."""
+    return batch_logps(model, batch).chunk(2)
 
 
 def reference_logps(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) summed log-probs under the frozen copy: the adapter switched off."""
     with model.disable_adapter(), torch.no_grad():
         return answer_logps(model, batch)
+
+
+@dataclass
+class PairTerms:
+    """The DPO terms of one micro-batch of pairs, each (B,)."""
+
+    dpo: torch.Tensor  # per-pair DPO loss (carries the gradient)
+    chosen_rewards: torch.Tensor  # detached, for logging
+    rejected_rewards: torch.Tensor
+    policy_chosen: torch.Tensor  # summed answer log-probs under the policy (with gradient)
+    policy_rejected: torch.Tensor
+
+
+def pair_terms(
+    model: Any,
+    batch: Batch,
+    beta: float,
+    ref: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> PairTerms:
+    """Policy forward, reference (given, else the adapter switched off now) and the DPO loss.
+
+    Both loops call this: the nightly one with precomputed reference log-probs, the online one
+    (fresh pairs every step) with a live reference.
+    """
+    policy_chosen, policy_rejected = answer_logps(model, batch)
+    ref_chosen, ref_rejected = ref if ref is not None else reference_logps(model, batch)
+    dpo, chosen_rewards, rejected_rewards = dpo_loss(
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta
+    )
+    return PairTerms(dpo, chosen_rewards, rejected_rewards, policy_chosen, policy_rejected)
 
 
 def _precompute_reference(
@@ -175,14 +218,14 @@ def train(
         tokens = 0
         for indices in plan[step]:
             batch = collate([dataset[i] for i in indices], pad).to(device)
-            policy_chosen, policy_rejected = answer_logps(model, batch)
+            given = None  # None: pair_terms runs the reference (adapter off) now
             if ref is not None:
-                ref_chosen, ref_rejected = ref[0][indices].to(device), ref[1][indices].to(device)
-            else:
-                ref_chosen, ref_rejected = reference_logps(model, batch)
-            dpo, chosen_rewards, rejected_rewards = dpo_loss(
-                policy_chosen, policy_rejected, ref_chosen, ref_rejected, config.beta
-            )
+                given = (ref[0][indices].to(device), ref[1][indices].to(device))
+            terms = pair_terms(model, batch, config.beta, given)
+            dpo, chosen_rewards, rejected_rewards = (
+                terms.dpo, terms.chosen_rewards, terms.rejected_rewards
+            )  # fmt: skip
+            policy_chosen, policy_rejected = terms.policy_chosen, terms.policy_rejected
             chosen_tokens = batch.loss_mask[: batch.n_pairs, 1:].sum(dim=-1)
             sft = sft_loss(policy_chosen, chosen_tokens)
             losses = combined_loss(config.sft_weight * sft, dpo, config.dpo_weight)
