@@ -352,3 +352,25 @@ def test_the_server_survived(target: tuple[Proxy, LogRecorder]) -> None:
     )
     for operation, count in sorted(examples_run.items()):
         print(f"  {operation}: {count}")
+
+
+@pytest.mark.postgres
+@pytest.mark.xfail(
+    strict=True,
+    reason="PostgreSQL text and jsonb refuse NUL (\\u0000): the store raises StoreError and the "
+    "client gets 503 for a body SQLite stores; to fix in conscience/store/postgres.py",
+)
+def test_nul_characters_with_postgres(tmp_path: Any) -> None:
+    store_url = os.environ.get("CONSCIENCE_TEST_POSTGRES_URL")
+    if not store_url:
+        pytest.skip("CONSCIENCE_TEST_POSTGRES_URL is not set")
+    with running_proxy(tmp_path, store_url=store_url) as proxy:
+        for raw in (
+            _body().replace(b"Hello?", b"a\\u0000b"),  # in the conversation
+            _body(tools=[{"x": "\u0000"}]),  # in a field passed upstream and stored
+        ):
+            response = httpx.post(proxy.url + CHAT, content=raw, headers=auth(), timeout=30)
+            assert response.status_code == 200, response.text
+        proxy.engine.generation = "an answer with a \u0000 in it"  # from the upstream
+        response = httpx.post(proxy.url + CHAT, content=_body(), headers=auth(), timeout=30)
+        assert response.status_code == 200, response.text
