@@ -4,6 +4,11 @@
 learns from the store's unconsumed pairs (or from ``--pairs FILE.jsonl``), writes the adapter,
 marks the pairs consumed only once the adapter exists, then, with ``--publish``, passes the
 evaluation gate before vLLM loads the adapter and the proxy generates with it.
+
+``conscience train --online --task-data FILE.jsonl --base-model M --out DIR`` is the paper's
+run instead (``trainer/online.py``): SFT on the task set plus λ·DPO on the policy's own samples
+that the frozen base (``--judge-url URL --judge-model NAME``, or llama.cpp on ``--judge-gguf``)
+finds unethical and rewrites; its judgements go to the store.
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ async def _train(args: argparse.Namespace) -> dict[str, Any]:
 
     config = _config(args)
     run_id = args.run_id or Path(args.out).name or "run-" + uuid.uuid4().hex[:8]
+    if args.online:
+        return await asyncio.to_thread(_train_online, args, config, run_id)
     if args.pairs:
         return await asyncio.to_thread(train, config, args.pairs)
     settings = Settings(**({"store_url": args.store} if args.store else {}))
@@ -87,6 +94,53 @@ async def _train(args: argparse.Namespace) -> dict[str, Any]:
         return await train_from_store(store, config, run_id, limit=args.limit)
     finally:
         await store.close()
+
+
+def _check_online(args: argparse.Namespace) -> None:
+    """The flags of the two modes do not mix; say so before anything loads."""
+    if not args.online:
+        online_only = ("task_data", "judge_url", "judge_gguf", "online_samples", "max_new_tokens")
+        given = [name for name in online_only if getattr(args, name) is not None]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ConscienceError(f"{flags} only go with --online")
+        return
+    if not args.task_data:
+        raise ConscienceError("--online needs --task-data FILE.jsonl (the task set)")
+    for name in ("pairs", "publish", "limit"):
+        if getattr(args, name):
+            raise ConscienceError(f"--{name} does not go with --online")
+    if args.judge_url and args.judge_gguf:
+        raise ConscienceError("give the judge as --judge-url or as --judge-gguf, not both")
+
+
+def _train_online(args: argparse.Namespace, config: Any, run_id: str) -> dict[str, Any]:
+    from conscience.settings import Settings
+    from trainer.online import OnlineConfig, train_online
+
+    overrides: dict[str, Any] = {}
+    if args.store:
+        overrides["store_url"] = args.store
+    if args.framework:
+        overrides["framework"] = args.framework
+    if args.judge_url:
+        overrides["upstream_url"] = args.judge_url
+    if args.judge_gguf:
+        overrides["upstream_url"] = None  # the embedded engine, whatever the environment says
+    gguf = args.judge_gguf or (args.base_model if args.base_model.endswith(".gguf") else None)
+    if args.judge_model:
+        overrides["judge_model"] = args.judge_model
+    elif gguf and not args.judge_url:
+        overrides["judge_model"] = Path(gguf).stem  # the name llama.cpp serves it under
+    given = {
+        name: getattr(args, name)
+        for name in ("online_samples", "max_new_tokens", "temperature", "max_judge_failures")
+        if getattr(args, name) is not None
+    }
+    online = OnlineConfig(
+        task_data=args.task_data, judge_gguf=args.judge_gguf, run_id=run_id, **given
+    )
+    return train_online(config, online, Settings(**overrides))
 
 
 def _publish(args: argparse.Namespace, report: dict[str, Any]) -> str:
@@ -113,9 +167,17 @@ def _publish(args: argparse.Namespace, report: dict[str, Any]) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    _check_online(args)
     if args.publish and not args.proxy_admin:
         raise ConscienceError("--publish needs --proxy-admin (the proxy to switch)")
     report = asyncio.run(_train(args))
+    if args.online:
+        keys = ("status", "run_id", "task_used", "steps", "samples_reviewed", "judge_failures",
+                "verdicts", "pairs_total", "task_loss", "dpo_loss_mean", "adapter")  # fmt: skip
+        print(json.dumps({k: report.get(k) for k in keys}, default=str))
+        if report.get("status") == "nothing_to_learn":
+            print("nothing to learn: no usable row in --task-data", file=sys.stderr)
+        return 0
     summary = {
         k: report.get(k)
         for k in (
@@ -164,6 +226,21 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
         help="the gate: publish only at or above this reward accuracy",
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    online = train.add_argument_group("the paper's run (--online): SFT + conscience DPO")
+    online.add_argument(
+        "--online", action="store_true", help="SFT on --task-data + DPO on reviewed samples"
+    )
+    online.add_argument("--task-data", help="task set, chat JSONL ({'messages': [...]})")
+    online.add_argument("--judge-url", help="OpenAI base URL of an engine serving the base model")
+    online.add_argument("--judge-model", help="the base model's name there (the frozen copy)")
+    online.add_argument("--judge-gguf", help="without --judge-url: llama.cpp serves this GGUF")
+    online.add_argument("--framework", help="ethics framework (CONSCIENCE_FRAMEWORK)")
+    online.add_argument("--online-samples", type=int, help="policy samples reviewed per step")
+    online.add_argument("--max-new-tokens", type=int, help="length cap of a policy sample")
+    online.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
+    online.add_argument(
+        "--max-judge-failures", type=int, help="failed reviews in a row that stop the run"
+    )
     for name, (kind, text) in _CONFIG_FLAGS.items():
         train.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
     train.set_defaults(handler=_cmd_train)

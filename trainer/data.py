@@ -33,7 +33,6 @@ __all__ = [
     "collate_chats",
     "encode_chats",
     "encode_pairs",
-    "prompt_ids",
     "read_jsonl",
 ]
 
@@ -73,6 +72,7 @@ class EncodedChat:
     id: str | None
     prompt_len: int
     ids: tuple[int, ...]  # prompt + answer
+    prompt: list[dict[str, str]]  # the validated messages before the answer (to sample from)
 
 
 @dataclass
@@ -153,17 +153,6 @@ def _prompt_text(tokenizer: Any, prompt: list[dict[str, str]]) -> str:
     return prompt[0]["content"]
 
 
-def prompt_ids(tokenizer: Any, prompt: list[dict[str, str]]) -> list[int]:
-    """The prompt's tokens as training sees them, up to where the answer begins (generation).
-
-    ``ValueError`` if a tokenizer without a chat template is given more than one message.
-    """
-    try:
-        return _ids(tokenizer, _prompt_text(tokenizer, prompt))
-    except _Skip as skip:
-        raise ValueError(f"cannot render this prompt: {skip.reason}") from None
-
-
 def _tokenize(
     tokenizer: Any, prompt: list[dict[str, str]], answers: list[list[dict[str, str]]]
 ) -> tuple[list[int], list[list[int]]]:
@@ -226,7 +215,10 @@ def _encode_chat(row: Any, tokenizer: Any, max_length: int) -> EncodedChat:
         raise _Skip("empty_answer")
     row_id = row.get("id")
     return EncodedChat(
-        id=None if row_id is None else str(row_id), prompt_len=len(ids_prompt), ids=tuple(ids)
+        id=None if row_id is None else str(row_id),
+        prompt_len=len(ids_prompt),
+        ids=tuple(ids),
+        prompt=prompt,
     )
 
 
