@@ -280,3 +280,34 @@ def test_cli_runs_the_online_training_end_to_end(tiny_model_dir, tmp_path, engin
     assert summary["samples_reviewed"] == len(engine.of_kind("review"))
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
     assert len(_judgements(store)) == summary["samples_reviewed"]
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, engine, engine_url):
+    engine.verdict = "unethical"
+    engine.rewrite = REWRITE
+    task = str(_write_task(tmp_path / "t.jsonl"))
+    settings = _settings(engine_url, tmp_path / "store.sqlite3")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(step, record):
+        if step == 2:
+            raise Killed
+
+    config = _config(tiny_model_dir, tmp_path / "run", checkpoint_every=1)
+    with pytest.raises(Killed):
+        train_online(config, OnlineConfig(task_data=task, max_new_tokens=8), settings,
+                     on_step=kill_after_two)  # fmt: skip
+    assert (tmp_path / "run" / "checkpoint").is_dir()
+    assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+    resumed = _config(tiny_model_dir, tmp_path / "run", checkpoint_every=1, resume=True)
+    report = train_online(resumed, OnlineConfig(task_data=task, max_new_tokens=8), settings)
+    assert report["resumed_from"] == 2 and report["steps"] == 3
+    records = _lines(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    # The totals count the steps before the kill too (they come from the metrics log).
+    assert report["samples_generated"] == sum(r["online_samples"] for r in records)
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "run" / "checkpoint").exists()
