@@ -75,6 +75,10 @@ def error_response(
 def status_of(exc: ConscienceError) -> tuple[int, str]:
     """The HTTP status and error code that tell a client what went wrong."""
     if isinstance(exc, EngineStatusError):
+        if exc.status_code in (401, 403):
+            # The upstream refused *the proxy's* credentials: the client's key is not at fault,
+            # so it must not be told so; this is the proxy's misconfiguration.
+            return 502, "upstream_auth_failed"
         return (exc.status_code if 400 <= exc.status_code < 500 else 502), "upstream_error"
     if isinstance(exc, EngineTimeout):
         return 504, "upstream_timeout"

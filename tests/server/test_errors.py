@@ -137,3 +137,13 @@ def test_failed_rewrite_blocks_rather_than_serving_the_original(
     completion = _client(proxy_url).chat.completions.create(model="gen", messages=ASK)
     assert completion.choices[0].finish_reason == "content_filter"
     assert completion.model_extra["conscience"]["action"] == "blocked"
+
+
+def test_upstream_refusing_the_proxys_key_is_502_not_401(
+    engine: ScriptedEngine, proxy_url: str
+) -> None:
+    engine.faults["generate"] = Fault(status=401)
+    with pytest.raises(openai.APIStatusError) as info:
+        _client(proxy_url).chat.completions.create(model="gen", messages=ASK)
+    assert info.value.status_code == 502
+    assert info.value.body["code"] == "upstream_auth_failed"
