@@ -78,7 +78,7 @@ if [ "$WHAT" = all ] || [ "$WHAT" = checkpoint ]; then
         echo "vllm-cpu: $CHECKPOINT already built" >&2
     else
         mkdir -p "$HF_CACHE"
-        rm -rf "$CHECKPOINT.partial"
+        rm -rf "$CHECKPOINT" "$CHECKPOINT.partial"
         step "bf16 checkpoint build" build_checkpoint
     fi
 fi
