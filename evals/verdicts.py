@@ -164,9 +164,11 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
     for ax, (name, run) in zip(axes.flat, runs, strict=False):
         matrix = [[run["confusion"][g][p] for p in PREDICTIONS] for g in LABELS]
         ax.imshow(matrix, cmap="Blues")
+        dark = max(max(line) for line in matrix) / 2  # white digits on dark cells
         for i, line in enumerate(matrix):
             for j, count in enumerate(line):
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=9)
+                color = "white" if count > dark else "black"
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=9, color=color)
         ax.set_xticks(range(len(PREDICTIONS)), PREDICTIONS, fontsize=7, rotation=30)
         ax.set_yticks(range(len(LABELS)), LABELS, fontsize=7)
         ax.set_xlabel("predicted", fontsize=8)
