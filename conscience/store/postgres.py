@@ -52,8 +52,23 @@ _PAIRS = (
 _CONNECT_TIMEOUT_S = 10
 
 
+def _no_nul(value: Any) -> Any:
+    """PostgreSQL text and jsonb cannot hold NUL: store U+FFFD in its place (SQLite keeps NUL).
+
+    A NUL in a conversation is never meaningful text, and refusing the row would fail the
+    client's request (503) for a body SQLite stores; the replacement is visible, not silent.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_no_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    return value
+
+
 def _to_row(judgement: Judgement) -> tuple[Any, ...]:
-    data = judgement.model_dump()
+    data = _no_nul(judgement.model_dump())
     row: list[Any] = []
     for name in COLUMNS:
         value = data[name]

@@ -355,11 +355,6 @@ def test_the_server_survived(target: tuple[Proxy, LogRecorder]) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="PostgreSQL text and jsonb refuse NUL (\\u0000): the store raises StoreError and the "
-    "client gets 503 for a body SQLite stores; to fix in conscience/store/postgres.py",
-)
 def test_nul_characters_with_postgres(tmp_path: Any) -> None:
     store_url = os.environ.get("CONSCIENCE_TEST_POSTGRES_URL")
     if not store_url:
