@@ -58,25 +58,15 @@ def _engine_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _review(args: argparse.Namespace) -> dict[str, Any]:
-    from conscience.client import EngineClient
     from conscience.review import conscience_from_settings
+    from server.app import engine_client
 
     settings = _settings(args, **_engine_fields(args))
-    key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-    engine = None
-    if settings.upstream_url is None:
-        from server.app import start_engine  # no upstream: the embedded engine and model
-
-        engine = await start_engine(settings)
-    try:
-        base_url = engine.base_url if engine is not None else settings.upstream_url
-        async with EngineClient(base_url, api_key=key, timeout=settings.upstream_timeout) as client:
-            conscience = conscience_from_settings(settings, client)
-            messages = [{"role": "user", "content": args.question}]
-            judgement = await conscience.review_and_rewrite(messages, args.answer)
-    finally:
-        if engine is not None:
-            await engine.stop()
+    # Without an upstream this starts the embedded engine on the configured model.
+    async with engine_client(settings) as client:
+        conscience = conscience_from_settings(settings, client)
+        messages = [{"role": "user", "content": args.question}]
+        judgement = await conscience.review_and_rewrite(messages, args.answer)
     out: dict[str, Any] = {
         "verdict": judgement.verdict.value,
         "confidence": judgement.confidence,

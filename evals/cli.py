@@ -12,8 +12,6 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,24 +43,11 @@ def _settings(args: argparse.Namespace) -> Any:
     return Settings(**{key: value for key, value in fields.items() if value is not None})
 
 
-@asynccontextmanager
-async def _endpoint(settings: Any) -> AsyncIterator[Any]:
-    """An ``EngineClient`` on the configured upstream, or on the embedded engine without one."""
-    from conscience.client import EngineClient
+def _endpoint(settings: Any) -> Any:
+    """An ``EngineClient`` on the endpoint, or on the embedded engine without one."""
+    from server.app import engine_client
 
-    engine = None
-    if settings.upstream_url is None:
-        from server.app import start_engine
-
-        engine = await start_engine(settings)
-    try:
-        url = engine.base_url if engine is not None else settings.upstream_url
-        key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-        async with EngineClient(url, api_key=key, timeout=settings.upstream_timeout) as client:
-            yield client
-    finally:
-        if engine is not None:
-            await engine.stop()
+    return engine_client(settings)
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:

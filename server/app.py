@@ -24,7 +24,7 @@ from server.middleware import RequestContext
 from server.pipeline import Pipeline
 from server.retention import retention_loop
 
-__all__ = ["create_app", "start_engine"]
+__all__ = ["create_app", "engine_client", "start_engine"]
 
 log = logging.getLogger("conscience.server")
 
@@ -45,6 +45,21 @@ async def start_engine(settings: Settings) -> Any:
     )
     await engine.start()
     return engine
+
+
+@asynccontextmanager
+async def engine_client(settings: Settings) -> AsyncIterator[EngineClient]:
+    """An ``EngineClient`` on the configured upstream, or on the embedded engine without one
+    (started here, stopped on exit). The one-shot commands (review, eval, calibrate) use it."""
+    engine = await start_engine(settings)
+    try:
+        url = engine.base_url if engine is not None else settings.upstream_url
+        key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+        async with EngineClient(url, api_key=key, timeout=settings.upstream_timeout) as client:
+            yield client
+    finally:
+        if engine is not None:
+            await engine.stop()
 
 
 def _log_calibration(settings: Settings, conscience: Any) -> None:
