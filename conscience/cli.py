@@ -234,6 +234,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"conscience: error: invalid settings: {problems}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        extra = {
+            "torch": "train",
+            "transformers": "train",
+            "peft": "train",
+            "matplotlib": "eval",
+            "xllamacpp": "engine",
+        }.get(str(exc.name).split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"conscience: error: this command needs the `{extra}` extra: "
+            f"pip install 'conscience[{extra}]' (missing module {exc.name})",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
 
