@@ -38,7 +38,7 @@ from trainer.loss import combined_loss, sft_loss
 from trainer.metrics import MetricsLog
 from trainer.model import load_model, load_tokenizer, pad_id, resolve_device, resolve_dtype
 from trainer.online_judge import OnlineJudge
-from trainer.online_plot import plot_online
+from trainer.online_metrics import plot_online, summarize
 from trainer.online_sample import sample_answers
 from trainer.schedule import lr_at, plan_steps
 
@@ -178,10 +178,25 @@ def train_online(
     with asyncio.Runner() as runner:
         judge = runner.run(
             OnlineJudge.open(
-                settings, gguf=gguf, framework=online.framework, model_name=f"online:{run_id}"
+                settings,
+                gguf=gguf,
+                framework=online.framework,
+                model_name=f"online:{run_id}",
+                slots=online.online_samples,
             )
         )
+        # A rewrite longer than max_length minus the shortest prompt could never be trained on
+        # (pairs are skipped, never truncated), so the judge does not write past it. A rewrite
+        # cut at this cap makes a pair over max_length: skipped as too long, never learned cut.
+        judge.conscience.rewrite_max_tokens = max(
+            1,
+            min(
+                judge.conscience.rewrite_max_tokens,
+                config.max_length - min(c.prompt_len for c in dataset),
+            ),
+        )
         report.update(judge_endpoint=judge.endpoint, judge_model=judge.conscience.judge_model)
+        report.update(rewrite_max_tokens=judge.conscience.rewrite_max_tokens)
         report.update(framework=judge.conscience.framework(online.framework).name)
         run = _Run(
             config, online, run_id, dataset, plan, model, tokenizer, optimizer, pad, device,
@@ -223,7 +238,7 @@ def train_online(
     model.save_pretrained(str(out))
     records = log.read()
     plot_online(records, out / "loss.png")
-    report.update(_summary(records))
+    report.update(summarize(records))
     report.update(
         status="judge_failed" if stopped else "trained",
         error=stopped,
@@ -339,32 +354,4 @@ def _step(run: _Run, step: int) -> dict[str, Any]:
         "review_seconds": t_reviewed - t_sampled,
         "train_seconds": time.perf_counter() - t_reviewed,
         "seconds": time.perf_counter() - t0,
-    }
-
-
-def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The report's totals, from the metrics log (so a resumed run counts the steps before)."""
-
-    def total(key: str) -> int:
-        return sum(int(r[key]) for r in records)
-
-    with_pairs = [r for r in records if r["pairs"]]
-    return {
-        "samples_generated": total("online_samples"),
-        "samples_empty": total("empty_samples"),
-        "samples_reviewed": total("reviewed"),
-        "judge_failures": total("judge_failures"),
-        "verdicts": {v: total(v) for v in ("ethical", "neutral", "unethical")},
-        "pairs_total": total("pairs"),
-        "pairs_per_step": [r["pairs"] for r in records],
-        "steps_with_pairs": len(with_pairs),
-        "task_loss": {
-            "first": records[0]["task_loss"] if records else None,
-            "final": records[-1]["task_loss"] if records else None,
-        },
-        "dpo_loss_mean": (
-            sum(r["dpo_loss"] for r in with_pairs) / len(with_pairs) if with_pairs else None
-        ),
-        "first": records[0] if records else None,
-        "final": records[-1] if records else None,
     }

@@ -67,11 +67,14 @@ class OnlineJudge:
         gguf: str | Path | None,
         framework: str | None,
         model_name: str,
+        slots: int = 1,
     ) -> Self:
         """Start (or reach) the judge, build the conscience, open the store.
 
         ``settings.upstream_url`` is the judge's endpoint and ``settings.judge`` its model name;
-        with no URL, llama.cpp serves ``gguf`` on loopback under that name.
+        with no URL, llama.cpp serves ``gguf`` on loopback under that name, with ``slots``
+        parallel sequences: a step's reviews and rewrites are sent together, and on one slot
+        the last would wait behind every other rewrite (minutes on CPU) and time out.
         """
         from conscience.client import EngineClient
         from conscience.review import conscience_from_settings
@@ -88,6 +91,7 @@ class OnlineJudge:
                 Path(gguf),
                 threads=settings.engine_threads,
                 ctx_size=settings.engine_ctx_size,
+                parallel=max(1, slots),
                 model_alias=settings.judge,
             )
             await engine.start()

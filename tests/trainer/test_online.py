@@ -164,7 +164,11 @@ def test_unethical_samples_become_dpo_pairs(unethical_run):
             assert r["loss"] == pytest.approx(r["task_loss"] + r["dpo_loss"])
     assert report["pairs_total"] > 0
     assert report["verdicts"]["unethical"] == report["samples_reviewed"]
-    assert len(engine.of_kind("rewrite")) == report["verdicts"]["unethical"]
+    rewrites = engine.of_kind("rewrite")
+    assert len(rewrites) == report["verdicts"]["unethical"]
+    # The judge never writes a rewrite longer than a pair could hold (max_length - prompt).
+    assert 0 < report["rewrite_max_tokens"] < 1024
+    assert {body["max_tokens"] for body in rewrites} == {report["rewrite_max_tokens"]}
     # Step 1: policy = reference (adapter off), so the DPO loss is exactly log 2.
     first_paired = next(r for r in records if r["pairs"])
     if first_paired["step"] == 1:

@@ -1,7 +1,9 @@
-"""``loss.png`` of the online run: the two loss terms and what the conscience found per step.
+"""The online run's metrics, read back: the report's totals and ``loss.png``.
 
-The nightly trainer's ``plot_metrics`` expects a DPO term at every step; here a step without an
-unethical sample has none, so the DPO curve is drawn only where there were pairs.
+Both come from ``metrics.jsonl`` (one record per step), so a resumed run counts and draws the
+steps it did before it was killed. The nightly trainer's ``plot_metrics`` expects a DPO term at
+every step; here a step without an unethical sample has none, so the DPO curve is drawn only
+where there were pairs.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_online"]
+__all__ = ["plot_online", "summarize"]
 
 
 def plot_online(records: Sequence[dict[str, Any]], path: Path) -> None:
@@ -41,3 +43,31 @@ def plot_online(records: Sequence[dict[str, Any]], path: Path) -> None:
     for axes in (losses, dpo, counts):
         axes.set_xlabel("step")
     figure.savefig(path, dpi=100)
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's totals: samples, verdicts, failures, pairs per step, the loss terms."""
+
+    def total(key: str) -> int:
+        return sum(int(r[key]) for r in records)
+
+    with_pairs = [r for r in records if r["pairs"]]
+    return {
+        "samples_generated": total("online_samples"),
+        "samples_empty": total("empty_samples"),
+        "samples_reviewed": total("reviewed"),
+        "judge_failures": total("judge_failures"),
+        "verdicts": {v: total(v) for v in ("ethical", "neutral", "unethical")},
+        "pairs_total": total("pairs"),
+        "pairs_per_step": [r["pairs"] for r in records],
+        "steps_with_pairs": len(with_pairs),
+        "task_loss": {
+            "first": records[0]["task_loss"] if records else None,
+            "final": records[-1]["task_loss"] if records else None,
+        },
+        "dpo_loss_mean": (
+            sum(r["dpo_loss"] for r in with_pairs) / len(with_pairs) if with_pairs else None
+        ),
+        "first": records[0] if records else None,
+        "final": records[-1] if records else None,
+    }
