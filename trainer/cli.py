@@ -103,7 +103,7 @@ def _check_online(args: argparse.Namespace) -> None:
         given = [name for name in online_only if getattr(args, name) is not None]
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise ConscienceError(f"{flags} only go with --online")
+            raise ConscienceError(f"{flags}: only with --online")
         return
     if not args.task_data:
         raise ConscienceError("--online needs --task-data FILE.jsonl (the task set)")

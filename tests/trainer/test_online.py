@@ -315,3 +315,19 @@ def test_a_killed_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, engi
     assert report["samples_generated"] == sum(r["online_samples"] for r in records)
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--online"], "--online needs --task-data"),
+        (["--task-data", "t.jsonl"], "--task-data: only with --online"),
+        (["--online", "--task-data", "t.jsonl", "--pairs", "p.jsonl"], "--pairs does not go"),
+        (["--online", "--task-data", "t", "--judge-url", "u", "--judge-gguf", "g"], "not both"),
+    ],
+)
+def test_cli_refuses_flags_that_do_not_mix(flags, message, tmp_path, capsys):
+    from conscience.cli import main
+
+    assert main(["train", "--base-model", "m", "--out", str(tmp_path), *flags]) == 1
+    assert message in capsys.readouterr().err
