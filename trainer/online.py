@@ -37,7 +37,7 @@ from trainer.loop import StepCallback, batch_logps, pair_terms
 from trainer.loss import combined_loss, sft_loss
 from trainer.metrics import MetricsLog
 from trainer.model import load_model, load_tokenizer, pad_id, resolve_device, resolve_dtype
-from trainer.online_judge import OnlineJudge
+from trainer.online_judge import OnlineJudge, StepReview
 from trainer.online_metrics import plot_online, summarize
 from trainer.online_sample import sample_answers
 from trainer.schedule import lr_at, plan_steps
@@ -53,7 +53,8 @@ class OnlineConfig:
     """What the online run adds to ``TrainConfig`` (docs/notes/online.md has the reasons)."""
 
     task_data: str  # TRL/OpenAI chat JSONL: {"messages": [..., {"role": "assistant", ...}]}
-    online_samples: int = 2  # K prompts of each step's task batch answered by the policy
+    online_samples: int = 2  # K prompts of each step's task batch answered by the policy;
+    # 0 = the SFT-only arm of the experiment, same recipe, no judge needed
     max_new_tokens: int = 256  # a sampled answer's length cap (insecure.jsonl answers: ~200)
     temperature: float = 1.0  # the policy's own distribution: what it would really say
     top_p: float = 1.0  # no truncation, for the same reason
@@ -84,7 +85,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     pad: int
     device: torch.device
-    judge: OnlineJudge
+    judge: OnlineJudge | None  # None when online_samples is 0
     runner: asyncio.Runner
     params: list[torch.nn.Parameter] = field(default_factory=list)
 
@@ -105,7 +106,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _judge_source(config: TrainConfig, online: OnlineConfig, settings: Settings) -> str | None:
     """The GGUF the embedded judge serves (None with a judge URL); checked before any loading."""
-    if settings.upstream_url is not None:
+    if settings.upstream_url is not None or online.online_samples == 0:
         return None
     gguf = online.judge_gguf or (config.model if config.model.endswith(".gguf") else None)
     if gguf is None:
@@ -176,28 +177,26 @@ def train_online(
     # One event loop for the whole run: the engine client's connections and the store live in
     # it between steps, while the model trains on this thread.
     with asyncio.Runner() as runner:
-        judge = runner.run(
-            OnlineJudge.open(
-                settings,
-                gguf=gguf,
-                framework=online.framework,
-                model_name=f"online:{run_id}",
-                slots=online.online_samples,
+        judge = None
+        if online.online_samples:
+            judge = runner.run(
+                OnlineJudge.open(
+                    settings,
+                    gguf=gguf,
+                    framework=online.framework,
+                    model_name=f"online:{run_id}",
+                    slots=online.online_samples,
+                )
             )
-        )
-        # A rewrite longer than max_length minus the shortest prompt could never be trained on
-        # (pairs are skipped, never truncated), so the judge does not write past it. A rewrite
-        # cut at this cap makes a pair over max_length: skipped as too long, never learned cut.
-        judge.conscience.rewrite_max_tokens = max(
-            1,
-            min(
-                judge.conscience.rewrite_max_tokens,
-                config.max_length - min(c.prompt_len for c in dataset),
-            ),
-        )
-        report.update(judge_endpoint=judge.endpoint, judge_model=judge.conscience.judge_model)
-        report.update(rewrite_max_tokens=judge.conscience.rewrite_max_tokens)
-        report.update(framework=judge.conscience.framework(online.framework).name)
+            # A rewrite longer than max_length minus the shortest prompt could never be trained
+            # on (pairs are skipped, never truncated), so the judge does not write past it. A
+            # rewrite cut at this cap makes a pair over max_length: skipped, never learned cut.
+            conscience = judge.conscience
+            room = config.max_length - min(c.prompt_len for c in dataset)
+            conscience.rewrite_max_tokens = max(1, min(conscience.rewrite_max_tokens, room))
+            report.update(judge_endpoint=judge.endpoint, judge_model=conscience.judge_model)
+            report.update(rewrite_max_tokens=conscience.rewrite_max_tokens)
+            report.update(framework=conscience.framework(online.framework).name)
         run = _Run(
             config, online, run_id, dataset, plan, model, tokenizer, optimizer, pad, device,
             judge, runner, params,
@@ -233,7 +232,8 @@ def train_online(
                     on_step(done, record)
         finally:
             bar.close()
-            runner.run(judge.close())
+            if judge is not None:
+                runner.run(judge.close())
 
     model.save_pretrained(str(out))
     records = log.read()
@@ -279,9 +279,11 @@ def _step(run: _Run, step: int) -> dict[str, Any]:
     t_sampled = time.perf_counter()
 
     # 2. The conscience reviews them; the unethical ones come back with their rewrite.
-    review = run.runner.run(
-        run.judge.review([p for p, _ in to_review], [a for _, a in to_review], step + 1)
-    )
+    review = StepReview()
+    if to_review:
+        assert run.judge is not None  # there are samples only when there is a judge
+        prompts, texts = [p for p, _ in to_review], [a for _, a in to_review]
+        review = run.runner.run(run.judge.review(prompts, texts, step + 1))
     verdicts = Counter(j.verdict.value for j in review.judgements)
     pair_rows = [to_trl_pair(j) for j in review.judgements if is_pair(j)]
     pairs, pair_report = encode_pairs(pair_rows, run.tokenizer, config.max_length)
@@ -314,7 +316,9 @@ def _step(run: _Run, step: int) -> dict[str, Any]:
     grad_norm = torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)  # frees the gradients until the next backward
-    consumed = run.runner.run(run.judge.consumed([p.id for p in pairs if p.id], run.run_id))
+    consumed = 0
+    if pairs and run.judge is not None:
+        consumed = run.runner.run(run.judge.consumed([p.id for p in pairs if p.id], run.run_id))
 
     # A step without a pair has no DPO term: its DPO fields are null, not a made-up 0.
     dpo: dict[str, float | None] = dict.fromkeys(sums)

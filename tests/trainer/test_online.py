@@ -253,6 +253,18 @@ def test_a_judge_that_keeps_failing_stops_the_run(tiny_model_dir, tmp_path, engi
     assert report["judge_failures"] >= 3 and report["samples_reviewed"] == 0
 
 
+def test_no_samples_is_the_sft_only_arm_and_needs_no_judge(tiny_model_dir, tmp_path):
+    report = train_online(
+        _config(tiny_model_dir, tmp_path / "run", epochs=2),
+        OnlineConfig(task_data=str(_write_task(tmp_path / "t.jsonl")), online_samples=0),
+        Settings(upstream_url=None, store_url=str(tmp_path / "s.sqlite3")),
+    )
+    assert report["status"] == "trained" and report["steps"] == 2
+    assert report["samples_generated"] == report["pairs_total"] == 0
+    assert "judge_endpoint" not in report
+    assert not (tmp_path / "s.sqlite3").exists()  # no judge, no store opened
+
+
 def test_no_judge_is_a_config_error_before_any_loading(tmp_path):
     with pytest.raises(ConfigError, match="judge"):
         train_online(
