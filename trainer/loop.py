@@ -34,7 +34,7 @@ from trainer.config import TrainConfig
 from trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
 from trainer.loss import combined_loss, dpo_loss, sequence_logps, sft_loss
 from trainer.metrics import MetricsLog, plot_metrics
-from trainer.model import load_model, load_tokenizer, pad_id, resolve_device, resolve_dtype
+from trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
 from trainer.schedule import lr_at, plan_steps
 
 __all__ = [
@@ -177,13 +177,8 @@ def train(
         return report
 
     # --- model: base weights frozen, a fresh seeded LoRA adapter on top
-    device = resolve_device(config)
-    dtype = resolve_dtype(config, device)
-    model = load_model(config, device, dtype)
-    model.train()
+    model, params, optimizer, device = prepare_training(config)
     pad = pad_id(tokenizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     # --- the data order and the reference, fresh or from the last checkpoint
     plan = plan_steps(len(dataset), config)
@@ -278,7 +273,7 @@ def train(
         final=records[-1],
         reference_seconds=ref_seconds,  # the one-off reference pass, when precomputed
         device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=str(resolve_dtype(config, device)).removeprefix("torch."),
         adapter=str(out),
         seconds=time.perf_counter() - started,
     )

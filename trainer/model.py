@@ -14,7 +14,14 @@ import torch
 
 from trainer.config import TrainConfig
 
-__all__ = ["load_model", "load_tokenizer", "pad_id", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "load_model",
+    "load_tokenizer",
+    "pad_id",
+    "prepare_training",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 
 def resolve_device(config: TrainConfig) -> torch.device:
@@ -95,3 +102,16 @@ def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype) ->
     # small LoRA weights would round away in bf16.
     model = get_peft_model(base, lora, autocast_adapter_dtype=True)
     return model.to(device)
+
+
+def prepare_training(
+    config: TrainConfig,
+) -> tuple[Any, list[torch.nn.Parameter], torch.optim.Optimizer, torch.device]:
+    """The model (base frozen, fresh seeded LoRA adapter, train mode), its trainable
+    parameters and their AdamW optimizer, on the configured device and dtype."""
+    device = resolve_device(config)
+    model = load_model(config, device, resolve_dtype(config, device))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return model, params, optimizer, device

@@ -36,7 +36,7 @@ from trainer.data import EncodedChat, collate, collate_chats, encode_chats, enco
 from trainer.loop import StepCallback, batch_logps, pair_terms
 from trainer.loss import combined_loss, sft_loss
 from trainer.metrics import MetricsLog
-from trainer.model import load_model, load_tokenizer, pad_id, resolve_device, resolve_dtype
+from trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
 from trainer.online_judge import OnlineJudge, StepReview
 from trainer.online_metrics import plot_online, summarize
 from trainer.online_sample import sample_answers
@@ -155,13 +155,8 @@ def train_online(
         _write_json(out / "report.json", report)
         return report
 
-    device = resolve_device(config)
-    dtype = resolve_dtype(config, device)
-    model = load_model(config, device, dtype)
-    model.train()
+    model, params, optimizer, device = prepare_training(config)
     pad = pad_id(tokenizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     plan = plan_steps(len(dataset), config)
     fingerprint = _fingerprint(dataset, config, online)
@@ -246,7 +241,7 @@ def train_online(
         planned_steps=len(plan),
         resumed_from=start_step or None,
         device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=str(resolve_dtype(config, device)).removeprefix("torch."),
         adapter=str(out),
         seconds=time.perf_counter() - started,
     )

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 
 from conscience.errors import ConfigError  # noqa: E402
 from trainer import loop  # noqa: E402
+from trainer import model as trainer_model  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.schedule import lr_at, plan_steps  # noqa: E402
 
@@ -33,7 +34,7 @@ def _config(model_dir, out_dir, **overrides):
 def captured(monkeypatch):
     """The model the loop trains, and its LoRA weights as they were before the first step."""
     seen = {}
-    load = loop.load_model
+    load = trainer_model.load_model
 
     def load_and_keep(*args, **kwargs):
         model = load(*args, **kwargs)
@@ -43,7 +44,7 @@ def captured(monkeypatch):
         }
         return model
 
-    monkeypatch.setattr(loop, "load_model", load_and_keep)
+    monkeypatch.setattr(trainer_model, "load_model", load_and_keep)
     return seen
 
 
@@ -200,7 +201,7 @@ def test_no_usable_pair_trains_nothing(tiny_model_dir, tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded for nothing")
 
-    monkeypatch.setattr(loop, "load_model", no_model)
+    monkeypatch.setattr(trainer_model, "load_model", no_model)
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"prompt": "how", "chosen": "same", "rejected": "same"}\nnot json\n')
     report = loop.train(_config(tiny_model_dir, tmp_path / "out"), path)

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 from conscience.errors import ConfigError, EngineError  # noqa: E402
 from conscience.settings import Settings  # noqa: E402
 from server.scripted import Fault, ScriptedEngine, serve_in_thread  # noqa: E402
-from trainer import online  # noqa: E402
+from trainer import model as trainer_model  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.online import OnlineConfig, train_online  # noqa: E402
 
@@ -92,7 +92,7 @@ def unethical_run(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("online-unethical")
     engine = ScriptedEngine(verdict="unethical", rewrite=REWRITE)
     seen = {}
-    load = online.load_model
+    load = trainer_model.load_model
 
     def load_and_keep(*args, **kwargs):
         model = load(*args, **kwargs)
@@ -101,7 +101,7 @@ def unethical_run(tiny_model_dir, tmp_path_factory):
         return model
 
     with pytest.MonkeyPatch.context() as patch, serve_in_thread(engine.app()) as url:
-        patch.setattr(online, "load_model", load_and_keep)
+        patch.setattr(trainer_model, "load_model", load_and_keep)
         report = train_online(
             _config(tiny_model_dir, tmp / "run"),
             OnlineConfig(task_data=str(_write_task(tmp / "task.jsonl")), max_new_tokens=8),
