@@ -21,7 +21,7 @@ __all__ = ["main"]
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _settings(args: argparse.Namespace, **fields: Any) -> Any:
+def _settings(**fields: Any) -> Any:
     """Settings from the environment, overridden by the flags that were given."""
     from conscience.settings import Settings
 
@@ -61,7 +61,7 @@ async def _review(args: argparse.Namespace) -> dict[str, Any]:
     from conscience.review import conscience_from_settings
     from server.app import engine_client
 
-    settings = _settings(args, **_engine_fields(args))
+    settings = _settings(**_engine_fields(args))
     # Without an upstream this starts the embedded engine on the configured model.
     async with engine_client(settings) as client:
         conscience = conscience_from_settings(settings, client)
@@ -94,7 +94,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from server.app import create_app
 
     settings = _settings(
-        args,
         **_engine_fields(args),
         host=args.host,
         port=args.port,
@@ -125,7 +124,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_model_fetch(args: argparse.Namespace) -> int:
     from conscience.models import fetch_model
 
-    settings = _settings(args, model_cache_dir=args.cache_dir)
+    settings = _settings(model_cache_dir=args.cache_dir)
     path = fetch_model(args.name or settings.model, settings.model_cache_dir, progress=True)
     print(path)
     return 0
@@ -137,7 +136,7 @@ async def _export(args: argparse.Namespace) -> int:
     from conscience.pairs import export_pairs
     from conscience.store import open_store
 
-    settings = _settings(args, store_url=args.store)
+    settings = _settings(store_url=args.store)
     store = open_store(settings.store_url)
     await store.open()
     try:

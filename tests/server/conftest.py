@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +49,3 @@ def proxy_url(make_proxy: ProxyFactory) -> str:
 @pytest.fixture
 def client(proxy_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=proxy_url + "/v1", api_key="none", max_retries=0)
-
-
-@contextmanager
-def no_retries() -> Iterator[None]:
-    yield
