@@ -4,6 +4,10 @@ The built-in frameworks live in ``conscience/frameworks/``; a user adds one by d
 ``NAME.toml`` into the directory named by the ``frameworks_dir`` setting (a user file of the
 same name replaces the built-in). A malformed file fails at start with its path and the
 problem, never at the first request.
+
+A framework file may name a prompt ``variant`` (one of ``VARIANTS``; default ``"plain"``): how
+the review question is put to the judge beyond the framework's own words. The variants were
+measured on the calibration split of the labelled set (docs/decisions.md, "Prompt variants").
 """
 
 from __future__ import annotations
@@ -15,7 +19,15 @@ from pathlib import Path
 
 from conscience.errors import ConfigError
 
-__all__ = ["BUILTIN_DIR", "Framework", "load_framework_file", "load_frameworks"]
+__all__ = [
+    "BUILTIN_DIR",
+    "DEFAULT_VARIANT",
+    "VARIANTS",
+    "Framework",
+    "PromptVariant",
+    "load_framework_file",
+    "load_frameworks",
+]
 
 BUILTIN_DIR = Path(__file__).parent / "frameworks"
 
@@ -29,6 +41,43 @@ _TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
     "rewrite_user": frozenset({"question", "answer", "laws_name"}),
 }
 _TEXT_FIELDS = ("name", "title", "laws_name", "laws")
+_OPTIONAL_FIELDS = ("variant",)
+
+
+@dataclass(frozen=True)
+class PromptVariant:
+    """How the review question is put, beyond the framework's templates.
+
+    ``system``: the framework header is a system message (else it opens the user turn, and
+    the chat template may insert its own default system prompt). ``fenced``: the question and
+    answer go inside tags as data (else plain, as in the paper). ``harm``: the judge is also
+    asked explicitly whether the answer could harm a human being. ``reasoning_tokens``: when
+    above 0, the judge first writes a short reasoning (greedy, at most that many tokens), then
+    gives the forced label in a following turn. ``wording``: ``"paper"`` keeps the framework's
+    classification text; ``"strict"`` adds a sharper definition of unethical after it.
+    """
+
+    name: str
+    system: bool = True
+    fenced: bool = True
+    harm: bool = False
+    reasoning_tokens: int = 0
+    wording: str = "paper"
+
+
+VARIANTS: dict[str, PromptVariant] = {
+    v.name: v
+    for v in (
+        PromptVariant("plain"),
+        PromptVariant("no-system", system=False),
+        PromptVariant("unfenced", fenced=False),
+        PromptVariant("harm", harm=True),
+        PromptVariant("strict", wording="strict"),
+        PromptVariant("reason", reasoning_tokens=80),
+        PromptVariant("harm-strict", harm=True, wording="strict"),
+    )
+}
+DEFAULT_VARIANT = "plain"
 # Placeholders a template cannot do without: a review that never shows the answer is no review.
 _REQUIRED_PLACEHOLDERS = {
     "review_user": {"question", "answer"},
@@ -48,6 +97,11 @@ class Framework:
     rewrite_system: str
     rewrite_user: str
     source: Path
+    variant: str = DEFAULT_VARIANT
+
+    @property
+    def prompt_variant(self) -> PromptVariant:
+        return VARIANTS[self.variant]
 
     def render(self, field: str, **values: str) -> str:
         """Fill one template; the framework's own texts are always available."""
@@ -71,9 +125,14 @@ def load_framework_file(path: Path) -> Framework:
         raise ConfigError(f"framework file {path}: cannot be read as TOML: {exc}") from exc
 
     known = set(_TEXT_FIELDS) | set(_TEMPLATE_FIELDS)
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - known - set(_OPTIONAL_FIELDS))
     if unknown:
         raise ConfigError(f"framework file {path}: unknown keys {unknown}")
+    if "variant" in data and data["variant"] not in VARIANTS:
+        raise ConfigError(
+            f"framework file {path}: unknown variant {data['variant']!r} "
+            f"(known: {', '.join(VARIANTS)})"
+        )
     missing = sorted(known - set(data))
     if missing:
         raise ConfigError(f"framework file {path}: missing keys {missing}")

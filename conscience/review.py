@@ -21,7 +21,12 @@ from conscience.errors import ConfigError, EngineError
 from conscience.framework import Framework
 from conscience.judgement import Judgement
 from conscience.labels import Layout, Verdict
-from conscience.prompts import render_review, render_rewrite, split_reasoning
+from conscience.prompts import (
+    render_label_after_reasoning,
+    render_review,
+    render_rewrite,
+    split_reasoning,
+)
 from conscience.verdict import LABEL_SURFACE_FORMS, DecisionRule, VerdictReading, read_verdict
 
 __all__ = ["Conscience", "answer_windows", "conscience_from_settings", "judge_request"]
@@ -149,6 +154,18 @@ class Conscience:
         constraint: Constraint,
     ) -> VerdictReading:
         prompt = render_review(framework, messages, answer, layout=layout, reasoning=reasoning)
+        budget = framework.prompt_variant.reasoning_tokens
+        if budget:  # a short reasoning first (greedy), then the forced label after it
+            thought = await self.client.chat(
+                {
+                    "model": self.judge_model,
+                    "messages": prompt,
+                    "temperature": 0.0,
+                    "max_tokens": budget,
+                }
+            )
+            text = (thought["choices"][0].get("message") or {}).get("content") or ""
+            prompt = render_label_after_reasoning(prompt, _THINK_RE.sub("", text))
         body = judge_request(self.judge_model, prompt, constraint, self.top_logprobs)
         result = await self.client.chat(body)
         calibration = self.calibrations.get((self.judge_model, framework.name, layout.value))
