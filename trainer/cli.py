@@ -36,6 +36,9 @@ _CONFIG_FLAGS: dict[str, tuple[type, str]] = {
     "batch_size": (int, "pairs per micro-batch"),
     "grad_accum": (int, "micro-batches per optimizer step"),
     "lora_r": (int, "LoRA rank (vLLM serves up to its --max-lora-rank)"),
+    "lora_alpha": (int, "LoRA alpha (the update is scaled by alpha/r, alpha/sqrt(r) with rsLoRA)"),
+    "lora_targets": (str, "modules the adapter wraps: comma-separated names, or all-linear"),
+    "weight_decay": (float, "AdamW weight decay"),
     "max_length": (int, "longest pair in tokens; longer pairs are skipped"),
     "dtype": (str, "auto, float32 or bfloat16"),
     "device": (str, "auto, cpu or cuda"),
@@ -66,6 +69,11 @@ def _config(args: argparse.Namespace) -> Any:
     from trainer.config import TrainConfig
 
     given = {name: getattr(args, name) for name in _CONFIG_FLAGS if getattr(args, name) is not None}
+    targets = given.get("lora_targets")
+    if targets is not None and targets != "all-linear":
+        given["lora_targets"] = tuple(t.strip() for t in targets.split(",") if t.strip())
+    if args.use_rslora:
+        given["use_rslora"] = True
     return TrainConfig(
         model=args.base_model,
         out_dir=args.out,
@@ -226,6 +234,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
         help="the gate: publish only at or above this reward accuracy",
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--use-rslora", action="store_true", help="rank-stabilised LoRA (scale alpha/sqrt(r))"
+    )
     online = train.add_argument_group("the paper's run (--online): SFT + conscience DPO")
     online.add_argument(
         "--online", action="store_true", help="SFT on --task-data + DPO on reviewed samples"

@@ -33,6 +33,7 @@ class TrainConfig:
     lora_alpha: int = 32  # alpha = 2r, the common scaling (update scale alpha/r = 2)
     lora_dropout: float = 0.0  # 0 keeps a resumed run bit-identical (no dropout RNG in forward)
     lora_targets: tuple[str, ...] | str = _ATTENTION  # or "all-linear" (peft's shorthand)
+    use_rslora: bool = False  # rank-stabilised LoRA (scale alpha/sqrt(r)), Betley et al.'s recipe
     # --- optimisation
     lr: float = 5e-5  # peak AdamW lr; LoRA wants ~10x the 5e-7..5e-6 of full-weight DPO
     weight_decay: float = 0.0  # decay would only pull the adapter towards the base model

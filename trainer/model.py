@@ -88,6 +88,7 @@ def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype) ->
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
+        use_rslora=config.use_rslora,
         target_modules=(
             config.lora_targets
             if isinstance(config.lora_targets, str)
