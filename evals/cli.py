@@ -1,4 +1,4 @@
-"""``conscience eval em`` and ``conscience eval verdicts``: the benchmarks' command line.
+"""``conscience eval em``, ``eval verdicts``, ``eval experiment``: the benchmarks' command line.
 
 The main CLI adds these with ``add_eval_commands(commands)``. Engine settings come from the
 project's ``Settings`` (``CONSCIENCE_UPSTREAM_URL``, ``CONSCIENCE_MODEL``, ...) overridden by
@@ -204,10 +204,12 @@ def _cmd_verdicts(args: argparse.Namespace) -> int:
 
 
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:
-    """Add ``eval em`` and ``eval verdicts`` to the main CLI's subcommands."""
+    """Add ``eval em``, ``eval verdicts`` and ``eval experiment`` to the main CLI's subcommands."""
     from evals.questions import QUESTION_SETS
 
-    evaluate = commands.add_parser("eval", help="benchmarks: Emergent Misalignment, verdicts")
+    evaluate = commands.add_parser(
+        "eval", help="benchmarks: Emergent Misalignment, verdicts, the four-arm experiment"
+    )
     which = evaluate.add_subparsers(dest="eval_command", required=True)
 
     em = which.add_parser(
@@ -283,6 +285,10 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     verdicts.add_argument("--limit", type=int, help="only the first N items (smoke runs)")
     verdicts.add_argument("--out", default="eval-results/verdicts", help="output directory")
     verdicts.set_defaults(handler=_cmd_verdicts)
+
+    from evals.experiment import add_experiment_command  # argparse only until it runs
+
+    add_experiment_command(which)
 
 
 def main(argv: list[str] | None = None) -> int:
