@@ -10,6 +10,12 @@ calibration split of a labelled set and loaded by the server at start
   (highest recall for an acceptable rate of wrongly rewritten answers);
 - ``temperature``: T of temperature scaling, p_i ∝ p_i^(1/T), fitted by least negative
   log-likelihood of the gold labels, so that the reported confidence is calibrated.
+
+A calibration for the default model ships with the code (``PACKAGED_FILE``, fitted on the
+calibration split of the project's labelled set with the default prompts). The rule in use is
+chosen by ``select_calibrations``: a configured ``calibration_file`` wins (a file holding
+``[]`` turns calibration off); else an explicit ``unethical_threshold`` decides; else the
+packaged file.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from conscience.labels import Verdict
 from conscience.verdict import DecisionRule
 
 __all__ = [
+    "PACKAGED_FILE",
     "Calibration",
     "Sample",
     "fit_temperature",
@@ -34,9 +41,11 @@ __all__ = [
     "reliability_bins",
     "save_calibration",
     "scale",
+    "select_calibrations",
 ]
 
 LABELS = tuple(v.value for v in Verdict)
+PACKAGED_FILE = Path(__file__).parent / "calibrations" / "default.json"
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,23 @@ def load_calibrations(path: Path | None) -> dict[tuple[str, str, str], Calibrati
         if c.temperature <= 0:
             raise ConfigError(f"calibration file {path}: temperature must be > 0 for {c.key}")
     return {c.key: c for c in calibrations}
+
+
+def select_calibrations(
+    path: Path | None, unethical_threshold: float | None = None
+) -> tuple[dict[tuple[str, str, str], Calibration], str]:
+    """The calibrations in use and where they come from, for the start-up log.
+
+    A configured file wins; an explicit threshold without a file means no calibration (the
+    user chose the rule); otherwise the packaged calibration of the default model.
+    """
+    if path is not None:
+        return load_calibrations(path), f"calibration file {path}"
+    if unethical_threshold is not None:
+        return {}, "CONSCIENCE_UNETHICAL_THRESHOLD (no calibration file)"
+    if PACKAGED_FILE.is_file():
+        return load_calibrations(PACKAGED_FILE), f"packaged calibration {PACKAGED_FILE}"
+    return {}, "no calibration file"
 
 
 def save_calibration(path: Path, calibration: Calibration) -> None:

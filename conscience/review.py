@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from conscience.calibration import Calibration, load_calibrations
+from conscience.calibration import Calibration, select_calibrations
 from conscience.client import Constraint, EngineClient
 from conscience.errors import ConfigError, EngineError
 from conscience.framework import Framework
@@ -89,6 +89,7 @@ class Conscience:
     window_chars: int = 6000  # longer answers are reviewed in overlapping windows, never cut
     # Fitted decision rules and confidence scaling by (judge model, framework, layout).
     calibrations: dict[tuple[str, str, str], Calibration] = field(default_factory=dict)
+    calibration_source: str = "no calibration file"  # said at start-up
 
     def framework(self, name: str | None) -> Framework:
         name = name or self.default_framework
@@ -217,6 +218,9 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
         known = ", ".join(sorted(frameworks))
         raise ConfigError(f"unknown framework {settings.framework!r} (known: {known})")
     constraint = None if settings.judge_constraint == "auto" else settings.judge_constraint
+    calibrations, source = select_calibrations(
+        settings.calibration_file, settings.unethical_threshold
+    )
     return Conscience(
         client=client,
         judge_model=settings.judge,
@@ -228,5 +232,6 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
         top_logprobs=settings.top_logprobs,
         rewrite_max_tokens=settings.rewrite_max_tokens,
         window_chars=settings.review_window_chars,
-        calibrations=load_calibrations(settings.calibration_file),
+        calibrations=calibrations,
+        calibration_source=source,
     )

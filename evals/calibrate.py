@@ -5,6 +5,11 @@ The judge reviews every item with the plain argmax rule (only its label probabil
 used); the unethical threshold and the temperature are fitted on them, the entry is added to
 the calibration file, and a reliability diagram (before/after scaling) is saved beside it.
 The held-out split is never read here.
+
+``--from-rows DIR`` fits from an ``eval verdicts`` output directory instead of asking the
+judge again: every (framework, layout) run in its ``verdicts.jsonl`` whose rows carry label
+probabilities is fitted on the rows of calibration-split items only. The judge call does not
+depend on the decision rule, so this is the same fit, without a second pass over the set.
 """
 
 from __future__ import annotations
@@ -134,15 +139,52 @@ async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, s
     return samples, (settings.judge, args.framework, layout.value)
 
 
+def samples_from_rows(
+    rows_dir: Path, calibration_ids: set[str]
+) -> dict[tuple[str, str, str], list[Sample]]:
+    """Per (judge model, framework, layout), the calibration-split rows of an eval output."""
+    from evals.verdicts import REPORT_FILE, ROWS_FILE
+
+    try:
+        report = json.loads((rows_dir / REPORT_FILE).read_text(encoding="utf-8"))
+        lines = (rows_dir / ROWS_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as exc:
+        raise ConscienceError(f"cannot read the eval output in {rows_dir}: {exc}") from exc
+    judge = report["settings"]["judge_model"]
+    out: dict[tuple[str, str, str], list[Sample]] = {}
+    for line in lines:
+        row = json.loads(line)
+        if row["id"] not in calibration_ids:
+            continue
+        if not row.get("probs"):
+            raise ConscienceError(
+                f"{rows_dir}: row {row['id']} ({row['framework']}/{row['layout']}) has no "
+                "label probabilities: nothing to calibrate"
+            )
+        key = (judge, row["framework"], row["layout"])
+        out.setdefault(key, []).append(Sample(row["probs"], row["gold"]))
+    if not out:
+        raise ConscienceError(f"{rows_dir}: no rows of calibration-split items")
+    return out
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    samples, key = asyncio.run(_samples(args))
-    calibration = fit(
-        samples, key, args.max_false_unethical, args.data or "evals/data/verdicts.jsonl"
-    )
+    source = args.data or "evals/data/verdicts.jsonl"
+    if args.from_rows:
+        from evals.labelled import DEFAULT_SET, load_labelled
+
+        items = load_labelled(Path(args.data) if args.data else DEFAULT_SET, "calibration")
+        fitted = samples_from_rows(Path(args.from_rows), {item.id for item in items})
+    else:
+        samples, key = asyncio.run(_samples(args))
+        fitted = {key: samples}
     out = Path(args.out)
-    save_calibration(out, calibration)
-    _plot(samples, calibration, out.with_suffix(".reliability.png"))
-    print(json.dumps(asdict(calibration), indent=2))
+    for key, samples in fitted.items():
+        calibration = fit(samples, key, args.max_false_unethical, source)
+        save_calibration(out, calibration)
+        plot = out.with_name(f"{out.stem}.{key[1]}.{key[2]}.reliability.png")
+        _plot(samples, calibration, plot)
+        print(json.dumps(asdict(calibration), indent=2))
     return 0
 
 
@@ -162,6 +204,11 @@ def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=0.1,
         help="the false-unethical rate the threshold may reach",
+    )
+    parser.add_argument(
+        "--from-rows",
+        help="an `eval verdicts` output directory: fit each of its runs from its rows "
+        "(calibration-split items only) instead of running the judge",
     )
     parser.add_argument("--out", required=True, help="calibration file (JSON; entries merged)")
     parser.set_defaults(handler=_cmd_calibrate)

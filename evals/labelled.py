@@ -1,24 +1,112 @@
-"""The labelled set of (question, answer, label) items for the verdict benchmark.
+"""The labelled sets of (question, answer, label) items for the verdict benchmark.
 
-The packaged set is ``evals/data/verdicts.jsonl`` (see ``evals/README.md``); any file with the
-same fields works. Every item is validated on load: a label outside the closed set, a split
-other than ``calibration``/``heldout``, or an attack not labelled unethical is an error.
+Two sets are packaged (see ``evals/README.md``), each reachable by name where a path is
+expected: ``project`` (``evals/data/verdicts.jsonl``, written for this project, with a
+calibration and a held-out split) and ``em-samples`` (``evals/data/em_samples.jsonl``: answers
+to the Emergent Misalignment questions, all held out). Any file with the same fields works.
+
+An item either carries its question and answer, or a ``ref`` to a row of a file in the
+Emergent Misalignment data directory (``CONSCIENCE_EM_DATA_DIR``, default the shared one):
+``{"file": ..., "row": N, "question_id": ..., "sha256": ...}``. Such content is not ours to
+copy; it is read at load time and its SHA-256 must match, so a changed file is an error
+(drift), never a silently different benchmark.
+
+Every item is validated on load: a label outside the closed set, a split other than
+``calibration``/``heldout``, or an attack not labelled unethical is an error.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from conscience.errors import ConfigError
 from conscience.labels import Verdict
 
-__all__ = ["DEFAULT_SET", "SPLITS", "LabelledItem", "load_labelled"]
+__all__ = [
+    "DEFAULT_SET",
+    "EM_SAMPLES_SET",
+    "NAMED_SETS",
+    "SPLITS",
+    "LabelledItem",
+    "answer_sha256",
+    "load_labelled",
+    "resolve_set",
+]
 
 DEFAULT_SET = Path(__file__).parent / "data" / "verdicts.jsonl"
+EM_SAMPLES_SET = Path(__file__).parent / "data" / "em_samples.jsonl"
+NAMED_SETS = {"project": DEFAULT_SET, "em-samples": EM_SAMPLES_SET}
 SPLITS = ("calibration", "heldout")
 _FIELDS = {"id", "question", "answer", "label", "attack", "category", "split"}
+_REF_FIELDS = {"file", "row", "question_id", "sha256"}
+# The shared data directory beside the repository (as evals.cli's DEFAULT_EM_DATA_DIR).
+_DEFAULT_EM_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/emergent_misalignment"
+
+
+def answer_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def resolve_set(name_or_path: str | Path) -> Path:
+    """A packaged set by name (``project``, ``em-samples``), else the path as given."""
+    return NAMED_SETS.get(str(name_or_path), Path(name_or_path))
+
+
+def _em_data_dir() -> Path:
+    return Path(os.environ.get("CONSCIENCE_EM_DATA_DIR") or _DEFAULT_EM_DIR)
+
+
+class _Rows:
+    """Rows of referenced CSV files, each file read once per load."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._files: dict[str, list[dict[str, str]]] = {}
+
+    def get(self, name: str, row: int, where: str) -> dict[str, str]:
+        if name not in self._files:
+            path = self.data_dir / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ConfigError(f"{where}: ref file {name!r} must be inside the data directory")
+            try:
+                with path.open(encoding="utf-8", newline="") as handle:
+                    self._files[name] = list(csv.DictReader(handle))
+            except OSError as exc:
+                raise ConfigError(
+                    f"{where}: cannot read the referenced file {path}: {exc} "
+                    "(set CONSCIENCE_EM_DATA_DIR to the Emergent Misalignment data)"
+                ) from exc
+        rows = self._files[name]
+        if not 0 <= row < len(rows):
+            raise ConfigError(f"{where}: row {row} is not in {name} ({len(rows)} rows)")
+        return rows[row]
+
+
+def _resolve_ref(data: dict[str, Any], rows: _Rows, where: str) -> dict[str, Any]:
+    ref = data.get("ref")
+    if not isinstance(ref, dict) or sorted(_REF_FIELDS - set(ref)):
+        raise ConfigError(f"{where}: ref must be an object with {sorted(_REF_FIELDS)}")
+    if not isinstance(ref["row"], int) or isinstance(ref["row"], bool):
+        raise ConfigError(f"{where}: ref row must be an integer")
+    row = rows.get(str(ref["file"]), ref["row"], where)
+    if row.get("question_id") != ref["question_id"]:
+        raise ConfigError(
+            f"{where}: drift: row {ref['row']} of {ref['file']} is question "
+            f"{row.get('question_id')!r}, not {ref['question_id']!r}"
+        )
+    answer = row.get("answer") or ""
+    if answer_sha256(answer) != ref["sha256"]:
+        raise ConfigError(
+            f"{where}: drift: the answer in row {ref['row']} of {ref['file']} changed "
+            "(its SHA-256 no longer matches the labelled one)"
+        )
+    return {**data, "question": row.get("question") or "", "answer": answer}
 
 
 @dataclass(frozen=True)
@@ -62,8 +150,13 @@ def _item(data: object, where: str) -> LabelledItem:
     )
 
 
-def load_labelled(path: Path = DEFAULT_SET, split: str = "all") -> list[LabelledItem]:
-    """The items of ``path`` in ``split`` (``calibration``, ``heldout`` or ``all``)."""
+def load_labelled(
+    path: Path | str = DEFAULT_SET, split: str = "all", *, em_data_dir: Path | None = None
+) -> list[LabelledItem]:
+    """The items of ``path`` (or a packaged set's name) in ``split`` (``calibration``,
+    ``heldout`` or ``all``); references resolve in ``em_data_dir`` (default: see above)."""
+    path = resolve_set(path)
+    rows = _Rows(em_data_dir or _em_data_dir())
     if split not in (*SPLITS, "all"):
         raise ConfigError(f"unknown split {split!r} (known: calibration, heldout, all)")
     try:
@@ -78,6 +171,8 @@ def load_labelled(path: Path = DEFAULT_SET, split: str = "all") -> list[Labelled
             data = json.loads(line)
         except ValueError as exc:
             raise ConfigError(f"{path}:{number}: not JSON: {exc}") from exc
+        if isinstance(data, dict) and "ref" in data:
+            data = _resolve_ref(data, rows, f"{path}:{number}")
         items.append(_item(data, f"{path}:{number}"))
     ids = [item.id for item in items]
     if len(set(ids)) != len(ids):

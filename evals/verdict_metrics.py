@@ -32,6 +32,7 @@ class Row:
     attack: bool
     p_unethical: float | None
     seconds: float
+    probs: dict[str, float] | None = None  # all label probabilities, for refitting offline
 
 
 def _rate(hits: int, total: int) -> float | None:

@@ -5,28 +5,54 @@ answer (same prompts, constraint and decision rule), once per framework and prom
 Out come accuracy, unethical recall, false-unethical rate, the confusion matrix, injection
 flips (attacks on the reviewer that escape an unethical verdict), seconds per verdict, the AUC
 of P(unethical), and the agreement between layouts.
+
+``rescore`` applies a calibration file's rules to the rows of an earlier run (each row keeps
+its label probabilities; the judge call does not depend on the rule), so one pass of the judge
+over a set serves both the calibration and the held-out figures:
+
+    python -m evals.verdicts rescore RUN_DIR --calibration FILE --data project \
+        --split heldout --out OUT_DIR
+
+``curve.png`` draws each run's recall / false-unethical curve (every threshold on
+P(unethical)) and marks where its decision rule lands.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from conscience.errors import VerdictError
+from conscience.calibration import load_calibrations, select_calibrations
+from conscience.errors import ConfigError, VerdictError
 from conscience.labels import Layout
 from conscience.review import Conscience
+from conscience.verdict import DecisionRule
 from evals.bounded import run_bounded
 from evals.labelled import LabelledItem
 from evals.verdict_metrics import ERROR, LABELS, PREDICTIONS, Row, agreement, run_metrics
 
-__all__ = ["CHART_FILE", "REPORT_FILE", "ROWS_FILE", "format_table", "run_verdicts", "write_chart"]
+__all__ = [
+    "CHART_FILE",
+    "CURVE_FILE",
+    "REPORT_FILE",
+    "ROWS_FILE",
+    "format_table",
+    "read_rows",
+    "rescore",
+    "run_verdicts",
+    "write_chart",
+    "write_curve",
+]
 
 REPORT_FILE = "report.json"
 ROWS_FILE = "verdicts.jsonl"
 CHART_FILE = "confusion.png"
+CURVE_FILE = "curve.png"
 
 
 async def _review(
@@ -39,13 +65,13 @@ async def _review(
     except VerdictError:
         # The judge answered something that is no label: a failed review, counted as wrong.
         # Engine failures (unreachable, timeouts, 5xx) are not caught: they stop the run.
-        predicted, p_unethical = ERROR, None
+        predicted, p_unethical, probs = ERROR, None, None
     else:
         predicted = judgement.verdict.value
-        probs = judgement.label_probs
+        probs = dict(judgement.label_probs) if judgement.label_probs else None
         p_unethical = probs.get("unethical") if probs else None
     seconds = time.perf_counter() - started
-    return Row(item.id, item.label.value, predicted, item.attack, p_unethical, seconds)
+    return Row(item.id, item.label.value, predicted, item.attack, p_unethical, seconds, probs)
 
 
 def _progress(total: int) -> Any:
@@ -89,12 +115,24 @@ async def run_verdicts(
                     "layout": layout.value,
                     **metrics,
                 }
-    agreements = {
-        framework: agreement({la.value: all_rows[(framework, la.value)] for la in layouts})
-        for framework in frameworks
-    }
+    report = _report(items, runs, all_rows, settings, concurrency)
+    _write(out_dir, report, all_rows, chart)
+    return report
+
+
+def _report(
+    items: list[LabelledItem],
+    runs: dict[str, dict[str, Any]],
+    all_rows: dict[tuple[str, str], list[Row]],
+    settings: dict[str, Any] | None,
+    concurrency: int,
+) -> dict[str, Any]:
+    by_framework: dict[str, dict[str, list[Row]]] = {}
+    for (framework, layout_name), rows in all_rows.items():
+        by_framework.setdefault(framework, {})[layout_name] = rows
+    agreements = {framework: agreement(layouts) for framework, layouts in by_framework.items()}
     labels = {label: sum(1 for i in items if i.label.value == label) for label in LABELS}
-    report = {
+    return {
         "benchmark": "verdicts",
         "settings": {**(settings or {}), "concurrency": concurrency},
         "items": len(items),
@@ -103,8 +141,6 @@ async def run_verdicts(
         "runs": runs,
         "layout_agreement": agreements,
     }
-    _write(out_dir, report, all_rows, chart)
-    return report
 
 
 def _write(
@@ -119,6 +155,74 @@ def _write(
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if chart:
         write_chart(report, out_dir / CHART_FILE)
+        write_curve(report, all_rows, out_dir / CURVE_FILE)
+
+
+def read_rows(run_dir: Path) -> tuple[dict[str, Any], dict[tuple[str, str], list[Row]]]:
+    """The report and the rows, by (framework, layout), of an earlier run."""
+    try:
+        report = json.loads((run_dir / REPORT_FILE).read_text(encoding="utf-8"))
+        lines = (run_dir / ROWS_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the eval output in {run_dir}: {exc}") from exc
+    rows: dict[tuple[str, str], list[Row]] = {}
+    for line in lines:
+        data = json.loads(line)
+        key = (data.pop("framework"), data.pop("layout"))
+        rows.setdefault(key, []).append(Row(**data))
+    return report, rows
+
+
+def rescore(
+    run_dir: Path,
+    items: list[LabelledItem],
+    calibrations: dict[tuple[str, str, str], Any],
+    out_dir: Path,
+    *,
+    fallback: DecisionRule | None = None,
+    calibration_source: str | None = None,
+) -> dict[str, Any]:
+    """The report ``run_verdicts`` would give on ``items`` with these calibrations' rules,
+    from the rows of an earlier run (its label probabilities and seconds)."""
+    old, all_rows = read_rows(run_dir)
+    judge = old["settings"].get("judge_model")
+    wanted = {item.id for item in items}
+    runs: dict[str, dict[str, Any]] = {}
+    kept: dict[tuple[str, str], list[Row]] = {}
+    for (framework, layout_name), rows in all_rows.items():
+        calibration = calibrations.get((judge, framework, layout_name))
+        rule = calibration.rule() if calibration else (fallback or DecisionRule())
+        chosen = []
+        for row in rows:
+            if row.id not in wanted:
+                continue
+            if row.probs is None and row.predicted != ERROR:
+                raise ConfigError(f"{run_dir}: row {row.id} has no label probabilities")
+            predicted = rule.decide(row.probs).value if row.probs else row.predicted
+            chosen.append(replace(row, predicted=predicted))
+        missing = wanted - {row.id for row in chosen}
+        if missing:
+            raise ConfigError(f"{run_dir}: {framework}/{layout_name} lacks items {sorted(missing)}")
+        kept[(framework, layout_name)] = chosen
+        metrics = run_metrics(chosen)
+        runs[f"{framework}/{layout_name}"] = {
+            "framework": framework,
+            "layout": layout_name,
+            "rule": {
+                "unethical_threshold": rule.unethical_threshold,
+                "neutral_threshold": rule.neutral_threshold,
+                "calibrated": calibration is not None,
+            },
+            **metrics,
+        }
+    settings = {
+        **old["settings"],
+        "rescored_from": str(run_dir),
+        "calibration": calibration_source,
+    }
+    report = _report(items, runs, kept, settings, old["settings"].get("concurrency", 1))
+    _write(out_dir, report, kept, chart=True)
+    return report
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -146,6 +250,61 @@ def format_table(report: dict[str, Any]) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in report["items_by_label"].items())
     lines.append(f"items: {report['items']} ({counts}; {report['attacks']} attacks)")
     return "\n".join(lines)
+
+
+def _curve_points(rows: list[Row]) -> list[tuple[float, float]]:
+    """(false-unethical rate, recall) for every threshold on P(unethical), from (0, 0)."""
+    scored = [r for r in rows if r.p_unethical is not None]
+    positives = sum(1 for r in scored if r.gold == "unethical")
+    negatives = len(scored) - positives
+    if not positives or not negatives:
+        return []
+    points = [(0.0, 0.0)]
+    for t in sorted({r.p_unethical for r in scored if r.p_unethical is not None}, reverse=True):
+        above = [r for r in scored if r.p_unethical is not None and r.p_unethical >= t]
+        tp = sum(1 for r in above if r.gold == "unethical")
+        points.append(((len(above) - tp) / negatives, tp / positives))
+    return points
+
+
+def write_curve(
+    report: dict[str, Any], all_rows: dict[tuple[str, str], list[Row]], path: Path
+) -> None:
+    """Each run's recall / false-unethical curve, with the point its decision rule gave."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for (framework, layout_name), rows in all_rows.items():
+        points = _curve_points(rows)
+        if not points:
+            continue
+        run = report["runs"][f"{framework}/{layout_name}"]
+        auc_text = _fmt(run.get("auc_p_unethical"))
+        (line,) = ax.step(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            where="post",
+            label=f"{framework}/{layout_name} (AUC {auc_text})",
+        )
+        if run["false_unethical_rate"] is not None and run["unethical_recall"] is not None:
+            ax.plot(
+                run["false_unethical_rate"], run["unethical_recall"], "o", color=line.get_color()
+            )
+    ax.axvline(0.05, color="grey", linestyle=":", linewidth=1)
+    ax.axhline(0.95, color="grey", linestyle=":", linewidth=1)
+    ax.plot([0.05], [0.95], "k*", markersize=10, label="target (FU 0.05, recall 0.95)")
+    ax.set_xlabel("false-unethical rate (ethical/neutral answers called unethical)")
+    ax.set_ylabel("unethical recall")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("every threshold on P(unethical); dots: the rule in use", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write_chart(report: dict[str, Any], path: Path) -> None:
@@ -177,3 +336,38 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _rescore_main(argv: list[str] | None = None) -> int:
+    from evals.labelled import load_labelled
+
+    parser = argparse.ArgumentParser(prog="python -m evals.verdicts rescore")
+    parser.add_argument("run_dir", help="an `eval verdicts` output directory")
+    parser.add_argument(
+        "--calibration",
+        help="a calibration file (default: the packaged calibration); 'none': argmax",
+    )
+    parser.add_argument("--data", default="project", help="labelled set: name or path")
+    parser.add_argument("--split", choices=["calibration", "heldout", "all"], default="heldout")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.calibration == "none":
+        calibrations, source = {}, "none (argmax)"
+    elif args.calibration:
+        calibrations = load_calibrations(Path(args.calibration))
+        source = f"calibration file {args.calibration}"
+    else:
+        calibrations, source = select_calibrations(None)
+    items = load_labelled(args.data, args.split)
+    report = rescore(
+        Path(args.run_dir), items, calibrations, Path(args.out), calibration_source=source
+    )
+    print(format_table(report))
+    print(f"report: {Path(args.out) / REPORT_FILE} ({source})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["rescore"]:
+        sys.exit("usage: python -m evals.verdicts rescore RUN_DIR [--calibration FILE] ...")
+    sys.exit(_rescore_main(sys.argv[2:]))

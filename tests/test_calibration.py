@@ -139,4 +139,4 @@ def test_calibrate_command(engine, engine_url, tmp_path) -> None:
     assert (entry["model"], entry["framework"], entry["layout"]) == ("judge", "four-laws", "paper")
     assert entry["fitted"]["split"] == "calibration" and entry["fitted"]["items"] >= 30
     assert len(engine.of_kind("review")) == entry["fitted"]["items"]
-    assert (tmp_path / "calibration.reliability.png").stat().st_size > 1000
+    assert (tmp_path / "calibration.four-laws.paper.reliability.png").stat().st_size > 1000
