@@ -74,7 +74,7 @@ class ExperimentConfig:
     out_dir: str = "runs/experiment"
     arms: tuple[str, ...] = tuple(ARMS)
     # --- training (both adapters, the same recipe; sft-dpo adds the DPO term)
-    steps: int = 8
+    steps: int = 8  # optimizer steps; 0 = no cap: --epochs whole passes over the task set
     batch_size: int = 2
     grad_accum: int = 1
     epochs: int = 1
@@ -83,6 +83,7 @@ class ExperimentConfig:
     lora_alpha: int = 16
     lora_targets: str | None = None  # None: the trainer's default (attention projections)
     use_rslora: bool = False
+    gradient_checkpointing: bool = False
     weight_decay: float | None = None
     max_length: int = 512
     dtype: str = "auto"
@@ -111,8 +112,8 @@ class ExperimentConfig:
         unknown = [arm for arm in self.arms if arm not in ARMS]
         if unknown:
             raise ConfigError(f"unknown arm {', '.join(unknown)} (known: {', '.join(ARMS)})")
-        if self.steps < 1 or self.samples < 1:
-            raise ConfigError("--steps and --samples must be at least 1")
+        if self.steps < 0 or self.samples < 1:
+            raise ConfigError("--steps must be >= 0 (0: whole epochs) and --samples >= 1")
         self.arms = tuple(self.arms)
 
     @property
@@ -140,15 +141,19 @@ def train_argv(config: ExperimentConfig, arm: str) -> list[str]:
     argv = [
         "train", "--online", "--task-data", config.task_data, "--base-model", config.base_model,
         "--out", str(out), "--run-id", f"experiment-{arm}", "--resume", "--quiet",
-        "--max-steps", str(config.steps), "--batch-size", str(config.batch_size),
+        "--batch-size", str(config.batch_size),
         "--grad-accum", str(config.grad_accum), "--epochs", str(config.epochs),
         "--lr", str(config.lr), "--lora-r", str(config.lora_r),
         "--lora-alpha", str(config.lora_alpha), "--max-length", str(config.max_length),
         "--dtype", config.dtype, "--seed", str(config.seed), "--checkpoint-every", "1",
         "--max-new-tokens", str(config.max_new_tokens),
     ]  # fmt: skip
+    if config.steps:
+        argv += ["--max-steps", str(config.steps)]
     if config.lora_targets:
         argv += ["--lora-targets", config.lora_targets]
+    if config.gradient_checkpointing:
+        argv.append("--gradient-checkpointing")
     if config.use_rslora:
         argv.append("--use-rslora")
     if config.weight_decay is not None:
@@ -410,6 +415,9 @@ def add_experiment_command(which: argparse._SubParsersAction) -> None:
             "--" + name.replace("_", "-"), type=kind, default=default, help=f"default {default}"
         )
     parser.add_argument("--use-rslora", action="store_true", help="rank-stabilised LoRA")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="the trainer's, for big models"
+    )
     parser.add_argument("--questions", choices=QUESTION_SETS, default=defaults.questions)
     parser.set_defaults(handler=_cmd_experiment)
 

@@ -74,6 +74,8 @@ def _config(args: argparse.Namespace) -> Any:
         given["lora_targets"] = tuple(t.strip() for t in targets.split(",") if t.strip())
     if args.use_rslora:
         given["use_rslora"] = True
+    if args.gradient_checkpointing:
+        given["gradient_checkpointing"] = True
     return TrainConfig(
         model=args.base_model,
         out_dir=args.out,
@@ -236,6 +238,11 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument(
         "--use-rslora", action="store_true", help="rank-stabilised LoRA (scale alpha/sqrt(r))"
+    )
+    train.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward (memory for compute; big models)",
     )
     online = train.add_argument_group("the paper's run (--online): SFT + conscience DPO")
     online.add_argument(

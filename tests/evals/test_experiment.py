@@ -134,6 +134,9 @@ def test_the_arms_share_a_recipe_and_differ_by_the_dpo_term(tmp_path: Path) -> N
     assert judge[:2] == ["--online-samples", str(config.online_samples)]
     assert judge[judge.index("--judge-url") + 1] == "http://e/v1"
     assert judge[judge.index("--judge-model") + 1] == "base"  # the frozen base judges
+    assert sft[sft.index("--max-steps") + 1] == str(config.steps)
+    config.steps = 0  # whole epochs: the full-scale recipe
+    assert "--max-steps" not in train_argv(config, "sft")
 
 
 def test_four_arms_table_chart_and_resumption(

@@ -30,15 +30,17 @@ def _parse(*argv: str) -> argparse.Namespace:
 def test_flags_reach_the_config() -> None:
     args = _parse(
         "--lora-r", "32", "--lora-alpha", "64", "--use-rslora", "--lora-targets", SEVEN,
-        "--weight-decay", "0.01",
+        "--weight-decay", "0.01", "--gradient-checkpointing",
     )  # fmt: skip
     config = _config(args)
+    assert config.gradient_checkpointing is True
     assert (config.lora_r, config.lora_alpha, config.use_rslora) == (32, 64, True)
     assert config.lora_targets == tuple(SEVEN.split(","))
     assert config.weight_decay == 0.01
     plain = _config(_parse("--lora-targets", "all-linear"))
     assert plain.lora_targets == "all-linear"
     assert plain.use_rslora is False and plain.lora_alpha == TrainConfig.lora_alpha
+    assert plain.gradient_checkpointing is False
 
 
 @pytest.mark.parametrize("rslora", [False, True])
