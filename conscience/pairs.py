@@ -18,7 +18,16 @@ from typing import Any
 from conscience.judgement import Judgement
 from conscience.store.base import BLANK, JudgementStore, is_pair
 
-__all__ = ["export_pairs", "to_trl_pair"]
+__all__ = ["PairError", "export_pairs", "to_trl_pair"]
+
+
+class PairError(ValueError):
+    """A judgement that cannot be a TRL pair; ``reason`` names why, in the trainer's words:
+    ``not_a_pair``, ``malformed`` (a message without a role) or ``non_string_content``."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _is_blank(text: str) -> bool:
@@ -46,22 +55,27 @@ def _text(content: Any) -> str:
 
 
 def to_trl_pair(j: Judgement) -> dict[str, Any]:
-    """One TRL preference example; ``ValueError`` if the judgement is not a pair.
+    """One TRL preference example; ``PairError`` (a ValueError) if it cannot be one.
 
     The prompt keeps only ``role`` and ``content`` of each message (what chat templates read);
-    content given as OpenAI text parts is joined, and any other part (an image) is a ValueError.
+    content given as OpenAI text parts is joined, and any other part (an image) is refused.
     """
     if not is_pair(j):
         rewrite = "missing" if j.rewrite is None else "blank" if _is_blank(j.rewrite) else "given"
-        raise ValueError(
+        raise PairError(
             f"judgement {j.id} is not a preference pair"
-            f" (effective verdict {j.effective_verdict.value}, rewrite {rewrite})"
+            f" (effective verdict {j.effective_verdict.value}, rewrite {rewrite})",
+            "not_a_pair",
         )
     assert j.rewrite is not None  # is_pair checked it
+    if any(not isinstance(m, dict) or "role" not in m for m in j.messages):
+        raise PairError(f"judgement {j.id}: a message has no role", "malformed")
     try:
         prompt = [{"role": str(m["role"]), "content": _text(m.get("content"))} for m in j.messages]
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"judgement {j.id}: the conversation is not plain chat: {exc}") from exc
+    except ValueError as exc:
+        raise PairError(
+            f"judgement {j.id}: the conversation is not plain chat: {exc}", "non_string_content"
+        ) from exc
     return {
         "prompt": prompt,
         "chosen": [{"role": "assistant", "content": j.rewrite}],
@@ -75,16 +89,24 @@ async def export_pairs(store: JudgementStore, path: Path, *, include_consumed: b
     """Write the store's pairs to ``path`` as JSONL, oldest first; how many were written.
 
     Unconsumed pairs only, unless ``include_consumed``. The file appears whole or not at all: it
-    is written beside its destination, fsync'd, then renamed over it. A pair whose conversation
-    is not plain text (an image part) is skipped with a warning rather than failing the export.
+    is written beside its destination, fsync'd, then renamed over it. A row the store cannot
+    read, a conversation that is not plain text (an image part) and text that is not valid
+    Unicode (a lone surrogate from a JSON escape) are skipped with a warning each.
     """
-    judgements = await store.pairs(include_consumed=include_consumed)
+    found = await store.read_pairs(include_consumed=include_consumed)
+    for row in found.unreadable:
+        log.warning("export_pairs: skipped %s", row)
     lines = []
-    for j in judgements:
+    for j in found.judgements:
         try:
-            lines.append(json.dumps(to_trl_pair(j), ensure_ascii=False) + "\n")
+            line = json.dumps(to_trl_pair(j), ensure_ascii=False) + "\n"
+            line.encode("utf-8")  # a lone surrogate would fail the write of the whole file
+        except UnicodeEncodeError:
+            log.warning("export_pairs: skipped judgement %s: its text is not valid Unicode", j.id)
         except ValueError as exc:
             log.warning("export_pairs: skipped %s", exc)
+        else:
+            lines.append(line)
     # File I/O off the event loop.
     await asyncio.to_thread(_write_atomically, Path(path), lines)
     return len(lines)

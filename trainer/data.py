@@ -11,6 +11,8 @@ A task row for SFT (the online run's task set, TRL/OpenAI chat JSONL) is ``{"mes
 whose last message is the assistant's answer; it is rendered the same way (``encode_chats``).
 
 A bad row is never a crash: it is skipped and counted under its reason in the report.
+``drop_duplicates`` keeps the first of pairs that differ only in whitespace (the nightly job's
+store rows; a duplicate is consumed with the pair it repeats).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ __all__ = [
     "Batch",
     "EncodedChat",
     "EncodedPair",
+    "check_pair",
     "collate",
     "collate_chats",
+    "drop_duplicates",
     "encode_chats",
     "encode_pairs",
     "read_jsonl",
@@ -38,14 +42,22 @@ __all__ = [
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
+# A text over max_length x this many characters is too long without tokenizing it: no token of
+# a real vocabulary averages more over such a text, and a 5 MB answer would otherwise cost
+# seconds of tokenizer time (and its memory) every night only to be skipped.
+_MAX_CHARS_PER_TOKEN = 64
+
 SKIP_REASONS = (
     "malformed",  # not a dict, a key missing, a wrong type, a line that is not JSON
     "unknown_role",  # a message whose role is not system/developer/user/assistant/tool
     "non_string_content",  # content that is not a string (parts lists, None with tool calls)
+    "invalid_text",  # a NUL or a lone surrogate (from a JSON escape): not text a model reads
+    "empty_prompt",  # every prompt message is empty or whitespace
     "empty_answer",  # chosen or rejected is empty or whitespace
-    "identical",  # chosen == rejected: nothing to prefer
+    "identical",  # chosen == rejected (whitespace aside): nothing to prefer
     "too_long",  # prompt + answer over max_length tokens (skipped, never truncated)
     "template_mismatch",  # the chat template does not render the prompt as a prefix
+    "duplicate",  # the same pair as an earlier row, whitespace aside (drop_duplicates)
 )
 
 
@@ -113,10 +125,25 @@ def read_jsonl(path: str | Path) -> list[Any]:
     return rows
 
 
+def _is_text(value: str) -> bool:
+    """No NUL, no lone surrogate: what a tokenizer can read and a UTF-8 file can hold."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _same_words(a: str, b: str) -> bool:
+    return a.split() == b.split()
+
+
 def _messages(value: Any, *, answer: bool) -> list[dict[str, str]]:
     """Validate a message list (or a plain string) into ``[{"role", "content"}]``."""
     if isinstance(value, str):
-        return [{"role": "assistant" if answer else "user", "content": value}]
+        value = [{"role": "assistant" if answer else "user", "content": value}]
     if not isinstance(value, list) or not value:
         raise _Skip("malformed")
     out = []
@@ -127,6 +154,8 @@ def _messages(value: Any, *, answer: bool) -> list[dict[str, str]]:
             raise _Skip("unknown_role")
         if not isinstance(message.get("content"), str):
             raise _Skip("non_string_content")
+        if not _is_text(message["content"]):
+            raise _Skip("invalid_text")
         out.append({"role": message["role"], "content": message["content"]})
     if answer and (len(out) != 1 or out[0]["role"] != "assistant"):
         raise _Skip("malformed")  # an answer is exactly one assistant message
@@ -173,17 +202,48 @@ def _tokenize(
     return ids, [ids + _ids(tokenizer, text) for text in texts]
 
 
-def _encode_row(row: Any, tokenizer: Any, max_length: int) -> EncodedPair:
+_Messages = list[dict[str, str]]
+
+
+def _valid_pair(row: Any) -> tuple[_Messages, _Messages, _Messages]:
+    """``(prompt, chosen, rejected)`` of a row, every check but the tokenizer's passed."""
     if not isinstance(row, dict) or not {"prompt", "chosen", "rejected"} <= row.keys():
         raise _Skip("malformed")
     prompt = _messages(row["prompt"], answer=False)
     chosen = _messages(row["chosen"], answer=True)
     rejected = _messages(row["rejected"], answer=True)
+    if not any(m["content"].strip() for m in prompt):
+        raise _Skip("empty_prompt")
     if not chosen[0]["content"].strip() or not rejected[0]["content"].strip():
         raise _Skip("empty_answer")
-    if chosen[0]["content"] == rejected[0]["content"]:
+    if _same_words(chosen[0]["content"], rejected[0]["content"]):
         raise _Skip("identical")
+    return prompt, chosen, rejected
 
+
+def _chars(messages: list[dict[str, str]]) -> int:
+    return sum(len(m["content"]) for m in messages)
+
+
+def _checked_pair(row: Any, max_length: int) -> tuple[_Messages, _Messages, _Messages]:
+    """``_valid_pair``, and not so many characters that no tokenizer could fit them."""
+    prompt, chosen, rejected = _valid_pair(row)
+    if _chars(prompt) + max(_chars(chosen), _chars(rejected)) > max_length * _MAX_CHARS_PER_TOKEN:
+        raise _Skip("too_long")
+    return prompt, chosen, rejected
+
+
+def check_pair(row: Any, max_length: int) -> str | None:
+    """Why ``encode_pairs`` would skip this row before tokenizing it, or None: it may be used."""
+    try:
+        _checked_pair(row, max_length)
+    except _Skip as skip:
+        return skip.reason
+    return None
+
+
+def _encode_row(row: Any, tokenizer: Any, max_length: int) -> EncodedPair:
+    prompt, chosen, rejected = _checked_pair(row, max_length)
     prompt_ids, (chosen_ids, rejected_ids) = _tokenize(tokenizer, prompt, [chosen, rejected])
     if max(len(chosen_ids), len(rejected_ids)) > max_length:
         raise _Skip("too_long")
@@ -208,6 +268,8 @@ def _encode_chat(row: Any, tokenizer: Any, max_length: int) -> EncodedChat:
         raise _Skip("malformed")
     if not answer[0]["content"].strip():
         raise _Skip("empty_answer")
+    if _chars(messages) > max_length * _MAX_CHARS_PER_TOKEN:
+        raise _Skip("too_long")
     ids_prompt, (ids,) = _tokenize(tokenizer, prompt, [answer])
     if len(ids) > max_length:
         raise _Skip("too_long")
@@ -242,6 +304,38 @@ def _encode_all(rows: Iterable[Any], encode: Any) -> tuple[list[Any], dict[str, 
         "skipped_ids": skipped_ids,
     }
     return kept, report
+
+
+def _pair_key(row: Any) -> str | None:
+    """The pair with runs of whitespace made one space; None for a row skipped anyway."""
+    try:
+        parts = _valid_pair(row)
+    except _Skip:
+        return None  # counted under its own reason, each copy
+    normal = [[(m["role"], " ".join(m["content"].split())) for m in part] for part in parts]
+    return json.dumps(normal)
+
+
+def drop_duplicates(rows: Iterable[Any]) -> tuple[list[Any], list[Any]]:
+    """``(kept, dropped)``: each row whose pair (whitespace aside) an earlier row already has
+    is dropped, and its ``id`` is added to that row's ``"duplicates"`` list (a new dict)."""
+    kept: list[Any] = []
+    first: dict[str, int] = {}
+    dropped: list[Any] = []
+    for row in rows:
+        key = _pair_key(row)
+        if key is None or key not in first:
+            if key is not None:
+                first[key] = len(kept)
+            kept.append(row)
+            continue
+        dropped.append(row)
+        original = kept[first[key]]
+        if row.get("id") is not None:
+            kept[first[key]] = original | {
+                "duplicates": [*original.get("duplicates", []), str(row["id"])]
+            }
+    return kept, dropped
 
 
 def encode_pairs(

@@ -2,6 +2,12 @@
 
 The order is the promise: the adapter is written first, and only then are its pairs marked, so
 a run that dies, is cancelled or fails consumes nothing and the next run sees the same pairs.
+
+Bad rows never stop the run. A row the store cannot read, a conversation that is not plain
+text and a pair that fails the trainer's checks are skipped, counted by reason in the report
+(``skipped``, ids in ``skipped_ids``) and left unconsumed, so every night reports them until
+someone labels, fixes or purges them. A duplicate (the same pair, whitespace aside) is skipped
+and consumed with the pair it repeats.
 """
 
 from __future__ import annotations
@@ -10,12 +16,15 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import threading
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.config import TrainConfig
-from trainer.data import read_jsonl
+from trainer.data import check_pair, drop_duplicates, read_jsonl
 from trainer.loop import train
 
 if TYPE_CHECKING:
@@ -27,6 +36,21 @@ __all__ = ["TrainingStopped", "train_from_store"]
 # The pairs a run started on, kept beside its checkpoint until they are marked consumed.
 _SNAPSHOT = "pairs.jsonl"
 
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Skipped:
+    """Store rows left out before training: counts by reason, and their ids."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    ids: list[str] = field(default_factory=list)
+
+    def add(self, reason: str, row_id: str | None) -> None:
+        self.counts[reason] += 1
+        if row_id is not None:
+            self.ids.append(row_id)
+
 
 class TrainingStopped(Exception):
     """The run was asked to stop (its job was cancelled); the last checkpoint stays."""
@@ -37,27 +61,34 @@ async def train_from_store(
 ) -> dict[str, Any]:
     """Train on ``store.unconsumed_pairs()`` and mark the pairs it learned from as ``run_id``'s.
 
-    With no pairs it trains nothing and returns ``status: "nothing_to_learn"``. A pair the
-    trainer skipped (too long, say) stays unconsumed: a later run with other settings may use it.
-    Training runs in a worker thread, so the event loop (the proxy's, maybe) keeps serving.
+    With no usable pair it trains nothing and returns ``status: "nothing_to_learn"``. A pair
+    skipped here or by the trainer (unreadable, empty, too long, say) stays unconsumed; the
+    report counts it under its reason. ``limit`` caps the usable pairs a run takes, so bad rows
+    at the head of the queue cannot starve it. Training runs in a worker thread, so the event
+    loop (the proxy's, maybe) keeps serving.
     """
     snapshot = config.out_path / _SNAPSHOT
     if config.resume and snapshot.exists():
         # The interrupted run's own pairs, whatever was logged since: the checkpoint's data order
         # indexes exactly these.
-        rows, not_text = read_jsonl(snapshot), 0
+        rows, skipped = read_jsonl(snapshot), _Skipped()
     else:
-        rows, not_text = await _fetch(store, limit)
+        rows, skipped = await _fetch(store, config.max_length, limit)
         if not rows:
-            return {
+            report = {
                 "status": "nothing_to_learn",
                 "run_id": run_id,
-                "pairs_total": not_text,
+                "pairs_total": skipped.counts.total(),
                 "pairs_used": 0,
-                "skipped": {"non_string_content": not_text} if not_text else {},
+                "skipped": dict(skipped.counts),
+                "skipped_ids": skipped.ids,
                 "steps": 0,
                 "consumed": 0,
             }
+            if skipped.counts:  # bad rows and nothing else: the report says which
+                _write_report(config.out_path, report)
+                _warn(report)
+            return report
         _write_snapshot(snapshot, rows)
 
     stop = threading.Event()
@@ -80,35 +111,77 @@ async def train_from_store(
         raise
 
     report["run_id"] = run_id
-    if not_text:
-        skipped = report.setdefault("skipped", {})
-        skipped["non_string_content"] = skipped.get("non_string_content", 0) + not_text
-        report["pairs_total"] += not_text
+    if skipped.counts:
+        counts = Counter(report.get("skipped", {})) + skipped.counts
+        report["skipped"] = dict(counts)
+        report["skipped_ids"] = [*report.get("skipped_ids", []), *skipped.ids]
+        report["pairs_total"] += skipped.counts.total()
     report["consumed"] = 0
     if report["status"] == "trained":
         adapter = config.out_path / "adapter_model.safetensors"
         if not adapter.exists():  # never mark pairs learned by an adapter that is not there
             raise RuntimeError(f"training finished but {adapter} is missing")
-        report["consumed"] = await store.mark_consumed(report["used_ids"], run_id)
+        used = set(report["used_ids"])
+        # A duplicate was learned with the pair it repeats: the next night must not learn it.
+        repeats = [d for row in rows if row.get("id") in used for d in row.get("duplicates", [])]
+        report["consumed"] = await store.mark_consumed([*report["used_ids"], *repeats], run_id)
     # Marked (or nothing to mark): the conversations need not outlive the store's retention here.
     snapshot.unlink(missing_ok=True)
-    (config.out_path / "report.json").write_text(
-        json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8"
-    )
+    _write_report(config.out_path, report)
+    _warn(report)
     return report
 
 
-async def _fetch(store: JudgementStore, limit: int | None) -> tuple[list[dict[str, Any]], int]:
-    """The store's unconsumed pairs as TRL rows, and how many could not be (non-text parts)."""
-    from conscience.pairs import to_trl_pair
+def _write_report(out: Path, report: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(
+        json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8"
+    )
 
-    rows, not_text = [], 0
-    for judgement in await store.unconsumed_pairs(limit=limit):
+
+def _warn(report: dict[str, Any]) -> None:
+    """One line on the log (stderr for the CLI) when pairs were skipped: how many and why."""
+    skipped = report.get("skipped") or {}
+    if skipped:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items()))
+        log.warning(
+            "skipped %d of %d pairs (%s); ids in report.json",
+            sum(skipped.values()),
+            report.get("pairs_total", 0),
+            reasons,
+        )
+
+
+async def _fetch(
+    store: JudgementStore, max_length: int, limit: int | None
+) -> tuple[list[dict[str, Any]], _Skipped]:
+    """Up to ``limit`` usable unconsumed pairs as TRL rows, and what was left out and why.
+
+    Every unconsumed pair is read, so that rows that will never be usable do not take the
+    places of good ones; the trainer still judges the rest (length, template).
+    """
+    from conscience.pairs import PairError, to_trl_pair
+
+    found = await store.read_pairs()
+    skipped = _Skipped()
+    for unreadable in found.unreadable:  # not UTF-8, not JSON, a label outside the enum ...
+        skipped.add(unreadable.reason, unreadable.judgement_id)
+    rows = []
+    for judgement in found.judgements:
         try:
-            rows.append(to_trl_pair(judgement))
-        except ValueError:  # a conversation with non-text parts (an image): not for this trainer
-            not_text += 1
-    return rows, not_text
+            row = to_trl_pair(judgement)
+        except PairError as exc:  # no role, an image part: not for this trainer
+            skipped.add(exc.reason, judgement.id)
+            continue
+        reason = check_pair(row, max_length)
+        if reason is None:
+            rows.append(row)
+        else:
+            skipped.add(reason, judgement.id)
+    rows, repeats = drop_duplicates(rows)
+    for row in repeats:
+        skipped.add("duplicate", row["id"])
+    return rows[:limit], skipped
 
 
 def _write_snapshot(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -9,13 +9,20 @@ A *pair* is a judgement whose effective verdict (the human label if set, else th
 ``unethical`` and whose rewrite is not blank: (prompt, chosen = rewrite, rejected = answer).
 Both backends express that rule in SQL; ``is_pair`` is the same rule in Python, and the tests
 hold them to agree.
+
+A row written behind the store's back (by hand, by a bug, by someone with access to the database)
+may not be a judgement this code can read: ``get`` and ``list`` raise ``UnreadableRow`` for it,
+and ``read_pairs`` hands it back apart from the readable pairs, so that one such row never stops
+the nightly run or an export.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
@@ -23,14 +30,21 @@ from conscience.errors import StoreError
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "BLANK",
     "COLUMNS",
+    "UNREADABLE_REASONS",
     "JudgementStore",
+    "PairsRead",
+    "UnreadableRow",
     "check_page",
     "filter_sql",
     "is_pair",
     "json_text",
+    "readable_pairs",
+    "split_rows",
     "to_utc",
 ]
 
@@ -39,6 +53,33 @@ BLANK = " \t\r\n"
 
 # Every field of the record is a column, in the record's order.
 COLUMNS: tuple[str, ...] = tuple(Judgement.model_fields)
+
+
+UNREADABLE_REASONS = (
+    "not_utf8",  # a text column whose bytes are not UTF-8 (SQLite stores whatever it is given)
+    "not_json",  # messages or label_probs that do not parse as JSON
+    "invalid_record",  # parsed, but not a judgement: a label outside the enum, a wrong type ...
+)
+
+
+class UnreadableRow(StoreError):
+    """A stored row that is not a judgement this code can read; ``reason`` is one of
+    :data:`UNREADABLE_REASONS`, ``judgement_id`` the row's id as far as it can be told."""
+
+    def __init__(self, judgement_id: str | None, reason: str, detail: str) -> None:
+        super().__init__(
+            f"judgement {judgement_id} is stored in a form we cannot read ({reason}): {detail}"
+        )
+        self.judgement_id = judgement_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PairsRead:
+    """What ``read_pairs`` found: the pairs it could read, and the rows it could not."""
+
+    judgements: builtins.list[Judgement]
+    unreadable: builtins.list[UnreadableRow]
 
 
 def is_pair(judgement: Judgement) -> bool:
@@ -136,6 +177,15 @@ class JudgementStore(Protocol):
         """Pairs no training run has used yet, oldest first (``pairs()`` with its default)."""
         ...
 
+    async def read_pairs(
+        self, *, include_consumed: bool = False, limit: int | None = None
+    ) -> PairsRead:
+        """``pairs()``, with each row that cannot be read returned apart instead of raised.
+
+        ``pairs()`` and ``unconsumed_pairs()`` leave such rows out with a warning in the log.
+        """
+        ...
+
     async def mark_consumed(self, judgement_ids: builtins.list[str], run_id: str) -> int:
         """Mark the still-unconsumed ones among these ids as used by ``run_id``; how many."""
         ...
@@ -147,6 +197,26 @@ class JudgementStore(Protocol):
     async def ping(self) -> bool:
         """Whether the store answers now; never raises."""
         ...
+
+
+def split_rows(
+    rows: Iterable[Sequence[object]], from_row: Callable[[Sequence[object]], Judgement]
+) -> PairsRead:
+    """Read each row with ``from_row``; an ``UnreadableRow`` is kept apart, not raised."""
+    judgements, unreadable = [], []
+    for row in rows:
+        try:
+            judgements.append(from_row(row))
+        except UnreadableRow as exc:
+            unreadable.append(exc)
+    return PairsRead(judgements, unreadable)
+
+
+def readable_pairs(found: PairsRead) -> builtins.list[Judgement]:
+    """The readable pairs of ``found``; each unreadable row is logged as a warning."""
+    for row in found.unreadable:
+        log.warning("pairs: skipped %s", row)
+    return found.judgements
 
 
 def filter_sql(

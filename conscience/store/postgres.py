@@ -30,7 +30,18 @@ from pydantic import ValidationError
 from conscience.errors import NotFound, StoreError
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
-from conscience.store.base import BLANK, COLUMNS, check_page, filter_sql, json_text, to_utc
+from conscience.store.base import (
+    BLANK,
+    COLUMNS,
+    PairsRead,
+    UnreadableRow,
+    check_page,
+    filter_sql,
+    json_text,
+    readable_pairs,
+    split_rows,
+    to_utc,
+)
 from conscience.store.schema import POSTGRES_MIGRATIONS
 from conscience.store.url import redact, scrub
 
@@ -84,14 +95,14 @@ def _to_row(judgement: Judgement) -> tuple[Any, ...]:
 
 
 def _from_row(row: Sequence[Any]) -> Judgement:
+    """The judgement in a row, or ``UnreadableRow`` (the server keeps text valid UTF-8, jsonb
+    valid JSON; a label outside the enum or JSON of the wrong shape is still possible)."""
     data = dict(zip(COLUMNS, row, strict=True))
     data["created_at"] = data["created_at"].astimezone(UTC)
     try:
         return Judgement.model_validate(data)
     except ValidationError as exc:
-        raise StoreError(
-            f"judgement {data.get('id')} is stored in a form we cannot read: {exc}"
-        ) from exc
+        raise UnreadableRow(data.get("id"), "invalid_record", str(exc)) from None
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -271,6 +282,14 @@ class PostgresStore:
     async def pairs(
         self, *, include_consumed: bool = False, limit: int | None = None
     ) -> builtins.list[Judgement]:
+        return readable_pairs(await self.read_pairs(include_consumed=include_consumed, limit=limit))
+
+    async def unconsumed_pairs(self, *, limit: int | None = None) -> builtins.list[Judgement]:
+        return await self.pairs(limit=limit)
+
+    async def read_pairs(
+        self, *, include_consumed: bool = False, limit: int | None = None
+    ) -> PairsRead:
         check_page(limit)
         sql = _SELECT + _PAIRS
         if not include_consumed:
@@ -279,10 +298,7 @@ class PostgresStore:
         async with self._connection() as conn:
             cur = await conn.execute(sql, (BLANK, limit))
             rows = await cur.fetchall()
-        return [_from_row(r) for r in rows]
-
-    async def unconsumed_pairs(self, *, limit: int | None = None) -> builtins.list[Judgement]:
-        return await self.pairs(limit=limit)
+        return split_rows(rows, _from_row)
 
 
 async def _migrate(conn: psycopg.AsyncConnection[Any], migrations: Sequence[Sequence[str]]) -> None:

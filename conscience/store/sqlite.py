@@ -30,7 +30,18 @@ from pydantic import ValidationError
 from conscience.errors import NotFound, StoreError
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
-from conscience.store.base import BLANK, COLUMNS, check_page, filter_sql, json_text, to_utc
+from conscience.store.base import (
+    BLANK,
+    COLUMNS,
+    PairsRead,
+    UnreadableRow,
+    check_page,
+    filter_sql,
+    json_text,
+    readable_pairs,
+    split_rows,
+    to_utc,
+)
 from conscience.store.schema import SQLITE_MIGRATIONS
 from conscience.store.url import sqlite_path
 
@@ -70,18 +81,41 @@ def _to_row(judgement: Judgement) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def _from_row(row: Sequence[Any]) -> Judgement:
-    data = dict(zip(COLUMNS, row, strict=True))
+def _text(raw: bytes) -> str | bytes:
+    """The connection's ``text_factory``: text that is not UTF-8 comes back as its bytes.
+
+    SQLite stores any bytes it is given as TEXT; the default factory would fail the whole query
+    on one such row. ``_from_row`` refuses the row alone.
+    """
     try:
-        for name in _JSON_COLUMNS:
-            if data[name] is not None:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _from_row(row: Sequence[Any]) -> Judgement:
+    """The judgement in a row, or ``UnreadableRow`` saying why it is not one."""
+    data = dict(zip(COLUMNS, row, strict=True))
+    row_id = data.get("id")
+    if isinstance(row_id, bytes):
+        row_id = row_id.decode("utf-8", errors="backslashreplace")
+    for name, value in data.items():
+        if isinstance(value, bytes):  # not UTF-8 text, or a BLOB
+            try:
+                data[name] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UnreadableRow(row_id, "not_utf8", f"{name} is not UTF-8") from None
+    for name in _JSON_COLUMNS:
+        if data[name] is not None:
+            try:
                 data[name] = json.loads(data[name])
+            except (TypeError, ValueError) as exc:
+                raise UnreadableRow(row_id, "not_json", f"{name}: {exc}") from None
+    try:
         data["created_at"] = datetime.fromisoformat(data["created_at"]).astimezone(UTC)
         return Judgement.model_validate(data)
-    except (ValueError, ValidationError) as exc:
-        raise StoreError(
-            f"judgement {data.get('id')} is stored in a form we cannot read: {exc}"
-        ) from exc
+    except (TypeError, ValueError, ValidationError) as exc:  # ValidationError is a ValueError
+        raise UnreadableRow(row_id, "invalid_record", str(exc)) from None
 
 
 class SQLiteStore:
@@ -152,6 +186,7 @@ class SQLiteStore:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
             # Purged conversations are overwritten on disk, not just unlinked from the b-tree.
             conn.execute("PRAGMA secure_delete = ON")
+            conn.text_factory = _text
             _migrate(conn, self._migrations)
         except sqlite3.Error as exc:
             conn.close()
@@ -311,6 +346,14 @@ class SQLiteStore:
     async def pairs(
         self, *, include_consumed: bool = False, limit: int | None = None
     ) -> builtins.list[Judgement]:
+        return readable_pairs(await self.read_pairs(include_consumed=include_consumed, limit=limit))
+
+    async def unconsumed_pairs(self, *, limit: int | None = None) -> builtins.list[Judgement]:
+        return await self.pairs(limit=limit)
+
+    async def read_pairs(
+        self, *, include_consumed: bool = False, limit: int | None = None
+    ) -> PairsRead:
         check_page(limit)
         sql = _SELECT + _PAIRS
         if not include_consumed:
@@ -318,10 +361,7 @@ class SQLiteStore:
         sql += " ORDER BY created_at, id LIMIT ?"
         params = (BLANK, -1 if limit is None else limit)
         rows = await self._call(lambda c: c.execute(sql, params).fetchall())
-        return [_from_row(r) for r in rows]
-
-    async def unconsumed_pairs(self, *, limit: int | None = None) -> builtins.list[Judgement]:
-        return await self.pairs(limit=limit)
+        return split_rows(rows, _from_row)
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
