@@ -202,7 +202,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     }
     if report.get("status") == "nothing_to_learn":
-        print("nothing new to learn: no unconsumed preference pairs", file=sys.stderr)
+        skipped = sum((report.get("skipped") or {}).values())
+        why = f"none of {skipped} unconsumed pairs is usable" if skipped else "no unconsumed pairs"
+        print(f"nothing new to learn: {why}", file=sys.stderr)
     elif args.publish:
         reason = gate(report, args.min_reward_accuracy)
         if reason is not None:

@@ -377,6 +377,7 @@ def test_a_poisoned_store_never_crashes_the_nightly_run(
     # Night 2: nothing new to learn; the poisoned rows are reported again, none is lost.
     result, report = _train(store_url, tiny_model_dir, tmp_path / "night-2")
     assert report["status"] == "nothing_to_learn"
+    assert f"nothing new to learn: none of {len(poisoned)} unconsumed pairs" in result.stderr
     assert report["pairs_used"] == report["consumed"] == 0
     assert report["skipped"] == _expected_skips(poisoned)
     assert set(report["skipped_ids"]) == _ids(poisoned)
