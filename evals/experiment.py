@@ -78,7 +78,7 @@ class ExperimentConfig:
     batch_size: int = 2
     grad_accum: int = 1
     epochs: int = 1
-    lr: float = 1e-4
+    lr: float = 2e-4
     lora_r: int = 8
     lora_alpha: int = 16
     lora_targets: str | None = None  # None: the trainer's default (attention projections)
@@ -88,8 +88,8 @@ class ExperimentConfig:
     max_length: int = 512
     dtype: str = "auto"
     seed: int = 0
-    online_samples: int = 2  # policy samples reviewed per step in the sft-dpo arm
-    max_new_tokens: int = 128
+    online_samples: int = 1  # policy samples reviewed per step in the sft-dpo arm
+    max_new_tokens: int = 96
     train_judge_url: str | None = None  # default: --url (the frozen base on the same engine)
     train_judge_model: str | None = None  # default: --served-model
     train_judge_gguf: str | None = None  # or llama.cpp on this GGUF (no judge URL then)

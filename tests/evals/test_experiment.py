@@ -139,6 +139,7 @@ def test_the_arms_share_a_recipe_and_differ_by_the_dpo_term(tmp_path: Path) -> N
     assert "--max-steps" not in train_argv(config, "sft")
 
 
+@pytest.mark.slow  # two `conscience train` subprocesses (torch imports): 52-57 s each on a busy box
 def test_four_arms_table_chart_and_resumption(
     tmp_path: Path, tiny_model: Path, em_data_dir: Path
 ) -> None:
