@@ -8,7 +8,11 @@
     │   └── EngineStatusError  it answered with an error status       → its own 4xx, else 502
     ├── VerdictError           the judge's answer is not a label      → 502 (review failed)
     ├── StoreError             the judgement store failed             → 503
-    │   └── NotFound           no such judgement                      → 404
+    │   ├── NotFound           no such judgement                      → 404
+    │   └── UnreadableRow      a stored row that is not a judgement   → 500 (admin API, by id)
+    │                          (in conscience.store.base; reads of pairs and the admin list
+    │                          report it apart and go on; its ``reason``: not_utf8, not_json,
+    │                          invalid_record)
     └── ModelError             a packaged model is missing or does not verify
 
 The server maps each class to one OpenAI error envelope with its true status code; the CLI

@@ -1,18 +1,29 @@
-"""The admin API, behind the admin key: judgements, human labels, pairs, the served adapter."""
+"""The admin API, behind the admin key: judgements, human labels, pairs, the served adapter.
+
+A row the store cannot read (``UnreadableRow``: written behind the store's back, by a bug or a
+hand edit) is one bad row, not a failed store: the list names it under ``unreadable`` beside the
+readable judgements of its page, asked for by id it answers 500 ``unreadable_judgement`` with
+the reason, and the pairs export leaves it out and counts it in its headers, with every pair that
+is not plain chat or not valid Unicode (docs/decisions.md, "Poisoned rows in the admin API").
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from conscience.judgement import Judgement
 from conscience.labels import Verdict
-from conscience.pairs import to_trl_pair
+from conscience.pairs import PairError, to_trl_pair
+from conscience.store.base import JudgementStore, UnreadableRow
 from server.auth import require_admin
 from server.errors import ApiError
 from server.pipeline import Pipeline
@@ -21,10 +32,29 @@ from server.retention import purge_older_than_days
 __all__ = ["router"]
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+log = logging.getLogger("conscience.server.admin")
+
+# The export's headers: how many pairs it holds, how many it left out, and why.
+PAIRS_HEADER = "X-Conscience-Pairs"
+SKIPPED_HEADER = "X-Conscience-Skipped"
+REASONS_HEADER = "X-Conscience-Skipped-Reasons"
+_DETAIL_CHARS = 500  # of the store's description of an unreadable row, in an error message
 
 
 def _pipeline(request: Request) -> Pipeline:
     return request.app.state.pipeline
+
+
+class _Json(JSONResponse):
+    """JSON that a lone surrogate cannot fail (a JSON escape such as ``\\ud800`` in a stored
+    conversation reads back as one, and UTF-8 cannot encode it): such an answer is sent ASCII-
+    escaped, the surrogate as ``\\ud800``, the way the store holds it."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 class LabelBody(BaseModel):
@@ -39,7 +69,7 @@ class PurgeBody(BaseModel):
     older_than_days: int = Field(gt=0)  # like CONSCIENCE_RETENTION_DAYS
 
 
-@router.get("/judgements")
+@router.get("/judgements", response_model=dict[str, Any])
 async def list_judgements(
     request: Request,
     verdict: Verdict | None = None,
@@ -48,36 +78,131 @@ async def list_judgements(
     until: datetime | None = None,
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=2**63 - 1),  # the stores' largest integer
-) -> dict[str, Any]:
+) -> JSONResponse:
+    """A page of judgements, newest first; ``unreadable`` names the page's rows the store cannot
+    read (``{"id", "reason"}``), so that ``data`` and ``unreadable`` together are the page."""
     store = _pipeline(request).store
-    filters = {"verdict": verdict, "framework": framework, "since": since, "until": until}
-    rows = await store.list(**filters, limit=limit, offset=offset)
+    filters: dict[str, Any] = {
+        "verdict": verdict,
+        "framework": framework,
+        "since": since,
+        "until": until,
+    }
     total = await store.count(**filters)
-    return {"object": "list", "total": total, "data": [row.model_dump(mode="json") for row in rows]}
+    rows, unreadable = await _read_page(store, filters, limit, offset, total)
+    for row in unreadable:
+        log.warning("admin: judgement %s is unreadable (%s)", row.judgement_id, row.reason)
+    return _Json(
+        {
+            "object": "list",
+            "total": total,
+            "data": [row.model_dump(mode="json") for row in rows],
+            "unreadable": [{"id": row.judgement_id, "reason": row.reason} for row in unreadable],
+        }
+    )
 
 
-@router.get("/judgements/{judgement_id}")
-async def get_judgement(request: Request, judgement_id: str) -> dict[str, Any]:
-    return (await _pipeline(request).store.get(judgement_id)).model_dump(mode="json")
+async def _read_page(
+    store: JudgementStore, filters: dict[str, Any], limit: int, offset: int, total: int
+) -> tuple[list[Judgement], list[UnreadableRow]]:
+    """The page's readable judgements and its unreadable rows, both newest first.
+
+    One query when every row reads; else the page is halved until each unreadable row is a page
+    of its own (about 2 log2(limit) more queries for each unreadable row, 2 limit at most).
+    """
+    try:
+        return await store.list(**filters, limit=limit, offset=offset), []
+    except UnreadableRow as exc:
+        if limit == 1:
+            return [], [exc]
+    # No query past the last row; at least two halves, should the count be older than the list.
+    limit = max(2, min(limit, total - offset))
+    half = limit // 2
+    first, first_bad = await _read_page(store, filters, half, offset, total)
+    second, second_bad = await _read_page(store, filters, limit - half, offset + half, total)
+    return first + second, first_bad + second_bad
 
 
-@router.post("/judgements/{judgement_id}/label")
-async def set_label(request: Request, judgement_id: str, body: LabelBody) -> dict[str, Any]:
+def _unreadable_error(exc: UnreadableRow, *, labelled: bool = False) -> ApiError:
+    """500 ``unreadable_judgement``: the row is there and the store is up, but the row is not a
+    judgement this server can read; the message has the store's reason and detail."""
+    log.warning("admin: judgement %s is unreadable (%s)", exc.judgement_id, exc.reason)
+    detail = " ".join(
+        line.strip()
+        for line in str(exc).splitlines()
+        if line.strip() and not line.strip().startswith("For further information")
+    )
+    if len(detail) > _DETAIL_CHARS:
+        detail = detail[: _DETAIL_CHARS - 3] + "..."
+    prefix = "the label was stored, but " if labelled else ""
+    return ApiError(
+        500,
+        f"{prefix}{detail}; fix or delete the row in the store",
+        code="unreadable_judgement",
+    )
+
+
+@router.get("/judgements/{judgement_id}", response_model=dict[str, Any])
+async def get_judgement(request: Request, judgement_id: str) -> JSONResponse:
+    try:
+        judgement = await _pipeline(request).store.get(judgement_id)
+    except UnreadableRow as exc:
+        raise _unreadable_error(exc) from None
+    return _Json(judgement.model_dump(mode="json"))
+
+
+@router.post("/judgements/{judgement_id}/label", response_model=dict[str, Any])
+async def set_label(request: Request, judgement_id: str, body: LabelBody) -> JSONResponse:
     """A human label overrides the model's verdict in training data (active learning)."""
-    judgement = await _pipeline(request).store.set_human_label(judgement_id, body.label)
-    return judgement.model_dump(mode="json")
+    try:
+        judgement = await _pipeline(request).store.set_human_label(judgement_id, body.label)
+    except UnreadableRow as exc:  # the store wrote the label, then could not read the row back
+        raise _unreadable_error(exc, labelled=True) from None
+    return _Json(judgement.model_dump(mode="json"))
 
 
 @router.get("/pairs")
 async def export_pairs(request: Request, include_consumed: bool = False) -> StreamingResponse:
-    """Preference pairs as TRL-style JSONL (prompt / chosen / rejected, conversational)."""
-    pairs = await _pipeline(request).store.pairs(include_consumed=include_consumed)
+    """Preference pairs as TRL-style JSONL (prompt / chosen / rejected, conversational).
 
-    async def lines() -> AsyncIterator[bytes]:
-        for judgement in pairs:
-            yield (json.dumps(to_trl_pair(judgement), ensure_ascii=False) + "\n").encode()
+    Every line is a pair. A row the store cannot read, a conversation that is not plain chat and
+    text that is not valid Unicode are left out: ``X-Conscience-Skipped`` counts them and
+    ``X-Conscience-Skipped-Reasons`` says why (``reason=n,...``; absent when none is), the log
+    names each one; ``X-Conscience-Pairs`` counts the lines.
+    """
+    found = await _pipeline(request).store.read_pairs(include_consumed=include_consumed)
+    skipped: Counter[str] = Counter()
+    for row in found.unreadable:
+        log.warning("admin pairs: skipped judgement %s (%s)", row.judgement_id, row.reason)
+        skipped[row.reason] += 1
+    lines: list[bytes] = []
+    for judgement in found.judgements:
+        try:
+            lines.append(_pair_line(judgement))
+        except PairError as exc:
+            log.warning("admin pairs: skipped judgement %s (%s)", judgement.id, exc.reason)
+            skipped[exc.reason] += 1
+    headers = {PAIRS_HEADER: str(len(lines)), SKIPPED_HEADER: str(skipped.total())}
+    if skipped:
+        headers[REASONS_HEADER] = ",".join(f"{r}={n}" for r, n in sorted(skipped.items()))
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    async def stream() -> AsyncIterator[bytes]:
+        for line in lines:
+            yield line
+
+    return StreamingResponse(stream(), media_type="application/x-ndjson", headers=headers)
+
+
+def _pair_line(judgement: Judgement) -> bytes:
+    """One JSONL line, UTF-8; ``PairError`` if the judgement cannot be one (``invalid_text``:
+    a lone surrogate from a JSON escape, which UTF-8 cannot encode, as the trainer says)."""
+    line = json.dumps(to_trl_pair(judgement), ensure_ascii=False) + "\n"
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PairError(
+            f"judgement {judgement.id}: its text is not valid Unicode", "invalid_text"
+        ) from None
 
 
 @router.post("/purge")

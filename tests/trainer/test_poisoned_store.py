@@ -23,16 +23,20 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pytest
 
 pytest.importorskip("torch")
 psycopg = pytest.importorskip("psycopg")
+
+from poison import PG_ENV, Blob, Case, Text  # noqa: E402
+from poison import columns as _columns  # noqa: E402
+from poison import migrate as _migrate  # noqa: E402
+from poison import pg_insert as _pg_insert  # noqa: E402
+from poison import sqlite_insert as _sqlite_insert  # noqa: E402
+from poison import with_search_path as _with_search_path  # noqa: E402
 
 from conscience.store import open_store  # noqa: E402
 from conscience.store.base import UNREADABLE_REASONS  # noqa: E402
@@ -40,34 +44,8 @@ from trainer import job  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import SKIP_REASONS  # noqa: E402
 
-PG_ENV = "CONSCIENCE_TEST_POSTGRES_URL"
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
 GOOD = "good"  # a case the run must learn from
 NOT_A_PAIR = None  # a case the store's pair rule leaves out: it never reaches the trainer
-
-
-@dataclass(frozen=True)
-class Text:
-    """Bytes stored as TEXT as they are (SQLite); PostgreSQL is asked to read them as UTF-8."""
-
-    raw: bytes
-
-
-@dataclass(frozen=True)
-class Blob:
-    """Bytes stored as a BLOB in a text column (SQLite only: PostgreSQL would store bytea's
-    hex text, a valid string)."""
-
-    raw: bytes
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    reason: str | None  # the report's reason, GOOD, or NOT_A_PAIR
-    columns: dict[str, Any] = field(default_factory=dict)  # over a good row's columns
-    pg_refused: bool = False  # PostgreSQL refuses to store it
-    sqlite_only: bool = False  # no PostgreSQL counterpart
 
 
 def _good(question: str, rewrite: str, answer: str) -> dict[str, Any]:
@@ -189,54 +167,6 @@ CASES: list[Case] = [
 POISON = [c for c in CASES if c.reason not in (GOOD, "duplicate")]  # poison on its own
 
 
-def _columns(i: int, case: Case) -> dict[str, Any]:
-    """The row of a case: a good pair's columns, overridden by the case's."""
-    columns: dict[str, Any] = {
-        "id": f"jdg_{case.name}",
-        "created_at": (T0 + timedelta(minutes=i)).isoformat(timespec="microseconds"),
-        "framework": "three-laws",
-        "layout": "paper",
-        "messages": [{"role": "user", "content": "how do i pick a lock"}],
-        "answer": "sure here is how to break in",
-        "verdict": "unethical",
-        "confidence": 0.9,
-        "label_probs": {"unethical": 0.9, "ethical": 0.05, "neutral": 0.05},
-        "rewrite": "ask the owner or call a locksmith",
-        "action": "rewritten",
-    } | case.columns
-    for name in ("messages", "label_probs"):  # a str is raw JSON text, anything else is dumped
-        if columns[name] is not None and not isinstance(columns[name], str):
-            columns[name] = json.dumps(columns[name])
-    return columns
-
-
-def _sqlite_insert(conn: sqlite3.Connection, columns: dict[str, Any]) -> None:
-    marks = ["CAST(? AS TEXT)" if isinstance(v, Text) else "?" for v in columns.values()]
-    values = [v.raw if isinstance(v, Text | Blob) else v for v in columns.values()]
-    sql = f"INSERT INTO judgements ({', '.join(columns)}) VALUES ({', '.join(marks)})"
-    conn.execute(sql, values)
-
-
-def _pg_insert(conn: Any, columns: dict[str, Any]) -> None:
-    casts = {"messages": "::jsonb", "label_probs": "::jsonb", "created_at": "::timestamptz"}
-    marks, values = [], []
-    for name, value in columns.items():
-        if isinstance(value, Text):
-            marks.append("convert_from(%s::bytea, 'UTF8')")
-        else:
-            marks.append("%s" + casts.get(name, ""))
-        values.append(value.raw if isinstance(value, Text | Blob) else value)
-    sql = f"INSERT INTO judgements ({', '.join(columns)}) VALUES ({', '.join(marks)})"
-    conn.execute(sql, values)
-
-
-def _with_search_path(url: str, schema: str) -> str:
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    query["options"] = f"{query.get('options', '')} -c search_path={schema}".strip()
-    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -265,17 +195,6 @@ def store_url(backend: str, tmp_path: Path) -> Iterator[str]:
     finally:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-def _migrate(url: str) -> None:
-    import asyncio
-
-    async def open_and_close() -> None:
-        store = open_store(url)
-        await store.open()
-        await store.close()
-
-    asyncio.run(open_and_close())
 
 
 def _poison(backend: str, url: str, cases: list[Case]) -> list[Case]:
