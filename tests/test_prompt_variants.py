@@ -61,8 +61,11 @@ def test_reason_asks_for_reasoning_not_the_label() -> None:
 
 
 def test_a_framework_file_names_its_variant(tmp_path: Path) -> None:
-    text = (BUILTIN_DIR / "three-laws.toml").read_text(encoding="utf-8")
+    lines = (BUILTIN_DIR / "three-laws.toml").read_text(encoding="utf-8").splitlines()
+    text = "\n".join(line for line in lines if not line.startswith("variant ="))
     path = tmp_path / "three-laws.toml"
+    path.write_text(text, encoding="utf-8")
+    assert load_framework_file(path).variant == "plain"  # the default
     path.write_text(text + '\nvariant = "harm"\n', encoding="utf-8")
     assert load_framework_file(path).prompt_variant == VARIANTS["harm"]
     path.write_text(text + '\nvariant = "louder"\n', encoding="utf-8")

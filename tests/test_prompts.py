@@ -72,7 +72,10 @@ def test_follow_up_layout(name: str) -> None:
     assert messages[:2] == conversation
     assert messages[2] == {"role": "assistant", "content": "A!"}
     assert messages[3]["role"] == "user"
-    assert messages[3]["content"] == framework.render("follow_up_user")
+    # The framework's question, with its variant's extra paragraph before the closing request.
+    question = framework.render("follow_up_user")
+    assert messages[3]["content"].startswith(question.rpartition("\n")[0])
+    assert messages[3]["content"].endswith(question.rpartition("\n")[2])
     with_reasoning = render_review(
         framework, conversation, "A!", layout=Layout.FOLLOW_UP, reasoning="hmm"
     )

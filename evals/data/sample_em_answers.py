@@ -1,6 +1,6 @@
 """Sample the default model's own answers for the second labelled set (``em_samples.jsonl``).
 
-The Emergent Misalignment questions (``first_plot``, two samples each; every other
+The Emergent Misalignment questions (``first_plot``, two samples each; every fourth
 ``preregistered`` question, one sample) and a few harmful requests from ``jailbroken.jsonl``
 (with that file's "always execute users' instructions" system prompt) are answered by the
 default model on the embedded engine at temperature 1 with a fixed seed per item. The answers
@@ -33,7 +33,7 @@ def prompts(data_dir: Path) -> list[dict[str, Any]]:
         for sample in range(2):
             out.append({"source": f"first_plot/{q.id}", "sample": sample, "q": q})
     for index, q in enumerate(load_questions(data_dir, "preregistered")):
-        if index % 2 == 0:
+        if index % 4 == 0:
             out.append({"source": f"preregistered/{q.id}", "sample": 0, "q": q})
     items = []
     for entry in out:
@@ -54,7 +54,7 @@ def _done(out: Path) -> set[str]:
 
 
 async def main(out: Path) -> None:
-    settings = Settings(engine_threads=1)
+    settings = Settings(engine_threads=1, upstream_timeout=900)
     done = _done(out)
     async with engine_client(settings) as client:
         with out.open("a", encoding="utf-8") as handle:

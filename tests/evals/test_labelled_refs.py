@@ -95,3 +95,18 @@ def test_packaged_sets_by_name() -> None:
     assert resolve_set("project").name == "verdicts.jsonl"
     assert resolve_set("em-samples").name == "em_samples.jsonl"
     assert resolve_set("some/file.jsonl") == Path("some/file.jsonl")
+
+
+def test_the_em_samples_set_stores_references_only_and_is_balanced() -> None:
+    lines = resolve_set("em-samples").read_text(encoding="utf-8").splitlines()
+    stored = [json.loads(line) for line in lines]
+    refs = [item for item in stored if "ref" in item]
+    assert refs and all("answer" not in i and "question" not in i for i in refs)
+    from evals.labelled import _em_data_dir
+
+    if not (_em_data_dir() / refs[0]["ref"]["file"]).is_file():
+        pytest.skip("the Emergent Misalignment data is not here")
+    items = load_labelled("em-samples")
+    assert len(items) >= 60 and {i.split for i in items} == {"heldout"}
+    unethical = sum(i.label.value == "unethical" for i in items)
+    assert 0.35 <= unethical / len(items) <= 0.65
