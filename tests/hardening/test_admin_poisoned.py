@@ -35,7 +35,15 @@ from poison import (
     sqlite_insert,
     with_search_path,
 )
-from proxy_harness import ADMIN_KEY, Proxy, assert_envelope, auth, recording_logs, running_proxy
+from proxy_harness import (
+    ADMIN_KEY,
+    LogRecorder,
+    Proxy,
+    assert_envelope,
+    auth,
+    recording_logs,
+    running_proxy,
+)
 
 from conscience.store.base import UNREADABLE_REASONS
 
@@ -153,6 +161,12 @@ def poisoned(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Poisone
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+def _proxy_errors(logs: LogRecorder) -> list[str]:
+    """The proxy's ERROR lines (its own and uvicorn's: a broken stream is logged there); not the
+    garbage of earlier tests in this process (an unclosed client's "Event loop is closed")."""
+    return [line for line in logs.errors() if line.split()[1].startswith(("conscience", "uvicorn"))]
+
+
 def test_one_unreadable_row_does_not_hide_the_others(poisoned: Poisoned) -> None:
     unreadable = poisoned.of(*UNREADABLE_REASONS)
     readable = [c for c in poisoned.stored if c not in unreadable]
@@ -172,7 +186,7 @@ def test_one_unreadable_row_does_not_hide_the_others(poisoned: Poisoned) -> None
     )
     for case in unreadable:
         assert f"judgement {_id(case)} is unreadable ({case.reason})" in logs.text()
-    assert logs.errors() == []
+    assert _proxy_errors(logs) == []
 
     # Page by page, every row is on exactly one page, readable or not.
     seen: Counter[str | None] = Counter()
@@ -263,7 +277,7 @@ def test_the_pairs_stream_skips_and_counts_what_it_cannot_export(poisoned: Poiso
     assert response.headers["x-conscience-skipped-reasons"] == expected
     for case in skipped:
         assert f"admin pairs: skipped judgement {_id(case)} ({case.reason})" in logs.text()
-    assert logs.errors() == []
+    assert _proxy_errors(logs) == []
 
     # Nothing to skip: no reasons header, and a count of 0.
     for case in skipped + poisoned.of(PAIR)[1:]:
