@@ -18,12 +18,13 @@ from typing import Any
 from conscience.judgement import Judgement
 from conscience.store.base import BLANK, JudgementStore, is_pair
 
-__all__ = ["PairError", "export_pairs", "to_trl_pair"]
+__all__ = ["PairError", "export_pairs", "to_trl_line", "to_trl_pair"]
 
 
 class PairError(ValueError):
     """A judgement that cannot be a TRL pair; ``reason`` names why, in the trainer's words:
-    ``not_a_pair``, ``malformed`` (a message without a role) or ``non_string_content``."""
+    ``not_a_pair``, ``malformed`` (a message without a role), ``non_string_content`` or
+    ``invalid_text`` (a lone surrogate from a JSON escape, which UTF-8 cannot encode)."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
@@ -85,6 +86,18 @@ def to_trl_pair(j: Judgement) -> dict[str, Any]:
     }
 
 
+def to_trl_line(judgement: Judgement) -> str:
+    """The pair as one JSONL line that UTF-8 can encode; ``PairError`` otherwise."""
+    line = json.dumps(to_trl_pair(judgement), ensure_ascii=False) + "\n"
+    try:
+        line.encode("utf-8")  # a lone surrogate would fail the write of a whole file or stream
+    except UnicodeEncodeError:
+        raise PairError(
+            f"judgement {judgement.id}: its text is not valid Unicode", "invalid_text"
+        ) from None
+    return line
+
+
 async def export_pairs(store: JudgementStore, path: Path, *, include_consumed: bool = False) -> int:
     """Write the store's pairs to ``path`` as JSONL, oldest first; how many were written.
 
@@ -99,14 +112,9 @@ async def export_pairs(store: JudgementStore, path: Path, *, include_consumed: b
     lines = []
     for j in found.judgements:
         try:
-            line = json.dumps(to_trl_pair(j), ensure_ascii=False) + "\n"
-            line.encode("utf-8")  # a lone surrogate would fail the write of the whole file
-        except UnicodeEncodeError:
-            log.warning("export_pairs: skipped judgement %s: its text is not valid Unicode", j.id)
-        except ValueError as exc:
+            lines.append(to_trl_line(j))
+        except PairError as exc:
             log.warning("export_pairs: skipped %s", exc)
-        else:
-            lines.append(line)
     # File I/O off the event loop.
     await asyncio.to_thread(_write_atomically, Path(path), lines)
     return len(lines)

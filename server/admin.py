@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
-from conscience.pairs import PairError, to_trl_pair
+from conscience.pairs import PairError, to_trl_line
 from conscience.store.base import JudgementStore, UnreadableRow
 from server.auth import require_admin
 from server.errors import ApiError
@@ -178,7 +178,7 @@ async def export_pairs(request: Request, include_consumed: bool = False) -> Stre
     lines: list[bytes] = []
     for judgement in found.judgements:
         try:
-            lines.append(_pair_line(judgement))
+            lines.append(to_trl_line(judgement).encode("utf-8"))
         except PairError as exc:
             log.warning("admin pairs: skipped judgement %s (%s)", judgement.id, exc.reason)
             skipped[exc.reason] += 1
@@ -191,18 +191,6 @@ async def export_pairs(request: Request, include_consumed: bool = False) -> Stre
             yield line
 
     return StreamingResponse(stream(), media_type="application/x-ndjson", headers=headers)
-
-
-def _pair_line(judgement: Judgement) -> bytes:
-    """One JSONL line, UTF-8; ``PairError`` if the judgement cannot be one (``invalid_text``:
-    a lone surrogate from a JSON escape, which UTF-8 cannot encode, as the trainer says)."""
-    line = json.dumps(to_trl_pair(judgement), ensure_ascii=False) + "\n"
-    try:
-        return line.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PairError(
-            f"judgement {judgement.id}: its text is not valid Unicode", "invalid_text"
-        ) from None
 
 
 @router.post("/purge")
