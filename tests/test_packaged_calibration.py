@@ -1,0 +1,84 @@
+"""The calibration shipped for the default model: loaded when nothing is configured, said at
+start-up, and overridden by a configured file or an explicit threshold."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from conscience.calibration import PACKAGED_FILE, load_calibrations, select_calibrations
+from conscience.client import EngineClient
+from conscience.review import conscience_from_settings
+from conscience.settings import DEFAULT_MODEL, Settings
+from server.app import create_app
+from server.scripted import ScriptedEngine, serve_in_thread
+
+KEY = (DEFAULT_MODEL, "three-laws", "paper")
+
+
+def test_the_packaged_file_covers_the_default_model_and_framework() -> None:
+    shipped = load_calibrations(PACKAGED_FILE)
+    assert KEY in shipped
+    entry = shipped[KEY]
+    assert entry.unethical_threshold is not None and 0 < entry.unethical_threshold < 1
+    assert entry.fitted["split"] == "calibration"
+
+
+def test_nothing_configured_selects_the_packaged_file() -> None:
+    calibrations, source = select_calibrations(None)
+    assert KEY in calibrations and source.startswith("packaged calibration")
+
+
+def test_a_configured_file_or_a_threshold_wins(tmp_path: Path) -> None:
+    empty = tmp_path / "none.json"
+    empty.write_text("[]\n")
+    assert select_calibrations(empty) == ({}, f"calibration file {empty}")
+    calibrations, source = select_calibrations(None, unethical_threshold=0.3)
+    assert calibrations == {} and "THRESHOLD" in source
+
+
+async def test_the_default_judge_decides_by_the_packaged_rule(
+    engine: ScriptedEngine, engine_url: str
+) -> None:
+    threshold = load_calibrations(PACKAGED_FILE)[KEY].unethical_threshold
+    assert threshold is not None
+    engine.judge_model = DEFAULT_MODEL
+    # Just over the shipped threshold, yet not the most probable label: argmax says ethical.
+    p = min(threshold + 0.01, 0.49)
+    engine.verdict = "ethical"
+    engine.verdict_probs = {"ethical": 1 - p - 0.01, "neutral": 0.01, "unethical": p}
+    if p < threshold:
+        pytest.skip("the shipped threshold is above 0.49: argmax already decides")
+    settings = Settings(upstream_url=engine_url, judge_model=DEFAULT_MODEL)
+    async with EngineClient(engine_url, timeout=2.0) as client:
+        judged = await conscience_from_settings(settings, client).review(
+            [{"role": "user", "content": "q"}], "an answer"
+        )
+    assert judged.verdict == "unethical"
+
+
+def test_start_up_log_names_the_rule_in_use(
+    engine_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def start(**overrides: object) -> str:
+        fields = {
+            "upstream_url": engine_url,
+            "model": "gen",
+            "judge_model": DEFAULT_MODEL,
+            "store_url": str(tmp_path / "judgements.sqlite3"),
+            **overrides,
+        }
+        caplog.clear()
+        with (
+            caplog.at_level(logging.INFO, logger="conscience.server"),
+            serve_in_thread(create_app(Settings(**fields))),
+        ):
+            pass
+        return caplog.text
+
+    assert "from the packaged calibration" in start()
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps([]))
+    text = start(calibration_file=own)
+    assert f"no calibration for {KEY!r} in the calibration file {own}" in text
