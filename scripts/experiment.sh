@@ -64,5 +64,5 @@ fi
     --base-model "$BASE" --served-model "$SERVED" --url "$URL" --out "$OUT" \
     --steps 8 --batch-size 2 --lr 2e-4 --lora-r 8 --lora-alpha 16 --use-rslora \
     --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
-    --max-length 512 --dtype bfloat16 --online-samples 2 --max-new-tokens 128 \
+    --max-length 512 --dtype bfloat16 --online-samples 1 --max-new-tokens 96 \
     --rewrite-max-tokens 200 --samples 3 --max-tokens 200 "$@"
