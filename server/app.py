@@ -68,7 +68,7 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
     if key in conscience.calibrations:
         c = conscience.calibrations[key]
         log.info(
-            "calibrated verdicts for %s from the %s: P(unethical) >= %s is unethical, T = %.2f",
+            "calibrated verdicts for %s (%s): P(unethical) >= %s is unethical, T = %.2f",
             key,
             conscience.calibration_source,
             c.unethical_threshold,
@@ -83,7 +83,7 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
         )
     else:
         log.warning(
-            "no calibration for %s in the %s: the verdict is the most probable label and its "
+            "no calibration for %s (%s): the verdict is the most probable label and its "
             "confidence is uncalibrated (run `conscience calibrate`)",
             key,
             conscience.calibration_source,

@@ -77,8 +77,8 @@ def test_start_up_log_names_the_rule_in_use(
             pass
         return caplog.text
 
-    assert "from the packaged calibration" in start()
+    assert f"calibrated verdicts for {KEY!r} (packaged calibration" in start()
     own = tmp_path / "own.json"
     own.write_text(json.dumps([]))
     text = start(calibration_file=own)
-    assert f"no calibration for {KEY!r} in the calibration file {own}" in text
+    assert f"no calibration for {KEY!r} (calibration file {own})" in text
