@@ -52,7 +52,7 @@ __all__ = [
 
 ARMS: dict[str, str] = {
     "base": "base model",
-    "proxy": "base + guardrail proxy (inference time)",
+    "proxy": "base + guardrail proxy, inference time",
     "sft": "SFT on the task set",
     "sft-dpo": "SFT + conscience DPO",
 }

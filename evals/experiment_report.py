@@ -139,7 +139,8 @@ def render(collected: dict[str, Any], chart_name: str) -> str:
                 f"| {_minutes(entry.get('train_seconds'))} |"
             )
         lines.append("")
-    lines += ["Commands, as run (in the working directory `" + settings.get("out_dir", "") + "`):"]
+    out_dir = settings.get("out_dir", "")
+    lines += [f"Commands, as run from the repository root (working directory `{out_dir}`):"]
     lines += ["", "```sh"]
     for arm, entry in arms.items():
         for key in ("train_command", "proxy_command", "eval_command"):
