@@ -45,7 +45,6 @@ __all__ = [
     "ExperimentConfig",
     "add_experiment_command",
     "eval_argv",
-    "main",
     "run_experiment",
     "train_argv",
 ]
@@ -436,19 +435,3 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if written is not None:
         print(f"results: {written}", file=sys.stderr)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m evals.experiment ...``: the same as ``conscience eval experiment ...``."""
-    parser = argparse.ArgumentParser(prog="python -m evals.experiment")
-    add_experiment_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["experiment", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.handler(args))
-    except ConscienceError as exc:
-        print(f"conscience: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
