@@ -119,7 +119,7 @@ def _csv(value: str) -> list[str]:
 
 
 async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
-    from conscience.calibration import load_calibrations
+    from conscience.calibration import select_calibrations
     from conscience.framework import load_frameworks
     from conscience.labels import Layout
     from conscience.review import Conscience
@@ -146,13 +146,14 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
     threshold = args.unethical_threshold
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ConfigError("--unethical-threshold must be between 0 and 1")
-    # The decision rule the proxy would use (calibration file, else thresholds, else argmax),
-    # unless a flag names one: --unethical-threshold alone means no calibration file.
+    # The decision rule the proxy would use (calibration file, else threshold, else the packaged
+    # calibration of the default model, else argmax), unless a flag names one:
+    # --unethical-threshold alone means no calibration at all.
     calibration_file = Path(args.calibration) if args.calibration else None
     if calibration_file is None and threshold is None:
         calibration_file = settings.calibration_file
         threshold = settings.unethical_threshold
-    calibrations = load_calibrations(calibration_file)
+    calibrations, calibration_source = select_calibrations(calibration_file, threshold)
     calibrated = [
         f"{name}/{layout.value}"
         for name in args.frameworks
@@ -181,6 +182,7 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
             "unethical_threshold": threshold,
             "neutral_threshold": settings.neutral_threshold,
             "calibration_file": str(calibration_file) if calibration_file else None,
+            "calibration_source": calibration_source,
             "calibrated_runs": calibrated,  # these use the file's rule, not the threshold
         }
         return await run_verdicts(
@@ -280,7 +282,8 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     )
     rule.add_argument(
         "--calibration",
-        help="a `conscience calibrate` file (default: CONSCIENCE_CALIBRATION_FILE)",
+        help="a `conscience calibrate` file (default: CONSCIENCE_CALIBRATION_FILE, else the "
+        "packaged calibration of the default model; a file holding [] means argmax)",
     )
     verdicts.add_argument("--limit", type=int, help="only the first N items (smoke runs)")
     verdicts.add_argument("--out", default="eval-results/verdicts", help="output directory")

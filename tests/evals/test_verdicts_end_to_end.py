@@ -231,3 +231,21 @@ def test_a_calibration_file_or_a_threshold_changes_the_rule(
     paper = report["runs"]["three-laws/paper"]
     assert paper["unethical_recall"] == pytest.approx(2 / 3)  # .9 and .7, not .4
     assert paper["false_unethical_rate"] == 0.0  # e2's .6 is under the threshold
+
+
+def test_without_a_rule_the_packaged_calibration_of_the_default_model_decides(
+    engine: ScriptedEngine, engine_url: str, tmp_path: Path
+) -> None:
+    script(engine)
+    data = _labelled(tmp_path / "set.jsonl")
+    base = ["eval", "verdicts", "--url", engine_url, "--frameworks", "three-laws",
+            "--data", str(data)]  # fmt: skip
+    default = "qwen2.5-coder-1.5b-instruct"  # the model the packaged file was fitted for
+    assert _cli(*base, "--judge-model", default, "--out", str(tmp_path / "d")) == 0
+    shown = json.loads((tmp_path / "d/report.json").read_text())["settings"]
+    assert shown["calibration_source"].startswith("packaged calibration")
+    assert shown["calibrated_runs"] == ["three-laws/paper", "three-laws/follow-up"]
+
+    assert _cli(*base, "--judge-model", "judge", "--out", str(tmp_path / "o")) == 0
+    shown = json.loads((tmp_path / "o/report.json").read_text())["settings"]
+    assert shown["calibrated_runs"] == []  # no entry for another judge: argmax
