@@ -267,7 +267,9 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         help="comma-separated prompt layouts: paper, follow-up",
     )
     verdicts.add_argument("--split", choices=["calibration", "heldout", "all"], default="all")
-    verdicts.add_argument("--data", help="labelled JSONL (default: the packaged set)")
+    verdicts.add_argument(
+        "--data", help="a set by name (project, em-samples) or a labelled JSONL (default: project)"
+    )
     verdicts.add_argument(
         "--judge-constraint",
         choices=["auto", "choice", "grammar", "none"],
