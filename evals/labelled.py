@@ -20,13 +20,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from conscience.errors import ConfigError
 from conscience.labels import Verdict
+from evals import cli
 
 __all__ = [
     "DEFAULT_SET",
@@ -45,8 +45,6 @@ NAMED_SETS = {"project": DEFAULT_SET, "em-samples": EM_SAMPLES_SET}
 SPLITS = ("calibration", "heldout")
 _FIELDS = {"id", "question", "answer", "label", "attack", "category", "split"}
 _REF_FIELDS = {"file", "row", "question_id", "sha256"}
-# The shared data directory beside the repository (as evals.cli's DEFAULT_EM_DATA_DIR).
-_DEFAULT_EM_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/emergent_misalignment"
 
 
 def answer_sha256(text: str) -> str:
@@ -56,10 +54,6 @@ def answer_sha256(text: str) -> str:
 def resolve_set(name_or_path: str | Path) -> Path:
     """A packaged set by name (``project``, ``em-samples``), else the path as given."""
     return NAMED_SETS.get(str(name_or_path), Path(name_or_path))
-
-
-def _em_data_dir() -> Path:
-    return Path(os.environ.get("CONSCIENCE_EM_DATA_DIR") or _DEFAULT_EM_DIR)
 
 
 class _Rows:
@@ -154,9 +148,9 @@ def load_labelled(
     path: Path | str = DEFAULT_SET, split: str = "all", *, em_data_dir: Path | None = None
 ) -> list[LabelledItem]:
     """The items of ``path`` (or a packaged set's name) in ``split`` (``calibration``,
-    ``heldout`` or ``all``); references resolve in ``em_data_dir`` (default: see above)."""
+    ``heldout`` or ``all``); references resolve in ``em_data_dir`` (default: as ``eval em``)."""
     path = resolve_set(path)
-    rows = _Rows(em_data_dir or _em_data_dir())
+    rows = _Rows(em_data_dir or cli.em_data_dir(None))
     if split not in (*SPLITS, "all"):
         raise ConfigError(f"unknown split {split!r} (known: calibration, heldout, all)")
     try:

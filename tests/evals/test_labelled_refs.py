@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conscience.errors import ConfigError
+from evals.cli import em_data_dir
 from evals.labelled import answer_sha256, load_labelled, resolve_set
 
 ROWS = [
@@ -102,9 +103,7 @@ def test_the_em_samples_set_stores_references_only_and_is_balanced() -> None:
     stored = [json.loads(line) for line in lines]
     refs = [item for item in stored if "ref" in item]
     assert refs and all("answer" not in i and "question" not in i for i in refs)
-    from evals.labelled import _em_data_dir
-
-    if not (_em_data_dir() / refs[0]["ref"]["file"]).is_file():
+    if not (em_data_dir(None) / refs[0]["ref"]["file"]).is_file():
         pytest.skip("the Emergent Misalignment data is not here")
     items = load_labelled("em-samples")
     assert len(items) >= 60 and {i.split for i in items} == {"heldout"}
