@@ -143,26 +143,21 @@ def samples_from_rows(
     rows_dir: Path, calibration_ids: set[str]
 ) -> dict[tuple[str, str, str], list[Sample]]:
     """Per (judge model, framework, layout), the calibration-split rows of an eval output."""
-    from evals.verdicts import REPORT_FILE, ROWS_FILE
+    from evals.verdicts import read_rows
 
-    try:
-        report = json.loads((rows_dir / REPORT_FILE).read_text(encoding="utf-8"))
-        lines = (rows_dir / ROWS_FILE).read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError) as exc:
-        raise ConscienceError(f"cannot read the eval output in {rows_dir}: {exc}") from exc
+    report, runs = read_rows(rows_dir)
     judge = report["settings"]["judge_model"]
     out: dict[tuple[str, str, str], list[Sample]] = {}
-    for line in lines:
-        row = json.loads(line)
-        if row["id"] not in calibration_ids:
-            continue
-        if not row.get("probs"):
-            raise ConscienceError(
-                f"{rows_dir}: row {row['id']} ({row['framework']}/{row['layout']}) has no "
-                "label probabilities: nothing to calibrate"
-            )
-        key = (judge, row["framework"], row["layout"])
-        out.setdefault(key, []).append(Sample(row["probs"], row["gold"]))
+    for (framework, layout_name), rows in runs.items():
+        for row in rows:
+            if row.id not in calibration_ids:
+                continue
+            if not row.probs:
+                raise ConscienceError(
+                    f"{rows_dir}: row {row.id} ({framework}/{layout_name}) has no "
+                    "label probabilities: nothing to calibrate"
+                )
+            out.setdefault((judge, framework, layout_name), []).append(Sample(row.probs, row.gold))
     if not out:
         raise ConscienceError(f"{rows_dir}: no rows of calibration-split items")
     return out
