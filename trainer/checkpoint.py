@@ -15,7 +15,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["Checkpoint", "load_checkpoint", "remove_checkpoint", "restore", "save_checkpoint"]
+from conscience.errors import ConfigError
+
+__all__ = [
+    "Checkpoint",
+    "load_checkpoint",
+    "remove_checkpoint",
+    "restore",
+    "resume_checkpoint",
+    "save_checkpoint",
+]
 
 _NAME = "checkpoint"
 
@@ -107,6 +116,20 @@ def restore(
     torch.set_rng_state(checkpoint.rng["torch"])
     if "cuda" in checkpoint.rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(checkpoint.rng["cuda"])
+
+
+def resume_checkpoint(
+    out_dir: Path, fingerprint: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> Checkpoint | None:
+    """Restore the checkpoint under ``out_dir`` into ``model`` and ``optimizer`` (the RNGs too,
+    so the same samples are drawn again); ``None`` when there is none. Raises ``ConfigError``
+    when it was saved for other data or settings than ``fingerprint`` says."""
+    checkpoint = load_checkpoint(out_dir)
+    if checkpoint is not None:
+        if checkpoint.fingerprint != fingerprint:
+            raise ConfigError(f"the checkpoint in {out_dir} is for other data or settings")
+        restore(checkpoint, model, optimizer)
+    return checkpoint
 
 
 def remove_checkpoint(out_dir: Path) -> None:

@@ -23,13 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from conscience.errors import ConfigError
-from trainer.checkpoint import (
-    load_checkpoint,
-    remove_checkpoint,
-    restore,
-    save_checkpoint,
-)
+from trainer.checkpoint import remove_checkpoint, resume_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
 from trainer.loss import combined_loss, dpo_loss, sequence_logps, sft_loss
@@ -184,11 +178,8 @@ def train(
     plan = plan_steps(len(dataset), config)
     fingerprint = _fingerprint(dataset, config)
     start_step, ref = 0, None
-    checkpoint = load_checkpoint(out) if config.resume else None
+    checkpoint = resume_checkpoint(out, fingerprint, model, optimizer) if config.resume else None
     if checkpoint is not None:
-        if checkpoint.fingerprint != fingerprint:
-            raise ConfigError(f"the checkpoint in {out} is for other data or settings")
-        restore(checkpoint, model, optimizer)
         start_step, plan, ref = checkpoint.step, checkpoint.plan, checkpoint.ref
     ref_seconds = 0.0
     if config.precompute_ref and ref is None:

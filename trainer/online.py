@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from conscience.errors import ConfigError, EngineError
 from conscience.pairs import to_trl_pair
 from conscience.store import is_pair
-from trainer.checkpoint import load_checkpoint, remove_checkpoint, restore, save_checkpoint
+from trainer.checkpoint import remove_checkpoint, resume_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import EncodedChat, collate, collate_chats, encode_chats, encode_pairs, read_jsonl
 from trainer.loop import StepCallback, batch_logps, pair_terms
@@ -161,11 +161,8 @@ def train_online(
     plan = plan_steps(len(dataset), config)
     fingerprint = _fingerprint(dataset, config, online)
     start_step = 0
-    checkpoint = load_checkpoint(out) if config.resume else None
-    if checkpoint is not None:
-        if checkpoint.fingerprint != fingerprint:
-            raise ConfigError(f"the checkpoint in {out} is for other data or settings")
-        restore(checkpoint, model, optimizer)  # the RNGs too: the same samples are drawn again
+    checkpoint = resume_checkpoint(out, fingerprint, model, optimizer) if config.resume else None
+    if checkpoint is not None:  # the RNGs are restored too: the same samples are drawn again
         start_step, plan = checkpoint.step, checkpoint.plan
     log = MetricsLog(out / "metrics.jsonl", keep_through=start_step)
 
