@@ -20,10 +20,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from conscience.judgement import Judgement
 from conscience.labels import Verdict
 from conscience.pairs import PairError, to_trl_line
-from conscience.store.base import JudgementStore, UnreadableRow
+from conscience.store.base import UnreadableRow
 from server.auth import require_admin
 from server.errors import ApiError
 from server.pipeline import Pipeline
@@ -89,7 +88,8 @@ async def list_judgements(
         "until": until,
     }
     total = await store.count(**filters)
-    rows, unreadable = await _read_page(store, filters, limit, offset, total)
+    found = await store.read_page(**filters, limit=limit, offset=offset)
+    rows, unreadable = found.judgements, found.unreadable
     for row in unreadable:
         log.warning("admin: judgement %s is unreadable (%s)", row.judgement_id, row.reason)
     return _Json(
@@ -100,27 +100,6 @@ async def list_judgements(
             "unreadable": [{"id": row.judgement_id, "reason": row.reason} for row in unreadable],
         }
     )
-
-
-async def _read_page(
-    store: JudgementStore, filters: dict[str, Any], limit: int, offset: int, total: int
-) -> tuple[list[Judgement], list[UnreadableRow]]:
-    """The page's readable judgements and its unreadable rows, both newest first.
-
-    One query when every row reads; else the page is halved until each unreadable row is a page
-    of its own (about 2 log2(limit) more queries for each unreadable row, 2 limit at most).
-    """
-    try:
-        return await store.list(**filters, limit=limit, offset=offset), []
-    except UnreadableRow as exc:
-        if limit == 1:
-            return [], [exc]
-    # No query past the last row; at least two halves, should the count be older than the list.
-    limit = max(2, min(limit, total - offset))
-    half = limit // 2
-    first, first_bad = await _read_page(store, filters, half, offset, total)
-    second, second_bad = await _read_page(store, filters, limit - half, offset + half, total)
-    return first + second, first_bad + second_bad
 
 
 def _unreadable_error(exc: UnreadableRow, *, labelled: bool = False) -> ApiError:

@@ -37,8 +37,9 @@ __all__ = [
     "COLUMNS",
     "UNREADABLE_REASONS",
     "JudgementStore",
-    "PairsRead",
+    "RowsRead",
     "UnreadableRow",
+    "all_readable",
     "check_page",
     "filter_sql",
     "is_pair",
@@ -75,8 +76,8 @@ class UnreadableRow(StoreError):
 
 
 @dataclass(frozen=True)
-class PairsRead:
-    """What ``read_pairs`` found: the pairs it could read, and the rows it could not."""
+class RowsRead:
+    """What a read found: the judgements it could read, and the rows it could not."""
 
     judgements: builtins.list[Judgement]
     unreadable: builtins.list[UnreadableRow]
@@ -151,7 +152,21 @@ class JudgementStore(Protocol):
         limit: int = 100,
         offset: int = 0,
     ) -> builtins.list[Judgement]:
-        """Judgements matching every given filter, newest first."""
+        """Judgements matching every given filter, newest first; ``UnreadableRow`` if one of
+        them cannot be read (``read_page`` returns such rows apart)."""
+        ...
+
+    async def read_page(
+        self,
+        *,
+        verdict: Verdict | None = None,
+        framework: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> RowsRead:
+        """``list()``, with each row that cannot be read returned apart instead of raised."""
         ...
 
     async def count(
@@ -179,7 +194,7 @@ class JudgementStore(Protocol):
 
     async def read_pairs(
         self, *, include_consumed: bool = False, limit: int | None = None
-    ) -> PairsRead:
+    ) -> RowsRead:
         """``pairs()``, with each row that cannot be read returned apart instead of raised.
 
         ``pairs()`` and ``unconsumed_pairs()`` leave such rows out with a warning in the log.
@@ -201,7 +216,7 @@ class JudgementStore(Protocol):
 
 def split_rows(
     rows: Iterable[Sequence[object]], from_row: Callable[[Sequence[object]], Judgement]
-) -> PairsRead:
+) -> RowsRead:
     """Read each row with ``from_row``; an ``UnreadableRow`` is kept apart, not raised."""
     judgements, unreadable = [], []
     for row in rows:
@@ -209,10 +224,17 @@ def split_rows(
             judgements.append(from_row(row))
         except UnreadableRow as exc:
             unreadable.append(exc)
-    return PairsRead(judgements, unreadable)
+    return RowsRead(judgements, unreadable)
 
 
-def readable_pairs(found: PairsRead) -> builtins.list[Judgement]:
+def all_readable(found: RowsRead) -> builtins.list[Judgement]:
+    """The judgements of ``found``; its first unreadable row raised, if it has one."""
+    if found.unreadable:
+        raise found.unreadable[0]
+    return found.judgements
+
+
+def readable_pairs(found: RowsRead) -> builtins.list[Judgement]:
     """The readable pairs of ``found``; each unreadable row is logged as a warning."""
     for row in found.unreadable:
         log.warning("pairs: skipped %s", row)

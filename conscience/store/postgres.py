@@ -33,8 +33,9 @@ from conscience.labels import Verdict
 from conscience.store.base import (
     BLANK,
     COLUMNS,
-    PairsRead,
+    RowsRead,
     UnreadableRow,
+    all_readable,
     check_page,
     filter_sql,
     json_text,
@@ -242,7 +243,10 @@ class PostgresStore:
             raise NotFound(f"no judgement {judgement_id!r}")
         return _from_row(row)
 
-    async def list(
+    async def list(self, **filters: Any) -> builtins.list[Judgement]:
+        return all_readable(await self.read_page(**filters))
+
+    async def read_page(
         self,
         *,
         verdict: Verdict | None = None,
@@ -251,7 +255,7 @@ class PostgresStore:
         until: datetime | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> builtins.list[Judgement]:
+    ) -> RowsRead:
         check_page(limit, offset)
         where, params = filter_sql(
             verdict=verdict, framework=framework, since=since, until=until, mark="%s", moment=to_utc
@@ -260,7 +264,7 @@ class PostgresStore:
         async with self._connection() as conn:
             cur = await conn.execute(sql, (*params, limit, offset))
             rows = await cur.fetchall()
-        return [_from_row(r) for r in rows]
+        return split_rows(rows, _from_row)
 
     async def count(
         self,
@@ -289,7 +293,7 @@ class PostgresStore:
 
     async def read_pairs(
         self, *, include_consumed: bool = False, limit: int | None = None
-    ) -> PairsRead:
+    ) -> RowsRead:
         check_page(limit)
         sql = _SELECT + _PAIRS
         if not include_consumed:

@@ -33,8 +33,9 @@ from conscience.labels import Verdict
 from conscience.store.base import (
     BLANK,
     COLUMNS,
-    PairsRead,
+    RowsRead,
     UnreadableRow,
+    all_readable,
     check_page,
     filter_sql,
     json_text,
@@ -311,7 +312,10 @@ class SQLiteStore:
             raise NotFound(f"no judgement {judgement_id!r}")
         return _from_row(row)
 
-    async def list(
+    async def list(self, **filters: Any) -> builtins.list[Judgement]:
+        return all_readable(await self.read_page(**filters))
+
+    async def read_page(
         self,
         *,
         verdict: Verdict | None = None,
@@ -320,14 +324,14 @@ class SQLiteStore:
         until: datetime | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> builtins.list[Judgement]:
+    ) -> RowsRead:
         check_page(limit, offset)
         where, params = filter_sql(
             verdict=verdict, framework=framework, since=since, until=until, mark="?", moment=_moment
         )
         sql = f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
         rows = await self._call(lambda c: c.execute(sql, (*params, limit, offset)).fetchall())
-        return [_from_row(r) for r in rows]
+        return split_rows(rows, _from_row)
 
     async def count(
         self,
@@ -353,7 +357,7 @@ class SQLiteStore:
 
     async def read_pairs(
         self, *, include_consumed: bool = False, limit: int | None = None
-    ) -> PairsRead:
+    ) -> RowsRead:
         check_page(limit)
         sql = _SELECT + _PAIRS
         if not include_consumed:
