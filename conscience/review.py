@@ -157,16 +157,8 @@ class Conscience:
         prompt = render_review(framework, messages, answer, layout=layout, reasoning=reasoning)
         budget = framework.prompt_variant.reasoning_tokens
         if budget:  # a short reasoning first (greedy), then the forced label after it
-            thought = await self.client.chat(
-                {
-                    "model": self.judge_model,
-                    "messages": prompt,
-                    "temperature": 0.0,
-                    "max_tokens": budget,
-                }
-            )
-            text = (thought["choices"][0].get("message") or {}).get("content") or ""
-            prompt = render_label_after_reasoning(prompt, _THINK_RE.sub("", text))
+            thought = await self._free_text(prompt, temperature=0.0, max_tokens=budget)
+            prompt = render_label_after_reasoning(prompt, thought)
         body = judge_request(self.judge_model, prompt, constraint, self.top_logprobs)
         result = await self.client.chat(body)
         calibration = self.calibrations.get((self.judge_model, framework.name, layout.value))
@@ -178,21 +170,29 @@ class Conscience:
         confidence = calibration.confidence(reading.label_probs, reading.verdict)
         return dataclasses.replace(reading, confidence=confidence)
 
+    async def _free_text(
+        self, messages: list[Message], *, temperature: float, max_tokens: int
+    ) -> str:
+        """The judge's unconstrained reply to ``messages``, without its ``<think>`` blocks."""
+        result = await self.client.chat(
+            {
+                "model": self.judge_model,
+                "messages": messages,
+                "temperature": temperature,
+                "max_tokens": max_tokens,
+            }
+        )
+        content = (result["choices"][0].get("message") or {}).get("content") or ""
+        return _THINK_RE.sub("", content).strip()
+
     async def rewrite(
         self, messages: list[Message], answer: str, framework: str | None = None
     ) -> str:
         """An ethical answer to ``messages`` that still helps, from the frozen model."""
         prompt = render_rewrite(self.framework(framework), messages, answer)
-        result = await self.client.chat(
-            {
-                "model": self.judge_model,
-                "messages": prompt,
-                "temperature": self.rewrite_temperature,
-                "max_tokens": self.rewrite_max_tokens,
-            }
+        text = await self._free_text(
+            prompt, temperature=self.rewrite_temperature, max_tokens=self.rewrite_max_tokens
         )
-        content = (result["choices"][0].get("message") or {}).get("content") or ""
-        text = _THINK_RE.sub("", content).strip()
         if not text:
             raise EngineError("the judge returned an empty rewrite")
         return text
