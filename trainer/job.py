@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from trainer.config import TrainConfig
 from trainer.data import check_pair, drop_duplicates, read_jsonl
 from trainer.loop import train
+from trainer.metrics import write_report
 
 if TYPE_CHECKING:
     from conscience.store import JudgementStore
@@ -86,7 +87,7 @@ async def train_from_store(
                 "consumed": 0,
             }
             if skipped.counts:  # bad rows and nothing else: the report says which
-                _write_report(config.out_path, report)
+                write_report(config.out_path, report)
                 _warn(report)
             return report
         _write_snapshot(snapshot, rows)
@@ -127,16 +128,9 @@ async def train_from_store(
         report["consumed"] = await store.mark_consumed([*report["used_ids"], *repeats], run_id)
     # Marked (or nothing to mark): the conversations need not outlive the store's retention here.
     snapshot.unlink(missing_ok=True)
-    _write_report(config.out_path, report)
+    write_report(config.out_path, report)
     _warn(report)
     return report
-
-
-def _write_report(out: Path, report: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(
-        json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8"
-    )
 
 
 def _warn(report: dict[str, Any]) -> None:

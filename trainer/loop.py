@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from trainer.checkpoint import remove_checkpoint, resume_checkpoint, save_checkp
 from trainer.config import TrainConfig
 from trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
 from trainer.loss import combined_loss, dpo_loss, sequence_logps, sft_loss
-from trainer.metrics import MetricsLog, plot_metrics
+from trainer.metrics import MetricsLog, plot_metrics, write_report
 from trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
 from trainer.schedule import lr_at, plan_steps
 
@@ -133,10 +132,6 @@ def _fingerprint(pairs: list[EncodedPair], config: TrainConfig) -> str:
     return h.hexdigest()
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-
-
 def train(
     config: TrainConfig,
     pairs: Sequence[dict[str, Any]] | str | Path,
@@ -167,7 +162,7 @@ def train(
     )
     if not dataset:
         report.update(status="nothing_to_learn", steps=0, seconds=time.perf_counter() - started)
-        _write_json(out / "report.json", report)
+        write_report(out, report)
         return report
 
     # --- model: base weights frozen, a fresh seeded LoRA adapter on top
@@ -268,5 +263,5 @@ def train(
         adapter=str(out),
         seconds=time.perf_counter() - started,
     )
-    _write_json(out / "report.json", report)
+    write_report(out, report)
     return report

@@ -1,4 +1,5 @@
-"""Per-step metrics: one JSON line per optimizer step, and a PNG of the curves at the end."""
+"""A run's outputs besides the adapter: one JSON line per optimizer step, a PNG of the curves
+and the run's ``report.json``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "plot_metrics"]
+__all__ = ["MetricsLog", "plot_metrics", "write_report"]
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """``out/report.json``: the run's report, indented, whatever JSON cannot hold as text."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(
+        json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8"
+    )
 
 
 class MetricsLog:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,7 @@ from trainer.config import TrainConfig
 from trainer.data import EncodedChat, collate, collate_chats, encode_chats, encode_pairs, read_jsonl
 from trainer.loop import StepCallback, batch_logps, pair_terms
 from trainer.loss import combined_loss, sft_loss
-from trainer.metrics import MetricsLog
+from trainer.metrics import MetricsLog, write_report
 from trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
 from trainer.online_judge import OnlineJudge, StepReview
 from trainer.online_metrics import plot_online, summarize
@@ -100,10 +99,6 @@ def _fingerprint(dataset: list[EncodedChat], config: TrainConfig, online: Online
     return h.hexdigest()
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-
-
 def _judge_source(config: TrainConfig, online: OnlineConfig, settings: Settings) -> str | None:
     """The GGUF the embedded judge serves (None with a judge URL); checked before any loading."""
     if settings.upstream_url is not None or online.online_samples == 0:
@@ -152,7 +147,7 @@ def train_online(
     report.update(task_skipped=data_report["skipped"])
     if not dataset:
         report.update(status="nothing_to_learn", steps=0, seconds=time.perf_counter() - started)
-        _write_json(out / "report.json", report)
+        write_report(out, report)
         return report
 
     model, params, optimizer, device = prepare_training(config)
@@ -244,7 +239,7 @@ def train_online(
     )
     if stopped is None:
         remove_checkpoint(out)
-    _write_json(out / "report.json", report)
+    write_report(out, report)
     if stopped is not None:
         raise EngineError(f"{stopped}; report: {out / 'report.json'}")
     return report
