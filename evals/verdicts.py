@@ -27,7 +27,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from conscience.calibration import load_calibrations, select_calibrations
+from conscience.calibration import select_calibrations
 from conscience.errors import ConfigError, VerdictError
 from conscience.labels import Layout
 from conscience.review import Conscience
@@ -353,11 +353,9 @@ def _rescore_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.calibration == "none":
         calibrations, source = {}, "none (argmax)"
-    elif args.calibration:
-        calibrations = load_calibrations(Path(args.calibration))
-        source = f"calibration file {args.calibration}"
-    else:
-        calibrations, source = select_calibrations(None)
+    else:  # the named file, else the packaged calibration
+        named = Path(args.calibration) if args.calibration else None
+        calibrations, source = select_calibrations(named)
     items = load_labelled(args.data, args.split)
     report = rescore(
         Path(args.run_dir), items, calibrations, Path(args.out), calibration_source=source
