@@ -203,22 +203,19 @@ def train(
             if ref is not None:
                 given = (ref[0][indices].to(device), ref[1][indices].to(device))
             terms = pair_terms(model, batch, config.beta, given)
-            dpo, chosen_rewards, rejected_rewards = (
-                terms.dpo, terms.chosen_rewards, terms.rejected_rewards
-            )  # fmt: skip
-            policy_chosen, policy_rejected = terms.policy_chosen, terms.policy_rejected
             chosen_tokens = batch.loss_mask[: batch.n_pairs, 1:].sum(dim=-1)
-            sft = sft_loss(policy_chosen, chosen_tokens)
-            losses = combined_loss(config.sft_weight * sft, dpo, config.dpo_weight)
+            sft = sft_loss(terms.policy_chosen, chosen_tokens)
+            losses = combined_loss(config.sft_weight * sft, terms.dpo, config.dpo_weight)
             # Every pair weighs 1/n_pairs of the step, however the step splits into micro-batches.
             (losses.sum() / n_pairs).backward()
 
             tokens += int(batch.attention_mask.sum())
             for key, values in (
-                ("loss", losses), ("dpo_loss", dpo), ("sft_loss", sft),
-                ("chosen_reward", chosen_rewards), ("rejected_reward", rejected_rewards),
-                ("reward_accuracy", (chosen_rewards > rejected_rewards).float()),
-                ("chosen_logps", policy_chosen), ("rejected_logps", policy_rejected),
+                ("loss", losses), ("dpo_loss", terms.dpo), ("sft_loss", sft),
+                ("chosen_reward", terms.chosen_rewards),
+                ("rejected_reward", terms.rejected_rewards),
+                ("reward_accuracy", (terms.chosen_rewards > terms.rejected_rewards).float()),
+                ("chosen_logps", terms.policy_chosen), ("rejected_logps", terms.policy_rejected),
             ):  # fmt: skip
                 sums[key] += float(values.detach().sum())  # a sync point, once per micro-batch
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
