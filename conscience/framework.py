@@ -128,17 +128,17 @@ def load_framework_file(path: Path) -> Framework:
     unknown = sorted(set(data) - known - set(_OPTIONAL_FIELDS))
     if unknown:
         raise ConfigError(f"framework file {path}: unknown keys {unknown}")
-    if "variant" in data and data["variant"] not in VARIANTS:
-        raise ConfigError(
-            f"framework file {path}: unknown variant {data['variant']!r} "
-            f"(known: {', '.join(VARIANTS)})"
-        )
     missing = sorted(known - set(data))
     if missing:
         raise ConfigError(f"framework file {path}: missing keys {missing}")
     for key, value in data.items():
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"framework file {path}: {key!r} must be a non-empty string")
+    if "variant" in data and data["variant"] not in VARIANTS:
+        raise ConfigError(
+            f"framework file {path}: unknown variant {data['variant']!r} "
+            f"(known: {', '.join(VARIANTS)})"
+        )
     if data["name"] != path.stem:
         raise ConfigError(
             f"framework file {path}: name {data['name']!r} must match the file name {path.stem!r}"
