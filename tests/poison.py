@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import pytest
 
 from conscience.store import open_store
 
@@ -27,6 +33,7 @@ __all__ = [
     "columns",
     "migrate",
     "pg_insert",
+    "postgres_schema",
     "sqlite_insert",
     "with_search_path",
 ]
@@ -106,6 +113,28 @@ def with_search_path(url: str, schema: str) -> str:
     query = dict(parse_qsl(parts.query))
     query["options"] = f"{query.get('options', '')} -c search_path={schema}".strip()
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A migrated store in a schema of its own on the test server, dropped afterwards; without
+    a server, skip (or fail where ``CONSCIENCE_REQUIRE_POSTGRES=1``, as in CI)."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        if os.environ.get("CONSCIENCE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"CONSCIENCE_REQUIRE_POSTGRES=1 but {PG_ENV} is unset")
+        pytest.skip(f'{PG_ENV} is unset: start a server with eval "$(.ci/postgres.sh)"')
+    psycopg = pytest.importorskip("psycopg")
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        url = with_search_path(base, schema)
+        migrate(url)
+        yield url
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def migrate(url: str) -> None:

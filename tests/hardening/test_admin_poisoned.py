@@ -13,9 +13,7 @@ runs the rest where ``CONSCIENCE_TEST_POSTGRES_URL`` is set.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,15 +23,14 @@ from typing import Any
 import httpx
 import pytest
 from poison import (
-    PG_ENV,
     Blob,
     Case,
     Text,
     columns,
     migrate,
     pg_insert,
+    postgres_schema,
     sqlite_insert,
-    with_search_path,
 )
 from proxy_harness import (
     ADMIN_KEY,
@@ -141,24 +138,10 @@ def poisoned(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Poisone
         with running_proxy(tmp_path, store_url=url) as proxy:
             yield Poisoned(proxy, "sqlite", url, stored)
         return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        if os.environ.get("CONSCIENCE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"CONSCIENCE_REQUIRE_POSTGRES=1 but {PG_ENV} is unset")
-        pytest.skip(f'{PG_ENV} is unset: start a server with eval "$(.ci/postgres.sh)"')
-    psycopg = pytest.importorskip("psycopg")
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        url = with_search_path(base, schema)
-        migrate(url)
+    with postgres_schema() as url:
         stored = _write("postgres", url)
         with running_proxy(tmp_path, store_url=url) as proxy:
             yield Poisoned(proxy, "postgres", url, stored)
-    finally:
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def _proxy_errors(logs: LogRecorder) -> list[str]:

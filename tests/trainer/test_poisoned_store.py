@@ -20,7 +20,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,12 +30,16 @@ import pytest
 pytest.importorskip("torch")
 psycopg = pytest.importorskip("psycopg")
 
-from poison import PG_ENV, Blob, Case, Text  # noqa: E402
+from poison import (  # noqa: E402
+    Blob,
+    Case,
+    Text,
+    postgres_schema,
+)
 from poison import columns as _columns  # noqa: E402
 from poison import migrate as _migrate  # noqa: E402
 from poison import pg_insert as _pg_insert  # noqa: E402
 from poison import sqlite_insert as _sqlite_insert  # noqa: E402
-from poison import with_search_path as _with_search_path  # noqa: E402
 
 from conscience.store import open_store  # noqa: E402
 from conscience.store.base import UNREADABLE_REASONS  # noqa: E402
@@ -180,21 +183,8 @@ def store_url(backend: str, tmp_path: Path) -> Iterator[str]:
         _migrate(url)
         yield url
         return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        if os.environ.get("CONSCIENCE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"CONSCIENCE_REQUIRE_POSTGRES=1 but {PG_ENV} is unset")
-        pytest.skip(f'{PG_ENV} is unset: start a server with eval "$(.ci/postgres.sh)"')
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        url = _with_search_path(base, schema)
-        _migrate(url)
+    with postgres_schema() as url:
         yield url
-    finally:
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def _poison(backend: str, url: str, cases: list[Case]) -> list[Case]:
