@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from trainer import loop  # noqa: E402
+from trainer import model as trainer_model  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.model import load_model, resolve_dtype  # noqa: E402
 
@@ -96,7 +97,16 @@ def test_one_step_on_the_real_smollm2_gguf(tmp_path):
     assert (tmp_path / "adapter_model.safetensors").stat().st_size > 0
 
 
-def test_gradient_checkpointing_gives_the_same_steps(tiny_model_dir, tmp_path, rows):
+def test_gradient_checkpointing_gives_the_same_steps(tiny_model_dir, tmp_path, rows, monkeypatch):
+    loaded = []  # whether each run's model recomputes activations (else the test proves nothing)
+    load = trainer_model.load_model
+
+    def load_and_look(*args, **kwargs):
+        model = load(*args, **kwargs)
+        loaded.append(any(getattr(m, "gradient_checkpointing", False) for m in model.modules()))
+        return model
+
+    monkeypatch.setattr(trainer_model, "load_model", load_and_look)
     settings = {"model": str(tiny_model_dir), "lr": 1e-2, "batch_size": 6, "epochs": 3}
     plain, checkpointed = (
         loop.train(
@@ -108,4 +118,5 @@ def test_gradient_checkpointing_gives_the_same_steps(tiny_model_dir, tmp_path, r
         )
         for gc in (False, True)
     )  # fmt: skip
+    assert loaded == [False, True]
     assert checkpointed["final"]["loss"] == pytest.approx(plain["final"]["loss"], abs=1e-5)
