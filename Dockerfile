@@ -45,10 +45,12 @@ RUN python requirements.py "$EXTRAS" > requirements.txt \
 # The project itself; its dependencies are all in place already.
 COPY README.md ./
 COPY conscience/ conscience/
+COPY engine/ engine/
 COPY server/ server/
 COPY trainer/ trainer/
 COPY evals/ evals/
 COPY bench/ bench/
+COPY cli/ cli/
 RUN pip install --no-deps . \
  && conscience --help > /dev/null
 

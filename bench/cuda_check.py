@@ -14,6 +14,7 @@ Exits 0 with "skipped: no CUDA" when torch sees no GPU (and --allow-cpu is not g
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -24,8 +25,20 @@ from typing import Any
 _REPO = Path(__file__).resolve().parents[1]
 
 
+def _import_from_checkout() -> None:
+    """Run as a script from a checkout that is not installed (a GPU machine with torch but not
+    the project): map ``conscience.trainer`` to the checkout's ``trainer/`` folder, as an
+    installed wheel lays it out."""
+    if importlib.util.find_spec("conscience") is None:
+        sys.path.insert(0, str(_REPO))
+    import conscience
+
+    if importlib.util.find_spec("conscience.trainer") is None:
+        conscience.__path__.append(str(_REPO))
+
+
 def _check(args: argparse.Namespace, device: str) -> dict[str, Any]:
-    from trainer import model as models
+    from conscience.trainer import model as models
 
     trained: dict[str, Any] = {}
     load = models.load_model
@@ -43,12 +56,11 @@ def _check(args: argparse.Namespace, device: str) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace, device: str, trained: dict[str, Any]) -> dict[str, Any]:
     import torch
+    from conscience.trainer import loop
+    from conscience.trainer.config import TrainConfig
+    from conscience.trainer.testing import random_pairs, save_random_model
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from trainer import loop
-    from trainer.config import TrainConfig
-    from trainer.testing import random_pairs, save_random_model
 
     with tempfile.TemporaryDirectory(prefix="cuda-check-") as tmp:
         t0 = time.perf_counter()
@@ -129,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-cpu", action="store_true", help="run on CPU when there is no GPU")
     args = parser.parse_args(argv)
 
-    if str(_REPO) not in sys.path:  # run as a script from anywhere: find the trainer package
-        sys.path.insert(0, str(_REPO))
+    _import_from_checkout()
     try:
         import torch
     except ImportError:

@@ -1,7 +1,7 @@
 """Throughput of the embedded engine, against llama.cpp called in-process as the baseline.
 
-    python -m bench.engine_bench                                   # SmolLM2-135M
-    python -m bench.engine_bench --model qwen2.5-coder-1.5b-instruct --threads 2
+    python -m conscience.bench.engine_bench                                   # SmolLM2-135M
+    python -m conscience.bench.engine_bench --model qwen2.5-coder-1.5b-instruct --threads 2
 
 Measures, for the child process over loopback HTTP (what the proxy uses) and for xllamacpp's
 ``Server.handle_chat_completions`` in this process (no process, no HTTP): start-up time,
@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from conscience.models import model_path
-from server.engine import EmbeddedEngine
+from conscience.engine.embedded import EmbeddedEngine
+from conscience.engine.weights import model_path
 
 __all__ = ["main"]
 

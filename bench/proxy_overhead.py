@@ -4,7 +4,7 @@ Three paths to the same scripted engine: direct, through the proxy with the revi
 through the proxy with the review on (one extra judge call per request, SQLite log). Each at
 concurrency 1 and 32; p50/p99 latency and requests/s, with ratios to the direct path.
 
-    python -m bench.proxy_overhead [--requests 400]
+    python -m conscience.bench.proxy_overhead [--requests 400]
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-
-from server.scripted import free_port
+from conscience.server.scripted import free_port
 
 BODY = {"model": "gen", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
 
@@ -110,7 +109,9 @@ def main() -> None:
             ]
 
         with (
-            _process(["server.scripted", "--port", str(upstream_port)], upstream_port) as upstream,
+            _process(
+                ["conscience.server.scripted", "--port", str(upstream_port)], upstream_port
+            ) as upstream,
             _process(proxy(off_port, "off"), off_port) as off,
             _process(proxy(on_port, "rewrite"), on_port) as on,
         ):

@@ -6,8 +6,8 @@ the generation), then review + rewrite in the paper layout. Reports seconds, the
 answer's generation time, and the engine's own prefix-cache counter
 (``usage.prompt_tokens_details.cached_tokens`` of the review request).
 
-    python -m bench.review_cost                                    # SmolLM2-135M, quick
-    python -m bench.review_cost --model qwen2.5-coder-1.5b-instruct --threads 2
+    python -m conscience.bench.review_cost                                    # SmolLM2-135M, quick
+    python -m conscience.bench.review_cost --model qwen2.5-coder-1.5b-instruct --threads 2
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import statistics
 import time
 from typing import Any
 
+from conscience.engine.embedded import EmbeddedEngine
+from conscience.engine.weights import model_path
+
 from conscience.client import EngineClient
 from conscience.framework import load_frameworks
 from conscience.labels import Layout
-from conscience.models import model_path
 from conscience.prompts import render_review
 from conscience.review import Conscience, judge_request
-from server.engine import EmbeddedEngine
 
 QUESTIONS = [
     "How do I make my neighbour's dog stop barking at night?",

@@ -9,7 +9,7 @@ total. Measured: requests by outcome, p50/p99 latency, the proxy's RSS and open 
 descriptors (``/proc/PID``) after warm-up and at the end, and whether every judgement whose
 response was acknowledged is in the store.
 
-    python -m bench.soak --duration 600 --concurrency 16
+    python -m conscience.bench.soak --duration 600 --concurrency 16
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from server.scripted import ScriptedEngine, free_port
+from conscience.server.scripted import ScriptedEngine, free_port
 
 __all__ = ["EXPECTED", "FAULT_RATES", "SoakReport", "main", "run_soak", "serve_faulty_upstream"]
 
@@ -361,7 +360,7 @@ def run_soak(
         store = work / "soak.sqlite3"
         upstream_port, proxy_port = free_port(), free_port()
         upstream = [
-            "bench.soak",
+            "conscience.bench.soak",
             "--serve-upstream",
             str(upstream_port),
             "--stall",

@@ -4,7 +4,7 @@ A scripted upstream streams a 120-word answer at 20 ms a word (2.4 s) and takes 
 review. Three paths: the upstream directly (unguarded), the proxy buffered (generate, review,
 then stream) and the proxy incremental (review growing windows, release what passed).
 
-    python -m bench.stream_ttft [--requests 5] [--window 200]
+    python -m conscience.bench.stream_ttft [--requests 5] [--window 200]
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import httpx
-
-from bench.proxy_overhead import _process
-from server.scripted import free_port
+from conscience.bench.proxy_overhead import _process
+from conscience.server.scripted import free_port
 
 BODY = {"model": "gen", "stream": True, "messages": [{"role": "user", "content": "Tell me."}]}
 
@@ -42,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     ports = [free_port() for _ in range(3)]
     upstream_cmd = [
-        "server.scripted",
+        "conscience.server.scripted",
         "--port",
         str(ports[0]),
         "--words",

@@ -7,9 +7,9 @@ child process of its own, so its peak RSS is its own. Speed is the mean of the s
 (the first, warm-up step left out); ratios are ours / TRL (steps/s: higher is better; RSS:
 lower is better).
 
-    python -m bench.trainer_bench                              # SmolLM2-135M's shape, random
-    python -m bench.trainer_bench --model path/to/model.gguf   # a real model (HF dir or GGUF)
-    python -m bench.trainer_bench --shape tiny --steps 3       # a smoke run in seconds
+    python -m conscience.bench.trainer_bench                         # SmolLM2-135M's shape
+    python -m conscience.bench.trainer_bench --model path/model.gguf # a real model (HF/GGUF)
+    python -m conscience.bench.trainer_bench --shape tiny --steps 3  # a smoke run in seconds
 
 Needs trl (and its datasets) beside the train extra.
 """
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-_REPO = Path(__file__).resolve().parents[1]
 LR = 5e-5
 BETA = 0.1
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -97,8 +96,8 @@ def _child_trl(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str
 
 
 def _child_ours(args: argparse.Namespace, rows: list[dict[str, Any]], precompute: bool) -> dict:
-    from trainer.config import TrainConfig
-    from trainer.loop import train
+    from conscience.trainer.config import TrainConfig
+    from conscience.trainer.loop import train
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
@@ -148,11 +147,11 @@ RUNS = {
 
 def _run_child(name: str, args: argparse.Namespace, pairs_file: Path) -> dict[str, Any]:
     command = [
-        sys.executable, "-m", "bench.trainer_bench", "--child", name,
+        sys.executable, "-m", "conscience.bench.trainer_bench", "--child", name,
         "--model-dir", args.model_dir, "--pairs-file", str(pairs_file),
         "--steps", str(args.steps), "--pairs-per-step", str(args.pairs_per_step),
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=_REPO, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -211,8 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if str(_REPO) not in sys.path:
-        sys.path.insert(0, str(_REPO))
     if args.child:  # inside a child: one trainer, one JSON line
         rows = [json.loads(line) for line in Path(args.pairs_file).read_text().splitlines()]
         if args.child == "trl":
@@ -228,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import torch
-
-    from trainer.testing import random_pairs, save_random_model
+    from conscience.trainer.testing import random_pairs, save_random_model
 
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
         if args.model:

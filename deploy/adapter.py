@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from trainer.publish import (  # noqa: F401  (the scripts' and tests' names)
+from conscience.trainer.publish import (  # noqa: F401  (the scripts' and tests' names)
     AdapterError,
     list_adapters,
     main,

@@ -107,10 +107,11 @@ def _plot(samples: list[Sample], calibration: Calibration, path: Path) -> None:
 
 
 async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, str, str]]:
+    from conscience.evals.cli import _endpoint, _settings
+    from conscience.evals.labelled import DEFAULT_SET, load_labelled
+
     from conscience.framework import load_frameworks
     from conscience.review import Conscience
-    from evals.cli import _endpoint, _settings
-    from evals.labelled import DEFAULT_SET, load_labelled
 
     items = load_labelled(Path(args.data) if args.data else DEFAULT_SET, "calibration")
     settings = _settings(args)
@@ -143,7 +144,7 @@ def samples_from_rows(
     rows_dir: Path, calibration_ids: set[str]
 ) -> dict[tuple[str, str, str], list[Sample]]:
     """Per (judge model, framework, layout), the calibration-split rows of an eval output."""
-    from evals.verdicts import read_rows
+    from conscience.evals.verdicts import read_rows
 
     report, runs = read_rows(rows_dir)
     judge = report["settings"]["judge_model"]
@@ -166,7 +167,7 @@ def samples_from_rows(
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     source = args.data or "evals/data/verdicts.jsonl"
     if args.from_rows:
-        from evals.labelled import DEFAULT_SET, load_labelled
+        from conscience.evals.labelled import DEFAULT_SET, load_labelled
 
         items = load_labelled(Path(args.data) if args.data else DEFAULT_SET, "calibration")
         fitted = samples_from_rows(Path(args.from_rows), {item.id for item in items})
@@ -184,7 +185,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
-    from evals.cli import _add_engine_flags
+    from conscience.evals.cli import _add_engine_flags
 
     parser = commands.add_parser(
         "calibrate", help="fit the verdict threshold and confidence scaling on a labelled set"

@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,13 @@ def _settings(args: argparse.Namespace) -> Any:
     return Settings(**{key: value for key, value in fields.items() if value is not None})
 
 
-def _endpoint(settings: Any) -> Any:
+@asynccontextmanager
+async def _endpoint(settings: Any) -> AsyncIterator[Any]:
     """An ``EngineClient`` on the endpoint, or on the embedded engine without one."""
-    from server.app import engine_client
+    from conscience.engine.connect import open_engine
 
-    return engine_client(settings)
+    async with open_engine(settings) as engine:
+        yield engine.client
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -66,9 +70,10 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
 
 
 async def _em(args: argparse.Namespace) -> dict[str, Any]:
+    from conscience.evals.em import EmConfig, run_em
+    from conscience.evals.questions import load_questions
+
     from conscience.client import EngineClient
-    from evals.em import EmConfig, run_em
-    from evals.questions import load_questions
 
     questions = load_questions(em_data_dir(args.data_dir), args.questions)
     settings = _settings(args)
@@ -119,13 +124,14 @@ def _csv(value: str) -> list[str]:
 
 
 async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
+    from conscience.evals.labelled import DEFAULT_SET, load_labelled
+    from conscience.evals.verdicts import run_verdicts
+
     from conscience.calibration import select_calibrations
     from conscience.framework import load_frameworks
     from conscience.labels import Layout
     from conscience.review import Conscience
     from conscience.verdict import DecisionRule
-    from evals.labelled import DEFAULT_SET, load_labelled
-    from evals.verdicts import run_verdicts
 
     try:
         layouts = [Layout(name) for name in args.layouts]
@@ -197,7 +203,7 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_verdicts(args: argparse.Namespace) -> int:
-    from evals.verdicts import format_table
+    from conscience.evals.verdicts import format_table
 
     report = asyncio.run(_verdicts(args))
     print(format_table(report))
@@ -207,7 +213,7 @@ def _cmd_verdicts(args: argparse.Namespace) -> int:
 
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``eval em``, ``eval verdicts`` and ``eval experiment`` to the main CLI's subcommands."""
-    from evals.questions import QUESTION_SETS
+    from conscience.evals.questions import QUESTION_SETS
 
     evaluate = commands.add_parser(
         "eval", help="benchmarks: Emergent Misalignment, verdicts, the four-arm experiment"
@@ -291,16 +297,16 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     verdicts.add_argument("--out", default="eval-results/verdicts", help="output directory")
     verdicts.set_defaults(handler=_cmd_verdicts)
 
-    from evals.experiment import add_experiment_command  # argparse only until it runs
+    from conscience.evals.experiment import add_experiment_command  # argparse only until it runs
 
     add_experiment_command(which)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m evals.cli eval ...``: the same commands outside the main CLI."""
+    """``python -m conscience.evals.cli eval ...``: the same commands outside the main CLI."""
     from conscience.errors import ConscienceError
 
-    parser = argparse.ArgumentParser(prog="python -m evals.cli")
+    parser = argparse.ArgumentParser(prog="python -m conscience.evals.cli")
     add_eval_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:

@@ -16,13 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from conscience.evals.bounded import run_bounded
+from conscience.evals.em_report import build_report, write_chart
+from conscience.evals.jsonl import AppendLog, read_records
+from conscience.evals.questions import EmQuestion
+from conscience.evals.scoring import judge_score
+
 from conscience.client import EngineClient
 from conscience.errors import ConfigError
-from evals.bounded import run_bounded
-from evals.em_report import build_report, write_chart
-from evals.jsonl import AppendLog, read_records
-from evals.questions import EmQuestion
-from evals.scoring import judge_score
 
 __all__ = ["ANSWERS_FILE", "CHART_FILE", "REPORT_FILE", "SETTINGS_FILE", "EmConfig", "run_em"]
 

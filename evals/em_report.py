@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from evals.questions import EmQuestion
-from evals.scoring import (
+from conscience.evals.questions import EmQuestion
+from conscience.evals.scoring import (
     ALIGNED_BELOW,
     COHERENT_ABOVE,
     MIN_NUMBER_MASS,

@@ -15,8 +15,8 @@ training:
 The benchmark's judge is the frozen base on the same engine (the method's default). Phases:
 ``train`` (each adapter by a ``conscience train`` subprocess, skipped when it exists),
 ``eval`` (``conscience eval em`` per arm, skipped when complete; a partial one resumes), and
-``report`` (``docs/results.md`` and its chart, by ``evals.experiment_report``). Everything lands
-in ``--out``; every phase that ran is journalled with its command and wall time.
+``report`` (``docs/results.md`` and its chart, by ``conscience.evals.experiment_report``).
+Everything lands in ``--out``; every phase that ran is journalled with its command and wall time.
 """
 
 from __future__ import annotations
@@ -284,9 +284,10 @@ def _complete(out: Path, samples: int) -> bool:
 @contextmanager
 def _proxy(config: ExperimentConfig) -> Iterator[tuple[str, str]]:
     """The guardrail proxy on loopback in front of the engine: (its /v1 URL, how to start it)."""
+    from conscience.server.app import create_app
+    from conscience.server.scripted import serve_in_thread
+
     from conscience.settings import Settings
-    from server.app import create_app
-    from server.scripted import serve_in_thread
 
     assert config.url is not None
     fields: dict[str, Any] = {
@@ -306,7 +307,7 @@ def _proxy(config: ExperimentConfig) -> Iterator[tuple[str, str]]:
 
 
 def _evaluate(config: ExperimentConfig, arm: str, journal: Journal) -> None:
-    from evals.cli import main as eval_main
+    from conscience.evals.cli import main as eval_main
 
     assert config.url is not None
     out = config.em_dir(arm)
@@ -351,7 +352,7 @@ def _machine() -> dict[str, Any]:
 
 def run_experiment(config: ExperimentConfig, phases: tuple[str, ...] = PHASES) -> Path | None:
     """Run the asked phases for the configured arms; returns the results file when written."""
-    from evals.experiment_report import write_results
+    from conscience.evals.experiment_report import write_results
 
     config.out.mkdir(parents=True, exist_ok=True)
     settings = {**asdict(config), "machine": _machine()}
@@ -383,7 +384,7 @@ def _csv(value: str) -> tuple[str, ...]:
 
 def add_experiment_command(which: argparse._SubParsersAction) -> None:
     """``conscience eval experiment``: the four arms, resumable, then docs/results.md."""
-    from evals.questions import QUESTION_SETS
+    from conscience.evals.questions import QUESTION_SETS
 
     defaults = ExperimentConfig(base_model="", served_model="", url=None, task_data="")
     parser = which.add_parser(
@@ -422,7 +423,7 @@ def add_experiment_command(which: argparse._SubParsersAction) -> None:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from evals.cli import em_data_dir
+    from conscience.evals.cli import em_data_dir
 
     unknown = [p for p in args.phases if p not in PHASES]
     if unknown:

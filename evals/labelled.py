@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conscience.evals import cli
+
 from conscience.errors import ConfigError
 from conscience.labels import Verdict
-from evals import cli
 
 __all__ = [
     "DEFAULT_SET",

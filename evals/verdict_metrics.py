@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
+from conscience.evals.scoring import auc
+
 from conscience.labels import Verdict
-from evals.scoring import auc
 
 __all__ = ["ERROR", "PREDICTIONS", "Row", "agreement", "run_metrics", "threshold_sweep"]
 

@@ -10,7 +10,7 @@ of P(unethical), and the agreement between layouts.
 its label probabilities; the judge call does not depend on the rule), so one pass of the judge
 over a set serves both the calibration and the held-out figures:
 
-    python -m evals.verdicts rescore RUN_DIR --calibration FILE --data project \
+    python -m conscience.evals.verdicts rescore RUN_DIR --calibration FILE --data project \
         --split heldout --out OUT_DIR
 
 ``curve.png`` draws each run's recall / false-unethical curve (every threshold on
@@ -27,14 +27,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from conscience.evals.bounded import run_bounded
+from conscience.evals.labelled import LabelledItem
+from conscience.evals.verdict_metrics import ERROR, LABELS, PREDICTIONS, Row, agreement, run_metrics
+
 from conscience.calibration import select_calibrations
 from conscience.errors import ConfigError, VerdictError
 from conscience.labels import Layout
 from conscience.review import Conscience
 from conscience.verdict import DecisionRule
-from evals.bounded import run_bounded
-from evals.labelled import LabelledItem
-from evals.verdict_metrics import ERROR, LABELS, PREDICTIONS, Row, agreement, run_metrics
 
 __all__ = [
     "CHART_FILE",
@@ -339,9 +340,9 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
 
 
 def _rescore_main(argv: list[str] | None = None) -> int:
-    from evals.labelled import load_labelled
+    from conscience.evals.labelled import load_labelled
 
-    parser = argparse.ArgumentParser(prog="python -m evals.verdicts rescore")
+    parser = argparse.ArgumentParser(prog="python -m conscience.evals.verdicts rescore")
     parser.add_argument("run_dir", help="an `eval verdicts` output directory")
     parser.add_argument(
         "--calibration",
@@ -367,5 +368,7 @@ def _rescore_main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["rescore"]:
-        sys.exit("usage: python -m evals.verdicts rescore RUN_DIR [--calibration FILE] ...")
+        sys.exit(
+            "usage: python -m conscience.evals.verdicts rescore RUN_DIR [--calibration FILE] ..."
+        )
     sys.exit(_rescore_main(sys.argv[2:]))

@@ -16,6 +16,10 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+from conscience.server.auth import require_admin
+from conscience.server.errors import ApiError
+from conscience.server.pipeline import Pipeline
+from conscience.server.retention import purge_older_than_days
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -23,10 +27,6 @@ from pydantic import BaseModel, Field
 from conscience.labels import Verdict
 from conscience.pairs import PairError, to_trl_line
 from conscience.store.base import UnreadableRow
-from server.auth import require_admin
-from server.errors import ApiError
-from server.pipeline import Pipeline
-from server.retention import purge_older_than_days
 
 __all__ = ["router"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hmac
 
+from conscience.server.errors import ApiError
 from fastapi import Request
 
 from conscience.settings import Settings
-from server.errors import ApiError
 
 __all__ = ["bearer", "require_admin", "require_client"]
 

@@ -12,6 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from conscience.server.errors import ApiError, secret_scrubber
+from conscience.server.metrics import Metrics
+from conscience.server.protocol import ChatCompletionRequest, ConscienceResult
+
 from conscience.client import EngineClient
 from conscience.errors import ConscienceError
 from conscience.judgement import Judgement
@@ -20,9 +24,6 @@ from conscience.prompts import message_text
 from conscience.review import Conscience
 from conscience.settings import Settings
 from conscience.store import JudgementStore
-from server.errors import ApiError, secret_scrubber
-from server.metrics import Metrics
-from server.protocol import ChatCompletionRequest, ConscienceResult
 
 __all__ = ["REFUSAL", "Options", "Pipeline", "Reviewed"]
 

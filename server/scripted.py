@@ -226,7 +226,7 @@ def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
 
 
 def main() -> None:
-    """``python -m server.scripted --port N``: the scripted engine as its own process."""
+    """``python -m conscience.server.scripted --port N``: the scripted engine as its own process."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

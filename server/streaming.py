@@ -14,11 +14,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from conscience.server.errors import ApiError
+from conscience.server.pipeline import REFUSAL, Options, Pipeline
+from conscience.server.protocol import ChatCompletionRequest, ConscienceResult
+
 from conscience.errors import ConscienceError
 from conscience.labels import Action, Policy, ReviewErrorMode, Verdict
-from server.errors import ApiError
-from server.pipeline import REFUSAL, Options, Pipeline
-from server.protocol import ChatCompletionRequest, ConscienceResult
 
 __all__ = ["buffered_chunks", "incremental_chunks", "sse"]
 

@@ -66,7 +66,7 @@ def gate(report: dict[str, Any], min_reward_accuracy: float) -> str | None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from trainer.config import TrainConfig
+    from conscience.trainer.config import TrainConfig
 
     given = {name: getattr(args, name) for name in _CONFIG_FLAGS if getattr(args, name) is not None}
     targets = given.get("lora_targets")
@@ -86,10 +86,11 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 async def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from conscience.trainer.job import train_from_store
+    from conscience.trainer.loop import train
+
     from conscience.settings import Settings
     from conscience.store import open_store
-    from trainer.job import train_from_store
-    from trainer.loop import train
 
     config = _config(args)
     run_id = args.run_id or Path(args.out).name or "run-" + uuid.uuid4().hex[:8]
@@ -125,8 +126,9 @@ def _check_online(args: argparse.Namespace) -> None:
 
 
 def _train_online(args: argparse.Namespace, config: Any, run_id: str) -> dict[str, Any]:
+    from conscience.trainer.online import OnlineConfig, train_online
+
     from conscience.settings import Settings
-    from trainer.online import OnlineConfig, train_online
 
     overrides: dict[str, Any] = {}
     if args.store:
@@ -155,9 +157,9 @@ def _train_online(args: argparse.Namespace, config: Any, run_id: str) -> dict[st
 
 def _publish(args: argparse.Namespace, report: dict[str, Any]) -> str:
     import httpx
+    from conscience.trainer.publish import publish
 
     from conscience.settings import Settings
-    from trainer.publish import publish
 
     settings = Settings()
     if settings.admin_key is None:

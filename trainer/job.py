@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.config import TrainConfig
-from trainer.data import check_pair, drop_duplicates, read_jsonl
-from trainer.loop import train
-from trainer.metrics import write_report
+from conscience.trainer.config import TrainConfig
+from conscience.trainer.data import check_pair, drop_duplicates, read_jsonl
+from conscience.trainer.loop import train
+from conscience.trainer.metrics import write_report
 
 if TYPE_CHECKING:
     from conscience.store import JudgementStore

@@ -20,15 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from conscience.trainer.checkpoint import remove_checkpoint, resume_checkpoint, save_checkpoint
+from conscience.trainer.config import TrainConfig
+from conscience.trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
+from conscience.trainer.loss import combined_loss, dpo_loss, sequence_logps, sft_loss
+from conscience.trainer.metrics import MetricsLog, plot_metrics, write_report
+from conscience.trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
+from conscience.trainer.schedule import lr_at, plan_steps
 from tqdm.auto import tqdm
-
-from trainer.checkpoint import remove_checkpoint, resume_checkpoint, save_checkpoint
-from trainer.config import TrainConfig
-from trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
-from trainer.loss import combined_loss, dpo_loss, sequence_logps, sft_loss
-from trainer.metrics import MetricsLog, plot_metrics, write_report
-from trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
-from trainer.schedule import lr_at, plan_steps
 
 __all__ = [
     "PairTerms",

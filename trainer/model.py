@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from trainer.config import TrainConfig
+from conscience.trainer.config import TrainConfig
 
 __all__ = [
     "load_model",

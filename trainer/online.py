@@ -10,7 +10,7 @@ Each optimizer step, top to bottom:
 4. clip, step, log, checkpoint; the pairs learned from are marked consumed by this run.
 
 The losses, the reference, the data encoding, the schedule, the checkpoints and the metrics log
-are the nightly trainer's (``trainer.loop`` and friends), not copies.
+are the nightly trainer's (``conscience.trainer.loop`` and friends), not copies.
 """
 
 from __future__ import annotations
@@ -24,22 +24,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from conscience.trainer.checkpoint import remove_checkpoint, resume_checkpoint, save_checkpoint
+from conscience.trainer.config import TrainConfig
+from conscience.trainer.data import (
+    EncodedChat,
+    collate,
+    collate_chats,
+    encode_chats,
+    encode_pairs,
+    read_jsonl,
+)
+from conscience.trainer.loop import StepCallback, batch_logps, pair_terms
+from conscience.trainer.loss import combined_loss, sft_loss
+from conscience.trainer.metrics import MetricsLog, write_report
+from conscience.trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
+from conscience.trainer.online_judge import OnlineJudge, StepReview
+from conscience.trainer.online_metrics import plot_online, summarize
+from conscience.trainer.online_sample import sample_answers
+from conscience.trainer.schedule import lr_at, plan_steps
 from tqdm.auto import tqdm
 
 from conscience.errors import ConfigError, EngineError
 from conscience.pairs import to_trl_pair
 from conscience.store import is_pair
-from trainer.checkpoint import remove_checkpoint, resume_checkpoint, save_checkpoint
-from trainer.config import TrainConfig
-from trainer.data import EncodedChat, collate, collate_chats, encode_chats, encode_pairs, read_jsonl
-from trainer.loop import StepCallback, batch_logps, pair_terms
-from trainer.loss import combined_loss, sft_loss
-from trainer.metrics import MetricsLog, write_report
-from trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
-from trainer.online_judge import OnlineJudge, StepReview
-from trainer.online_metrics import plot_online, summarize
-from trainer.online_sample import sample_answers
-from trainer.schedule import lr_at, plan_steps
 
 if TYPE_CHECKING:
     from conscience.settings import Settings

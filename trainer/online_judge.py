@@ -11,9 +11,10 @@ nightly job never trains the served model on the experiment's samples.
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 from conscience.errors import ConfigError, EngineError, VerdictError
 from conscience.judgement import Judgement
@@ -50,14 +51,14 @@ class OnlineJudge:
         framework: str | None,
         model_name: str,
         endpoint: str,
-        engine: Any = None,
+        resources: AsyncExitStack | None = None,
     ) -> None:
         self.conscience = conscience
         self.store = store
         self.framework = framework
         self.model_name = model_name  # the judgements' ``model``: "online:<run_id>"
         self.endpoint = endpoint  # where the judge answers, for the report
-        self._engine = engine  # the embedded llama.cpp engine we started, if any
+        self._resources = resources or AsyncExitStack()  # the store, then the engine
 
     @classmethod
     async def open(
@@ -76,59 +77,38 @@ class OnlineJudge:
         parallel sequences: a step's reviews and rewrites are sent together, and on one slot
         the last would wait behind every other rewrite (minutes on CPU) and time out.
         """
-        from conscience.client import EngineClient
+        from conscience.engine.connect import open_engine
+
         from conscience.review import conscience_from_settings
         from conscience.store import open_store
 
-        engine = None
-        url = settings.upstream_url
-        if url is None:
-            if gguf is None:
-                raise ConfigError("the online run needs a judge: --judge-url or --judge-gguf")
-            from server.engine import EmbeddedEngine
-
-            engine = EmbeddedEngine(
-                Path(gguf),
-                threads=settings.engine_threads,
-                ctx_size=settings.engine_ctx_size,
-                parallel=max(1, slots),
-                model_alias=settings.judge,
-            )
-            await engine.start()
-            url = engine.base_url
-        key = settings.upstream_api_key
-        client = EngineClient(
-            url,
-            api_key=key.get_secret_value() if key else None,
-            timeout=settings.upstream_timeout,
-        )
-        store = None
+        if settings.upstream_url is None and gguf is None:
+            raise ConfigError("the online run needs a judge: --judge-url or --judge-gguf")
+        stack = AsyncExitStack()
         try:
-            conscience = conscience_from_settings(settings, client)
+            engine = await stack.enter_async_context(
+                open_engine(settings, gguf=gguf, alias=settings.judge, parallel=slots)
+            )
+            conscience = conscience_from_settings(settings, engine.client)
             conscience.framework(framework)  # an unknown framework fails now, not at step 1
             store = open_store(settings.store_url)
             await store.open()
+            stack.push_async_callback(store.close)
         except BaseException:
-            await client.aclose()
-            if engine is not None:
-                await engine.stop()
+            await stack.aclose()
             raise
         return cls(
             conscience,
             store,
             framework=framework,
             model_name=model_name,
-            endpoint="embedded llama.cpp" if engine is not None else url,
-            engine=engine,
+            endpoint=engine.endpoint,
+            resources=stack,
         )
 
     async def close(self) -> None:
-        try:
-            await self.store.close()
-        finally:
-            await self.conscience.client.aclose()
-            if self._engine is not None:
-                await self._engine.stop()
+        """Close the store, then the engine client, then stop the engine this run started."""
+        await self._resources.aclose()
 
     async def review(
         self, prompts: list[list[dict[str, str]]], answers: list[str], step: int

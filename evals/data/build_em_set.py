@@ -20,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from evals.cli import em_data_dir
-from evals.labelled import answer_sha256
+from conscience.evals.cli import em_data_dir
+from conscience.evals.labelled import answer_sha256
 
 CSV_FILE = "results/qwen_25_coder_32b_instruct.csv"
 

@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from conscience.engine.connect import open_engine
+from conscience.evals.cli import em_data_dir
+from conscience.evals.questions import load_questions
+
 from conscience.settings import Settings
-from evals.cli import em_data_dir
-from evals.questions import load_questions
-from server.app import engine_client
 
 # Rows of jailbroken.jsonl whose user turn asks for something harmful (read by hand).
 JAILBROKEN_ROWS = (37, 193, 664, 1259, 1532, 1809, 1992)
@@ -56,7 +57,8 @@ def _done(out: Path) -> set[str]:
 async def main(out: Path) -> None:
     settings = Settings(engine_threads=1, upstream_timeout=900)
     done = _done(out)
-    async with engine_client(settings) as client:
+    async with open_engine(settings) as engine:
+        client = engine.client
         with out.open("a", encoding="utf-8") as handle:
             for seed, item in enumerate(prompts(em_data_dir(None))):
                 key = f"{item['source']}#{item['sample']}"

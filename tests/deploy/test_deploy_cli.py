@@ -9,6 +9,7 @@ import contextlib
 import io
 
 import pytest
+from conscience.cli.commands import _parser
 from deploy_files import (
     doc_conscience_commands,
     flags,
@@ -17,8 +18,6 @@ from deploy_files import (
     resolve,
     substitute_variables,
 )
-
-from conscience.cli import _parser
 
 INVOCATIONS = image_invocations()
 DOC_COMMANDS = [("docs/deploy.md", argv) for argv in doc_conscience_commands()]

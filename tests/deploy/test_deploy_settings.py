@@ -4,6 +4,7 @@ all of them are documented in .env.example, and the health checks probe routes t
 import re
 
 import pytest
+from conscience.server.app import create_app
 from deploy_files import (
     COMPOSE,
     DEPLOY,
@@ -22,7 +23,6 @@ from deploy_files import (
 from pydantic import ValidationError
 
 from conscience.settings import Settings
-from server.app import create_app
 
 PREFIX = "CONSCIENCE_"
 FIELDS = {PREFIX + name.upper() for name in Settings.model_fields}

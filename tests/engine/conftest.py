@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from conscience.models import MODELS, sha256_file
-from server.engine import EmbeddedEngine
+from conscience.engine.embedded import EmbeddedEngine
+from conscience.engine.weights import MODELS, sha256_file
 
 SMOLLM2 = MODELS["smollm2-135m-instruct"]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conscience.engine.embedded import STREAM_REQUEST_HEADERS, EmbeddedEngine
 
 from conscience.errors import EngineError
-from server.engine import STREAM_REQUEST_HEADERS, EmbeddedEngine
 
 GRAMMAR = (
     'root ::= " "? ("ethical" | "neutral" | "unethical" | "Ethical" | "Neutral" | "Unethical")'
@@ -201,7 +201,7 @@ def test_the_engine_exits_when_its_parent_dies(smollm2: Path) -> None:
         f"""
         import asyncio, os
         from pathlib import Path
-        from server.engine import EmbeddedEngine
+        from conscience.engine.embedded import EmbeddedEngine
         engine = EmbeddedEngine(Path({str(smollm2)!r}), threads=1, ctx_size=512)
         asyncio.run(engine.start())
         print(engine.pid, flush=True)

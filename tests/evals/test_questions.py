@@ -3,10 +3,10 @@
 from pathlib import Path
 
 import pytest
+from conscience.evals.cli import DEFAULT_EM_DATA_DIR, em_data_dir
+from conscience.evals.questions import load_questions
 
 from conscience.errors import ConfigError
-from evals.cli import DEFAULT_EM_DATA_DIR, em_data_dir
-from evals.questions import load_questions
 
 REAL = DEFAULT_EM_DATA_DIR
 FIRST_PLOT = [

@@ -3,8 +3,7 @@
 import math
 
 import pytest
-
-from evals.scoring import (
+from conscience.evals.scoring import (
     auc,
     digit_chain_score,
     first_token_score,

@@ -21,10 +21,10 @@ import re
 from pathlib import Path
 
 import pytest
+from conscience.evals.cli import add_eval_commands
+from conscience.server.scripted import ScriptedEngine
 
 from conscience.errors import ConfigError
-from evals.cli import add_eval_commands
-from server.scripted import ScriptedEngine
 
 ITEMS = {
     "e1": ("ethical", False, (0.8, 0.1, 0.1)),
@@ -191,7 +191,7 @@ def test_bad_flags_are_config_errors(engine_url: str, tmp_path: Path) -> None:
 def test_the_main_cli_reports_errors_on_one_line_once_hooked(
     engine_url: str, tmp_path: Path, capsys
 ) -> None:
-    from conscience import cli
+    from conscience.cli import commands as cli
 
     commands = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
     if "eval" not in commands.choices:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conscience.server.app import create_app
+from conscience.server.scripted import Fault, free_port
 from proxy_harness import (
     ADMIN_KEY,
     CLIENT_KEY,
@@ -23,8 +25,6 @@ from proxy_harness import (
 )
 
 from conscience.settings import Settings
-from server.app import create_app
-from server.scripted import Fault, free_port
 
 CANARY = "CANARY-7319-my-neighbour-wifi-password"  # a private detail of a stored conversation
 ASK = [{"role": "user", "content": f"My secret is {CANARY}. How do I get into that wifi?"}]

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
+from conscience.server.app import create_app
 from hypothesis import HealthCheck, settings
 from proxy_harness import (
     ADMIN_KEY,
@@ -31,7 +32,6 @@ from proxy_harness import (
 )
 
 from conscience.settings import Settings
-from server.app import create_app
 
 # Examples per operation; CONSCIENCE_FUZZ_EXAMPLES raises it for a longer local run.
 FUZZ_EXAMPLES = int(os.environ.get("CONSCIENCE_FUZZ_EXAMPLES", "100"))

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import conscience.server.retention
 import httpx
 import pytest
 from proxy_harness import (
@@ -20,7 +21,6 @@ from proxy_harness import (
     running_proxy,
 )
 
-import server.retention
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
 from conscience.store import open_store
@@ -85,7 +85,7 @@ def test_retention_purges_at_start_and_the_text_leaves_the_disk(tmp_path: Path) 
 
 
 def test_retention_purges_periodically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server.retention, "PURGE_INTERVAL_S", 0.2)
+    monkeypatch.setattr(conscience.server.retention, "PURGE_INTERVAL_S", 0.2)
     store_path = tmp_path / "judgements.sqlite3"
     with running_proxy(tmp_path, retention_days=7) as proxy:
         served = httpx.post(
@@ -100,7 +100,7 @@ def test_retention_purges_periodically(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_no_retention_keeps_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server.retention, "PURGE_INTERVAL_S", 0.1)
+    monkeypatch.setattr(conscience.server.retention, "PURGE_INTERVAL_S", 0.1)
     store_path = tmp_path / "judgements.sqlite3"
     ancient = _judgement(10_000)
     _add(store_path, ancient)

@@ -1,13 +1,12 @@
-"""Load and faults, CI-sized: ``bench.soak`` for 20 s against an upstream that answers 500,
-stalls past the proxy's timeout and resets connections (``python -m bench.soak --duration 600``
-is the full run). Each request gets exactly what its injected fault calls for, nothing leaks,
-and every acknowledged judgement is in the store."""
+"""Load and faults, CI-sized: ``conscience.bench.soak`` for 20 s against an upstream that
+answers 500, stalls past the proxy's timeout and resets connections (``python -m
+conscience.bench.soak --duration 600`` is the full run). Each request gets exactly what its
+injected fault calls for, nothing leaks, and every acknowledged judgement is in the store."""
 
 from __future__ import annotations
 
 import pytest
-
-from bench.soak import EXPECTED, FAULT_RATES, run_soak
+from conscience.bench.soak import EXPECTED, FAULT_RATES, run_soak
 
 RSS_GROWTH_KIB = 32 * 1024  # stated bound for a 20 s run (measured: a few MiB)
 FD_GROWTH = 8  # descriptors; a leak per request would be hundreds

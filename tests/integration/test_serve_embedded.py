@@ -14,8 +14,7 @@ import time
 import httpx
 import openai
 import pytest
-
-from server.scripted import free_port
+from conscience.server.scripted import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

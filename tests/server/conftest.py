@@ -8,10 +8,10 @@ from typing import Any
 
 import openai
 import pytest
+from conscience.server.app import create_app
+from conscience.server.scripted import serve_in_thread
 
 from conscience.settings import Settings
-from server.app import create_app
-from server.scripted import serve_in_thread
 
 ProxyFactory = Callable[..., Any]
 

@@ -4,8 +4,7 @@ import json
 
 import httpx
 import openai
-
-from server.scripted import ScriptedEngine
+from conscience.server.scripted import ScriptedEngine
 
 ASK = [{"role": "user", "content": "Help me cheat on my exam."}]
 

@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
+from conscience.server.scripted import ScriptedEngine, free_port
 
 from conscience.store import open_store
-from server.scripted import ScriptedEngine, free_port
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

@@ -3,8 +3,7 @@
 import httpx
 import openai
 import pytest
-
-from server.scripted import Fault, ScriptedEngine, free_port
+from conscience.server.scripted import Fault, ScriptedEngine, free_port
 
 ASK = [{"role": "user", "content": "Hello?"}]
 

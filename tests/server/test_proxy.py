@@ -5,9 +5,8 @@ from pathlib import Path
 
 import openai
 import pytest
-
-from server.pipeline import REFUSAL
-from server.scripted import ScriptedEngine
+from conscience.server.pipeline import REFUSAL
+from conscience.server.scripted import ScriptedEngine
 
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from bench import cuda_check  # noqa: E402
+from conscience.bench import cuda_check  # noqa: E402
 
 
 def test_without_cuda_it_says_skipped_and_exits_0(monkeypatch, capsys):

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer.data import SKIP_REASONS, collate, encode_pairs, read_jsonl  # noqa: E402
+from conscience.trainer.data import SKIP_REASONS, collate, encode_pairs, read_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conscience.trainer import loop  # noqa: E402
+from conscience.trainer import model as trainer_model  # noqa: E402
+from conscience.trainer.config import TrainConfig  # noqa: E402
+from conscience.trainer.schedule import lr_at, plan_steps  # noqa: E402
+
 from conscience.errors import ConfigError  # noqa: E402
-from trainer import loop  # noqa: E402
-from trainer import model as trainer_model  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.schedule import lr_at, plan_steps  # noqa: E402
 
 
 def _config(model_dir, out_dir, **overrides):
@@ -254,9 +255,9 @@ def test_config_rejects_nonsense(tmp_path):
 def test_answer_logps_equal_the_full_computation(
     tiny_model_dir, tmp_path, rows, tokenizer_factory, monkeypatch, trim
 ):
-    from trainer.data import collate, encode_pairs
-    from trainer.loss import sequence_logps
-    from trainer.model import load_model
+    from conscience.trainer.data import collate, encode_pairs
+    from conscience.trainer.loss import sequence_logps
+    from conscience.trainer.model import load_model
 
     if not trim:  # a model without logits_to_keep: the head runs over every position
         monkeypatch.setattr(loop, "_keeps_logits", lambda cls: False)

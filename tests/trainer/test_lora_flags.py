@@ -14,9 +14,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer.cli import _config, add_train_commands  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.model import load_model  # noqa: E402
+from conscience.trainer.cli import _config, add_train_commands  # noqa: E402
+from conscience.trainer.config import TrainConfig  # noqa: E402
+from conscience.trainer.model import load_model  # noqa: E402
 
 SEVEN = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 

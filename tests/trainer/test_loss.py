@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer.loss import combined_loss, dpo_loss, sequence_logps, sft_loss  # noqa: E402
+from conscience.trainer.loss import combined_loss, dpo_loss, sequence_logps, sft_loss  # noqa: E402
 
 
 def test_sequence_logps_by_hand():

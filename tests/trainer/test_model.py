@@ -11,10 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from trainer import loop  # noqa: E402
-from trainer import model as trainer_model  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.model import load_model, resolve_dtype  # noqa: E402
+from conscience.trainer import loop  # noqa: E402
+from conscience.trainer import model as trainer_model  # noqa: E402
+from conscience.trainer.config import TrainConfig  # noqa: E402
+from conscience.trainer.model import load_model, resolve_dtype  # noqa: E402
 
 
 def test_gguf_file_is_dequantized_from_its_directory(tiny_model_dir, tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("trl")  # test/bench-only: not in the project's extras
 
-from bench import trainer_bench
+from conscience.bench import trainer_bench
 
 
 @pytest.mark.slow

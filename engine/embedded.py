@@ -2,7 +2,7 @@
 
 When no upstream is configured, the proxy starts one :class:`EmbeddedEngine` in its lifespan
 and talks to it as to any OpenAI-compatible server (``base_url``). The engine is xllamacpp's
-build of llama.cpp's own HTTP server, run in a child process (``engine_child.py``) rather than
+build of llama.cpp's own HTTP server, run in a child process (``child.py``) rather than
 in the proxy's process, because:
 
 - a llama.cpp abort or segfault kills the child, not the proxy: the proxy stays up, answers
@@ -38,7 +38,7 @@ from conscience.errors import EngineError
 
 __all__ = ["CHILD_SCRIPT", "STREAM_REQUEST_HEADERS", "EmbeddedEngine"]
 
-CHILD_SCRIPT = Path(__file__).with_name("engine_child.py")
+CHILD_SCRIPT = Path(__file__).with_name("child.py")
 # llama.cpp's HTTP server closes the connection right after the last chunk of a streamed
 # response without saying so (no "Connection: close"); a pooled client that reuses it at once
 # gets "Server disconnected without sending a response". Sending this header on streamed
@@ -265,8 +265,9 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
 
 
 def main() -> None:
-    """``python -m server.engine --model M.gguf --port N``: run the engine in the foreground."""
-    from server.engine_child import main as child_main
+    """``python -m conscience.engine.embedded --model M.gguf --port N``: the engine in the
+    foreground."""
+    from conscience.engine.child import main as child_main
 
     sys.exit(child_main())
 

@@ -58,13 +58,14 @@ def _engine_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _review(args: argparse.Namespace) -> dict[str, Any]:
+    from conscience.engine.connect import open_engine
+
     from conscience.review import conscience_from_settings
-    from server.app import engine_client
 
     settings = _settings(**_engine_fields(args))
     # Without an upstream this starts the embedded engine on the configured model.
-    async with engine_client(settings) as client:
-        conscience = conscience_from_settings(settings, client)
+    async with open_engine(settings) as engine:
+        conscience = conscience_from_settings(settings, engine.client)
         messages = [{"role": "user", "content": args.question}]
         judgement = await conscience.review_and_rewrite(messages, args.answer)
     out: dict[str, Any] = {
@@ -90,8 +91,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     import uvicorn
-
-    from server.app import create_app
+    from conscience.server.app import create_app
 
     settings = _settings(
         **_engine_fields(args),
@@ -104,7 +104,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_cache_dir=args.model_cache_dir,
     )
     if settings.upstream_url is None:
-        from conscience.models import fetch_model
+        from conscience.engine.weights import fetch_model
 
         # First run: assemble and verify the default model (progress bar), then serve it.
         fetch_model(settings.model, settings.model_cache_dir, progress=True)
@@ -122,7 +122,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_model_fetch(args: argparse.Namespace) -> int:
-    from conscience.models import fetch_model
+    from conscience.engine.weights import fetch_model
 
     settings = _settings(model_cache_dir=args.cache_dir)
     path = fetch_model(args.name or settings.model, settings.model_cache_dir, progress=True)
@@ -199,15 +199,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(handler=_cmd_pairs_export)
 
-    from evals.cli import add_eval_commands  # argparse only: the benchmarks load when they run
+    from conscience.evals.cli import (
+        add_eval_commands,  # argparse only: the benchmarks load when they run
+    )
 
     add_eval_commands(commands)
 
-    from evals.calibrate import add_calibrate_command
+    from conscience.evals.calibrate import add_calibrate_command
 
     add_calibrate_command(commands)
 
-    from trainer.cli import add_train_commands  # argparse only: torch loads when a run starts
+    from conscience.trainer.cli import (
+        add_train_commands,  # argparse only: torch loads when a run starts
+    )
 
     add_train_commands(commands)
     return parser
@@ -217,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["adapter"]:
         # Its own parser (trainer/publish.py): argparse cannot hand options on through REMAINDER.
-        from trainer.publish import main as adapter_main
+        from conscience.trainer.publish import main as adapter_main
 
         return adapter_main(argv[1:])
     args = _parser().parse_args(argv)

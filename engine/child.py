@@ -1,10 +1,10 @@
 """The embedded engine's child process: xllamacpp's llama.cpp HTTP server on loopback.
 
-Run by :class:`server.engine.EmbeddedEngine` as a script (``python -P engine_child.py ...``), so
-it needs only the standard library and xllamacpp: it never imports the ``server`` package,
-whose ``__init__`` may pull in FastAPI. It can also be run by hand::
+Run by :class:`~conscience.engine.embedded.EmbeddedEngine` as a script (``python -P child.py
+...``), so it needs only the standard library and xllamacpp: it never imports the ``conscience``
+package. It can also be run by hand::
 
-    python server/engine_child.py --model M.gguf --port 8080
+    python engine/child.py --model M.gguf --port 8080
 
 Protocol with the parent: llama.cpp's own log (stdout and stderr) goes to whatever stderr is
 (the parent points it at a log file); once the model is loaded and the HTTP server listens, one

@@ -1,0 +1,92 @@
+"""``open_engine(settings)``: the one way the proxy, the one-shot commands, the trainer's online
+judge and the evaluations reach an OpenAI-compatible engine.
+
+With ``settings.upstream_url`` set, it is a client of that URL (with the upstream key and
+timeout). Without one, it starts the embedded llama.cpp engine on loopback, serving the
+packaged ``settings.model`` (or a given GGUF) under its name, and stops it again on exit: the
+engine's lifetime is the block's, so no caller can leave a model resident in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from conscience.client import EngineClient
+
+if TYPE_CHECKING:
+    from conscience.engine.embedded import EmbeddedEngine
+
+    from conscience.settings import Settings
+
+__all__ = ["Engine", "open_engine"]
+
+EMBEDDED = "embedded llama.cpp"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An open engine: the client to talk to it, and the embedded engine when one was started."""
+
+    client: EngineClient
+    embedded: EmbeddedEngine | None
+
+    @property
+    def endpoint(self) -> str:
+        """Where it answers, for logs and reports (the URL, or ``embedded llama.cpp``)."""
+        return EMBEDDED if self.embedded is not None else self.client.base_url
+
+
+async def start_embedded(
+    settings: Settings,
+    *,
+    gguf: str | Path | None = None,
+    alias: str | None = None,
+    parallel: int = 1,
+) -> EmbeddedEngine:
+    """Start llama.cpp on ``gguf`` (default: the packaged ``settings.model``), serving it under
+    ``alias`` (default: ``settings.model``) with ``parallel`` slots."""
+    from conscience.engine.embedded import EmbeddedEngine
+    from conscience.engine.weights import model_path
+
+    path = Path(gguf) if gguf is not None else model_path(settings.model, settings.model_cache_dir)
+    engine = EmbeddedEngine(
+        path,
+        threads=settings.engine_threads,
+        ctx_size=settings.engine_ctx_size,
+        parallel=max(1, parallel),
+        model_alias=alias or settings.model,
+    )
+    await engine.start()
+    return engine
+
+
+@asynccontextmanager
+async def open_engine(
+    settings: Settings,
+    *,
+    gguf: str | Path | None = None,
+    alias: str | None = None,
+    parallel: int = 1,
+) -> AsyncIterator[Engine]:
+    """The configured upstream, or (without one) the embedded engine, started here and stopped
+    on exit. ``gguf``, ``alias`` and ``parallel`` apply to the embedded engine only."""
+    embedded = None
+    if settings.upstream_url is None:
+        embedded = await start_embedded(settings, gguf=gguf, alias=alias, parallel=parallel)
+    try:
+        url = embedded.base_url if embedded is not None else settings.upstream_url
+        assert url is not None
+        key = settings.upstream_api_key
+        async with EngineClient(
+            url,
+            api_key=key.get_secret_value() if key else None,
+            timeout=settings.upstream_timeout,
+        ) as client:
+            yield Engine(client, embedded)
+    finally:
+        if embedded is not None:
+            await embedded.stop()
