@@ -8,8 +8,9 @@ in any message.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, NamedTuple
 
 import httpx
 
@@ -30,6 +31,17 @@ def constraint_for_owner(owned_by: str | None) -> Constraint:
     if owner in {"llamacpp", "xllamacpp"}:
         return "grammar"
     return "none"
+
+
+class _Wording(NamedTuple):
+    timeout: str  # ``{url}`` is filled in
+    broken: str  # ``{url}`` and ``{exc}`` are filled in
+
+
+_REQUEST = _Wording(
+    "engine at {url} did not answer in time", "cannot reach the engine at {url}: {exc}"
+)
+_STREAM = _Wording("engine at {url} stalled mid-stream", "engine at {url} broke the stream: {exc}")
 
 
 def _error_message(response: httpx.Response) -> tuple[str, Any]:
@@ -82,13 +94,21 @@ class EngineClient:
     def _url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
 
-    async def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
+    @contextmanager
+    def _engine_errors(self, wording: _Wording = _REQUEST) -> Iterator[None]:
+        """httpx's transport failures inside the block as the project's errors, in one place
+        (as httpx maps its transport's exceptions): a timeout is ``EngineTimeout``, any other
+        transport failure ``EngineUnavailable``. The messages name the URL, never the key."""
         try:
-            return await self._http.request(method, self._url(path), json=body)
+            yield
         except httpx.TimeoutException as exc:
-            raise EngineTimeout(f"engine at {self.base_url} did not answer in time") from exc
+            raise EngineTimeout(wording.timeout.format(url=self.base_url)) from exc
         except httpx.TransportError as exc:
-            raise EngineUnavailable(f"cannot reach the engine at {self.base_url}: {exc}") from exc
+            raise EngineUnavailable(wording.broken.format(url=self.base_url, exc=exc)) from exc
+
+    async def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        with self._engine_errors():
+            return await self._http.request(method, self._url(path), json=body)
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
@@ -119,30 +139,23 @@ class EngineClient:
             json={**body, "stream": True},
             headers={"Connection": "close"},
         )
-        try:
+        with self._engine_errors():
             response = await self._http.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise EngineTimeout(f"engine at {self.base_url} did not answer in time") from exc
-        except httpx.TransportError as exc:
-            raise EngineUnavailable(f"cannot reach the engine at {self.base_url}: {exc}") from exc
         try:
-            if response.status_code >= 400:
-                await response.aread()
-                self._json(response)
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                try:
-                    yield json.loads(data)
-                except ValueError as exc:
-                    raise EngineError("engine streamed a chunk that is not JSON") from exc
-        except httpx.TimeoutException as exc:
-            raise EngineTimeout(f"engine at {self.base_url} stalled mid-stream") from exc
-        except httpx.TransportError as exc:
-            raise EngineUnavailable(f"engine at {self.base_url} broke the stream: {exc}") from exc
+            with self._engine_errors(_STREAM):
+                if response.status_code >= 400:
+                    await response.aread()
+                    self._json(response)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        yield json.loads(data)
+                    except ValueError as exc:
+                        raise EngineError("engine streamed a chunk that is not JSON") from exc
         finally:
             await response.aclose()
 
