@@ -38,6 +38,7 @@ def test_the_wheel_installs_only_names_under_conscience(wheel: Path) -> None:
     assert "conscience/frameworks/three-laws.toml" in names
     assert "conscience/calibrations/default.json" in names
     assert "conscience/evals/data/verdicts.jsonl" in names
+    assert "conscience/evals/data/harm_judging_split.json" in names
     assert "conscience/engine/child.py" in names
     assert not [name for name in names if name.startswith("conscience/tests")]
 
