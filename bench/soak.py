@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conscience.server.scripted import ScriptedEngine, free_port
+from conscience.server.scripted import ScriptedEngine
+from conscience.server.threaded import free_port
 
 __all__ = ["EXPECTED", "FAULT_RATES", "SoakReport", "main", "run_soak", "serve_faulty_upstream"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 from conscience.bench.proxy_overhead import _process
-from conscience.server.scripted import free_port
+from conscience.server.threaded import free_port
 
 BODY = {"model": "gen", "stream": True, "messages": [{"role": "user", "content": "Tell me."}]}
 

@@ -4,7 +4,8 @@ It is a real HTTP server (FastAPI under uvicorn, in a thread) whose answers a te
 advance: what the generator says, what the judge's label and label probabilities are, what
 the rewrite is, and which faults to inject. Requests are told apart by model name: the judge
 model with ``logprobs`` asked is a review, the judge model without is a rewrite, any other
-model is a generation.
+model is a generation. ``free_port`` and ``serve_in_thread`` are ``server/threaded.py``'s,
+re-exported here for the tests and benchmarks that start a scripted engine.
 """
 
 from __future__ import annotations
@@ -12,16 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import socket
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import uvicorn
+from conscience.server.threaded import free_port, serve_in_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -39,12 +38,6 @@ class Fault:
     delay: float = 0.0  # seconds before answering (past a client's timeout: a timeout)
     body: bytes | None = None  # raw bytes instead of JSON (garbage)
     times: int | None = None  # how many requests it hits; None = every one
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -203,26 +196,6 @@ def _sse(obj: dict[str, Any]) -> bytes:
 def _words(text: str) -> list[str]:
     words = text.split(" ")
     return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words) if w or i == 0]
-
-
-@contextmanager
-def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
-    """Serve an ASGI app on loopback in a thread; yields its base URL ``http://127.0.0.1:P``."""
-    port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"server on port {port} did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def main() -> None:
