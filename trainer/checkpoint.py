@@ -4,26 +4,36 @@ A checkpoint is the folder ``<out_dir>/checkpoint`` holding the adapter's traina
 (fp32, safetensors), the optimizer state, the RNG states, the step, the data order (the plan of
 every step's pair indices) and the precomputed reference log-probs. It is written to a
 temporary folder and renamed into place, so a kill while saving leaves the previous one whole.
+
+Both loops (the nightly ``loop`` and the ``online`` run) keep their place the same way: a
+:func:`fingerprint` of their data and settings, :func:`start_or_resume` at the start, then
+:meth:`Progress.save_if_due` after every step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from conscience.trainer.config import TrainConfig
 
 from conscience.errors import ConfigError
 
 __all__ = [
     "Checkpoint",
+    "Progress",
+    "fingerprint",
     "load_checkpoint",
     "remove_checkpoint",
     "restore",
     "resume_checkpoint",
     "save_checkpoint",
+    "start_or_resume",
 ]
 
 _NAME = "checkpoint"
@@ -136,3 +146,62 @@ def remove_checkpoint(out_dir: Path) -> None:
     """A finished run's adapter is its result; the checkpoint only served an unfinished one."""
     for name in (_NAME, f"{_NAME}.tmp", f"{_NAME}.old"):
         shutil.rmtree(out_dir / name, ignore_errors=True)
+
+
+def fingerprint(rows: Iterable[tuple[Any, ...]], config: TrainConfig, *shape: Any) -> str:
+    """What a checkpoint must match to be resumed: the data and the settings that shape the plan.
+
+    ``rows`` name the encoded data, a tuple per row (its id and token ids); ``shape`` is what a
+    loop adds to the settings that shape its steps (the online run: its samples per step).
+    """
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(repr(row).encode())
+    plan = (config.model, config.seed, config.batch_size, config.grad_accum, config.epochs)
+    h.update(repr((plan, config.max_steps, config.max_length, *shape)).encode())
+    return h.hexdigest()
+
+
+@dataclass
+class Progress:
+    """Where a run stands in its plan, and the checkpoints that carry it across a kill."""
+
+    out_dir: Path
+    fingerprint: str
+    every: int  # optimizer steps between checkpoints (0: never)
+    plan: list[list[list[int]]]  # step -> micro-batch -> row indices
+    start: int = 0  # optimizer steps done before this process began
+    ref: tuple[torch.Tensor, torch.Tensor] | None = None  # precomputed reference, if any
+
+    def save_if_due(
+        self, done: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Checkpoint every ``every`` steps; not after the last, whose result is the adapter."""
+        if self.every and done % self.every == 0 and done < len(self.plan):
+            save_checkpoint(
+                self.out_dir, model, optimizer, step=done, plan=self.plan,
+                fingerprint=self.fingerprint, ref=self.ref,
+            )  # fmt: skip
+
+
+def start_or_resume(
+    out_dir: Path,
+    config: TrainConfig,
+    fingerprint: str,
+    plan: list[list[list[int]]],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> Progress:
+    """Step 0 of the fresh ``plan``; with ``config.resume``, where the checkpoint left off.
+
+    Resuming restores the adapter, the optimizer and the RNGs into ``model`` and ``optimizer``
+    and takes the checkpoint's plan, step and reference. Raises ``ConfigError`` when the
+    checkpoint is for other data or settings than ``fingerprint`` says.
+    """
+    every = config.checkpoint_every
+    checkpoint = (
+        resume_checkpoint(out_dir, fingerprint, model, optimizer) if config.resume else None
+    )
+    if checkpoint is None:
+        return Progress(out_dir, fingerprint, every, plan)
+    return Progress(out_dir, fingerprint, every, checkpoint.plan, checkpoint.step, checkpoint.ref)

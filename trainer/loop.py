@@ -11,7 +11,6 @@ off (``model.disable_adapter()``), so there is never a second model in memory.
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from conscience.trainer.checkpoint import remove_checkpoint, resume_checkpoint, save_checkpoint
+from conscience.trainer.checkpoint import fingerprint, remove_checkpoint, start_or_resume
 from conscience.trainer.config import TrainConfig
 from conscience.trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
 from conscience.trainer.loss import combined_loss, dpo_loss, sequence_logps, sft_loss
@@ -121,16 +120,6 @@ def _precompute_reference(
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def _fingerprint(pairs: list[EncodedPair], config: TrainConfig) -> str:
-    """What a checkpoint must match to be resumed: the data and what shapes the plan."""
-    h = hashlib.sha256()
-    for p in pairs:
-        h.update(repr((p.id, p.prompt_len, p.chosen_ids, p.rejected_ids)).encode())
-    shape = (config.model, config.seed, config.batch_size, config.grad_accum, config.epochs)
-    h.update(repr((shape, config.max_steps, config.max_length)).encode())
-    return h.hexdigest()
-
-
 def train(
     config: TrainConfig,
     pairs: Sequence[dict[str, Any]] | str | Path,
@@ -169,17 +158,17 @@ def train(
     pad = pad_id(tokenizer)
 
     # --- the data order and the reference, fresh or from the last checkpoint
-    plan = plan_steps(len(dataset), config)
-    fingerprint = _fingerprint(dataset, config)
-    start_step, ref = 0, None
-    checkpoint = resume_checkpoint(out, fingerprint, model, optimizer) if config.resume else None
-    if checkpoint is not None:
-        start_step, plan, ref = checkpoint.step, checkpoint.plan, checkpoint.ref
+    keys = [(p.id, p.prompt_len, p.chosen_ids, p.rejected_ids) for p in dataset]
+    progress = start_or_resume(
+        out, config, fingerprint(keys, config), plan_steps(len(dataset), config), model, optimizer
+    )
+    plan, start_step = progress.plan, progress.start
     ref_seconds = 0.0
-    if config.precompute_ref and ref is None:
+    if config.precompute_ref and progress.ref is None:
         t0 = time.perf_counter()
-        ref = _precompute_reference(model, dataset, config, pad, device)
+        progress.ref = _precompute_reference(model, dataset, config, pad, device)
         ref_seconds = time.perf_counter() - t0
+    ref = progress.ref
     log = MetricsLog(out / "metrics.jsonl", keep_through=start_step)
 
     # --- the loop
@@ -233,10 +222,7 @@ def train(
         )
         log.append(record)
         done = step + 1
-        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < len(plan):
-            save_checkpoint(
-                out, model, optimizer, step=done, plan=plan, fingerprint=fingerprint, ref=ref
-            )
+        progress.save_if_due(done, model, optimizer)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", margin=f"{record['reward_margin']:.3f}")
         if on_step is not None:
