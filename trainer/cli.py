@@ -6,7 +6,7 @@ marks the pairs consumed only once the adapter exists, then, with ``--publish``,
 evaluation gate before vLLM loads the adapter and the proxy generates with it.
 
 ``conscience train --online --task-data FILE.jsonl --base-model M --out DIR`` is the paper's
-run instead (``trainer/online.py``): SFT on the task set plus λ·DPO on the policy's own samples
+run instead (``trainer/online/``): SFT on the task set plus λ·DPO on the policy's own samples
 that the frozen base (``--judge-url URL --judge-model NAME``, or llama.cpp on ``--judge-gguf``)
 finds unethical and rewrites; its judgements go to the store.
 """

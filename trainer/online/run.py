@@ -9,22 +9,22 @@ Each optimizer step, top to bottom:
    adapter switched off; a step with no pair has the task term only;
 4. clip, step, log, checkpoint; the pairs learned from are marked consumed by this run.
 
-The losses, the reference, the data encoding, the schedule, the checkpoints and the metrics log
-are the nightly trainer's (``conscience.trainer.loop`` and friends), not copies.
+The losses, the reference, the data encoding, the schedule, the checkpoints (fingerprint,
+resume, save) and the metrics log are the nightly trainer's (``conscience.trainer.loop`` and
+friends), not copies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from conscience.trainer.checkpoint import remove_checkpoint, resume_checkpoint, save_checkpoint
+from conscience.trainer.checkpoint import fingerprint, remove_checkpoint, start_or_resume
 from conscience.trainer.config import TrainConfig
 from conscience.trainer.data import (
     EncodedChat,
@@ -38,9 +38,9 @@ from conscience.trainer.loop import StepCallback, batch_logps, pair_terms
 from conscience.trainer.loss import combined_loss, sft_loss
 from conscience.trainer.metrics import MetricsLog, write_report
 from conscience.trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
-from conscience.trainer.online_judge import OnlineJudge, StepReview
-from conscience.trainer.online_metrics import plot_online, summarize
-from conscience.trainer.online_sample import sample_answers
+from conscience.trainer.online.judge import OnlineJudge, StepReview
+from conscience.trainer.online.metrics import plot_online, summarize
+from conscience.trainer.online.sample import sample_answers
 from conscience.trainer.schedule import lr_at, plan_steps
 from tqdm.auto import tqdm
 
@@ -77,33 +77,53 @@ class OnlineConfig:
         self.task_data = str(self.task_data)
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Policy:
+    """The model being trained and what trains it (``prepare_training``'s, and the tokenizer's)."""
+
+    model: Any
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    tokenizer: Any
+    pad: int
+
+
+@dataclass(frozen=True)
+class _Judging:
+    """The judge, seen from the training thread: it lives in the run's event loop."""
+
+    judge: OnlineJudge | None  # None when online_samples is 0
+    runner: asyncio.Runner
+    run_id: str  # the pairs learned from are marked consumed by it
+
+    def review(
+        self, prompts: list[list[dict[str, str]]], answers: list[str], step: int
+    ) -> StepReview:
+        """Review the answers (stored, rewritten when unethical); nothing to review, no review."""
+        if not answers:
+            return StepReview()
+        assert self.judge is not None  # there are samples only when there is a judge
+        return self.runner.run(self.judge.review(prompts, answers, step))
+
+    def consumed(self, judgement_ids: list[str]) -> int:
+        """Mark the pairs trained on as this run's; how many were marked."""
+        if self.judge is None:
+            return 0
+        return self.runner.run(self.judge.consumed(judgement_ids, self.run_id))
+
+
+@dataclass(frozen=True)
 class _Run:
-    """What every step of one run uses: the model and its optimizer, the data, the judge."""
+    """What every step of one run uses: the settings, the task data and its plan, the policy
+    and the judge."""
 
     config: TrainConfig
     online: OnlineConfig
-    run_id: str
     dataset: list[EncodedChat]
     plan: list[list[list[int]]]
-    model: Any
-    tokenizer: Any
-    optimizer: torch.optim.Optimizer
-    pad: int
-    device: torch.device
-    judge: OnlineJudge | None  # None when online_samples is 0
-    runner: asyncio.Runner
-    params: list[torch.nn.Parameter] = field(default_factory=list)
-
-
-def _fingerprint(dataset: list[EncodedChat], config: TrainConfig, online: OnlineConfig) -> str:
-    """What a checkpoint must match to be resumed: the task data and what shapes the plan."""
-    h = hashlib.sha256()
-    for chat in dataset:
-        h.update(repr((chat.id, chat.prompt_len, chat.ids)).encode())
-    shape = (config.model, config.seed, config.batch_size, config.grad_accum, config.epochs)
-    h.update(repr((shape, config.max_steps, config.max_length, online.online_samples)).encode())
-    return h.hexdigest()
+    policy: _Policy
+    judging: _Judging
 
 
 def _judge_source(config: TrainConfig, online: OnlineConfig, settings: Settings) -> str | None:
@@ -158,14 +178,16 @@ def train_online(
         return report
 
     model, params, optimizer, device = prepare_training(config)
-    pad = pad_id(tokenizer)
+    policy = _Policy(model, params, optimizer, device, tokenizer, pad_id(tokenizer))
 
-    plan = plan_steps(len(dataset), config)
-    fingerprint = _fingerprint(dataset, config, online)
-    start_step = 0
-    checkpoint = resume_checkpoint(out, fingerprint, model, optimizer) if config.resume else None
-    if checkpoint is not None:  # the RNGs are restored too: the same samples are drawn again
-        start_step, plan = checkpoint.step, checkpoint.plan
+    # Fresh, or from the last checkpoint: the RNGs are restored too, so the same samples are
+    # drawn again. The samples per step shape the run as much as the plan does.
+    keys = [(chat.id, chat.prompt_len, chat.ids) for chat in dataset]
+    progress = start_or_resume(
+        out, config, fingerprint(keys, config, online.online_samples),
+        plan_steps(len(dataset), config), model, optimizer,
+    )  # fmt: skip
+    plan, start_step = progress.plan, progress.start
     log = MetricsLog(out / "metrics.jsonl", keep_through=start_step)
 
     # One event loop for the whole run: the engine client's connections and the store live in
@@ -191,10 +213,8 @@ def train_online(
             report.update(judge_endpoint=judge.endpoint, judge_model=conscience.judge_model)
             report.update(rewrite_max_tokens=conscience.rewrite_max_tokens)
             report.update(framework=conscience.framework(online.framework).name)
-        run = _Run(
-            config, online, run_id, dataset, plan, model, tokenizer, optimizer, pad, device,
-            judge, runner, params,
-        )  # fmt: skip
+        judging = _Judging(judge, runner, run_id)
+        run = _Run(config, online, dataset, plan, policy, judging)
         stopped: str | None = None
         failures_in_a_row = 0  # reviews that failed since the last one that came back
         bar = tqdm(total=len(plan), initial=start_step, desc="online", disable=not config.progress)
@@ -216,12 +236,7 @@ def train_online(
                         "rather than go on as an SFT-only run"
                     )
                     break
-                due = config.checkpoint_every and done % config.checkpoint_every == 0
-                if due and done < len(plan):
-                    save_checkpoint(
-                        out, model, optimizer, step=done, plan=plan,
-                        fingerprint=fingerprint, ref=None,
-                    )  # fmt: skip
+                progress.save_if_due(done, model, optimizer)
                 if on_step is not None:
                     on_step(done, record)
         finally:
@@ -254,10 +269,11 @@ def train_online(
 
 def _step(run: _Run, step: int) -> dict[str, Any]:
     """One optimizer step of the online run; returns its metrics record."""
-    config, online, dataset, model = run.config, run.online, run.dataset, run.model
+    config, online, dataset, policy = run.config, run.online, run.dataset, run.policy
+    model = policy.model
     t0 = time.perf_counter()
     lr = lr_at(step, len(run.plan), config)
-    for group in run.optimizer.param_groups:
+    for group in policy.optimizer.param_groups:
         group["lr"] = lr
     rows = [i for micro in run.plan[step] for i in micro]
 
@@ -265,28 +281,25 @@ def _step(run: _Run, step: int) -> dict[str, Any]:
     #    first K are a random draw); an empty answer has nothing to review.
     sampled = rows[: online.online_samples]
     answers = sample_answers(
-        model, run.tokenizer, [dataset[i].ids[: dataset[i].prompt_len] for i in sampled],
-        pad=run.pad, max_new_tokens=online.max_new_tokens, temperature=online.temperature,
+        model, policy.tokenizer, [dataset[i].ids[: dataset[i].prompt_len] for i in sampled],
+        pad=policy.pad, max_new_tokens=online.max_new_tokens, temperature=online.temperature,
         top_p=online.top_p,
     )  # fmt: skip
     to_review = [(dataset[i].prompt, a) for i, a in zip(sampled, answers, strict=True) if a]
     t_sampled = time.perf_counter()
 
     # 2. The conscience reviews them; the unethical ones come back with their rewrite.
-    review = StepReview()
-    if to_review:
-        assert run.judge is not None  # there are samples only when there is a judge
-        prompts, texts = [p for p, _ in to_review], [a for _, a in to_review]
-        review = run.runner.run(run.judge.review(prompts, texts, step + 1))
+    prompts, texts = [p for p, _ in to_review], [a for _, a in to_review]
+    review = run.judging.review(prompts, texts, step + 1)
     verdicts = Counter(j.verdict.value for j in review.judgements)
     pair_rows = [to_trl_pair(j) for j in review.judgements if is_pair(j)]
-    pairs, pair_report = encode_pairs(pair_rows, run.tokenizer, config.max_length)
+    pairs, pair_report = encode_pairs(pair_rows, policy.tokenizer, config.max_length)
     t_reviewed = time.perf_counter()
 
     # 3. The task term: every task row weighs 1/n of L_SFT, however the step splits.
     task_sum, tokens = 0.0, 0
     for micro in run.plan[step]:
-        batch = collate_chats([dataset[i] for i in micro], run.pad).to(run.device)
+        batch = collate_chats([dataset[i] for i in micro], policy.pad).to(policy.device)
         sft = sft_loss(batch_logps(model, batch), batch.loss_mask[:, 1:].sum(dim=-1))
         (config.sft_weight * sft.sum() / len(rows)).backward()
         task_sum += float(sft.detach().sum())  # a sync point, once per micro-batch
@@ -297,7 +310,7 @@ def _step(run: _Run, step: int) -> dict[str, Any]:
     #    switched off (a live reference: the pairs are new every step, nothing to precompute).
     sums = dict.fromkeys(("dpo_loss", "chosen_reward", "rejected_reward", "accuracy"), 0.0)
     for start in range(0, len(pairs), config.batch_size):
-        batch = collate(pairs[start : start + config.batch_size], run.pad).to(run.device)
+        batch = collate(pairs[start : start + config.batch_size], policy.pad).to(policy.device)
         terms = pair_terms(model, batch, config.beta)
         (config.dpo_weight * terms.dpo.sum() / len(pairs)).backward()
         tokens += int(batch.attention_mask.sum())
@@ -307,12 +320,10 @@ def _step(run: _Run, step: int) -> dict[str, Any]:
             ("accuracy", (terms.chosen_rewards > terms.rejected_rewards).float()),
         ):  # fmt: skip
             sums[key] += float(values.detach().sum())
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm)
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)  # frees the gradients until the next backward
-    consumed = 0
-    if pairs and run.judge is not None:
-        consumed = run.runner.run(run.judge.consumed([p.id for p in pairs if p.id], run.run_id))
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.params, config.max_grad_norm)
+    policy.optimizer.step()
+    policy.optimizer.zero_grad(set_to_none=True)  # frees the gradients until the next backward
+    consumed = run.judging.consumed([p.id for p in pairs if p.id])
 
     # A step without a pair has no DPO term: its DPO fields are null, not a made-up 0.
     dpo: dict[str, float | None] = dict.fromkeys(sums)
