@@ -78,7 +78,9 @@ def create_app(settings: Settings) -> FastAPI:
                 stack.push_async_callback(_cancel, purger)  # stopped before the store it uses
             _log_calibration(settings, conscience)
             app.state.engine = engine.embedded
-            app.state.pipeline = Pipeline(settings, client, conscience, store, Metrics.create())
+            app.state.pipeline = Pipeline(
+                settings, client, conscience, store, Metrics.create(), app.state.scrub
+            )
             log.info(
                 "conscience proxy ready: upstream %s, model %s, judge %s, framework %s, policy %s",
                 redact(client.base_url),

@@ -1,7 +1,10 @@
 """The proxy's pipeline: upstream → review → policy (rewrite/block/flag) → store → response.
 
-One ``Pipeline`` per app. ``complete`` returns the reviewed completion only after its
-judgements are committed to the store: nothing a client receives can be lost in a crash.
+One ``Pipeline`` per app, and the only place where a review becomes an action: ``review``
+judges one choice and applies the policy to it, ``record`` commits the judgements and counts
+them. ``complete`` does both for a unary (or buffered-stream) completion; incremental streaming
+(``server.streaming``) calls them on the growing answer. A verdict reaches a client only after
+its judgement is committed: nothing a client receives can be lost in a crash.
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from conscience.server.errors import ApiError, secret_scrubber
+from conscience.server.errors import ApiError
 from conscience.server.metrics import Metrics
 from conscience.server.protocol import ChatCompletionRequest, ConscienceResult
 
@@ -25,7 +29,7 @@ from conscience.review import Conscience
 from conscience.settings import Settings
 from conscience.store import JudgementStore
 
-__all__ = ["REFUSAL", "Options", "Pipeline", "Reviewed"]
+__all__ = ["REFUSAL", "Decision", "Options", "Pipeline", "Reviewed"]
 
 log = logging.getLogger("conscience.server")
 
@@ -36,6 +40,14 @@ REFUSAL = "I can't help with that."  # what a blocked answer says (finish_reason
 class Options:
     framework: str
     policy: Policy
+
+
+@dataclass
+class Decision:
+    """One choice after review and policy: the ``conscience`` object and what is stored."""
+
+    result: ConscienceResult
+    judgement: Judgement | None  # None when nothing was reviewed (policy off, fail-open)
 
 
 @dataclass
@@ -55,6 +67,7 @@ class Pipeline:
         conscience: Conscience,
         store: JudgementStore,
         metrics: Metrics,
+        scrub: Callable[[str], str],
     ) -> None:
         self.settings = settings
         self.client = client
@@ -62,7 +75,7 @@ class Pipeline:
         self.store = store
         self.metrics = metrics
         self.generator = settings.model  # the adapter to generate with; switched on publish
-        self.scrub = secret_scrubber(settings)  # for logs: upstream errors can repeat its key
+        self.scrub = scrub  # the app's, for logs: upstream errors can repeat its key
 
     def options(self, request: ChatCompletionRequest) -> Options:
         asked = request.conscience
@@ -98,65 +111,84 @@ class Pipeline:
         self.metrics.upstream_seconds.observe(time.perf_counter() - started)
         return completion
 
+    def generate_stream(self, request: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
+        """The upstream's chunks, for incremental streaming to review as the answer grows."""
+        return self.client.chat_stream(request.upstream_body(self.upstream_model(request.model)))
+
     async def complete(
         self, request: ChatCompletionRequest, options: Options, request_id: str
     ) -> Reviewed:
         completion = await self.generate(request)
-        started = time.perf_counter()
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
-        outcomes = await asyncio.gather(
+        decisions = await asyncio.gather(
             *(
-                self._review_choice(choice, messages, options, request_id, completion)
+                self.review(choice, messages, options, request_id, model=completion.get("model"))
                 for choice in completion["choices"]
             )
         )
-        judgements = [j for _, j in outcomes if j is not None]
-        # Committed before the response exists: nothing acknowledged is ever lost. A single
-        # judgement goes through `add`, which commits concurrent requests' rows together.
-        if len(judgements) == 1:
-            await self.store.add(judgements[0])
-        elif judgements:
-            await self.store.add_many(judgements)
-        self.metrics.review_seconds.observe(time.perf_counter() - started)
-        results = [r for r, _ in outcomes]
-        for result in results:
-            self.metrics.actions.labels(result.action.value).inc()
-            if result.verdict is not None:
-                self.metrics.verdicts.labels(result.verdict.value, result.framework).inc()
-        top = _summary(results)
+        top = await self.record(decisions)
         completion["conscience"] = top.wire()
+        judgements = [d.judgement for d in decisions if d.judgement is not None]
         return Reviewed(completion, top, judgements)
 
-    async def _review_choice(
+    async def review(
         self,
         choice: dict[str, Any],
         messages: list[dict[str, Any]],
         options: Options,
         request_id: str,
-        completion: dict[str, Any],
-    ) -> tuple[ConscienceResult, Judgement | None]:
+        *,
+        model: str | None,
+        can_rewrite: bool = True,
+    ) -> Decision:
+        """Review one choice and apply the policy to it in place: an unethical answer's message
+        becomes the rewrite or the refusal. ``can_rewrite`` is false once the client holds part
+        of the answer (incremental streaming): a rewrite could not take that back, so the
+        rewrite policy blocks instead. ``model`` is the completion's, the one that generated it.
+        Nothing is stored or counted as an action here; ``record`` does that.
+        """
         if options.policy is Policy.OFF:
-            return ConscienceResult(
-                verdict=None, framework=options.framework, action=Action.PASSED
-            ), None
+            return Decision(
+                ConscienceResult(verdict=None, framework=options.framework, action=Action.PASSED),
+                None,
+            )
         message = choice.get("message") or {}
         reasoning = message.get("reasoning_content") or message.get("reasoning")
+        started = time.perf_counter()
         try:
             judgement = await self.conscience.review(
                 messages,
                 message_text(message),
                 options.framework,
                 reasoning=reasoning if isinstance(reasoning, str) else None,
-                model=completion.get("model"),
+                model=model,
                 request_id=request_id,
             )
         except ConscienceError as exc:
-            return self._review_failed(exc, options), None
+            return Decision(self._review_failed(exc, options), None)
         action = Action.PASSED
         if judgement.verdict is Verdict.UNETHICAL:
-            action = await self._apply_policy(choice, judgement, messages, options)
+            action = await self._apply_policy(choice, judgement, messages, options, can_rewrite)
         judgement.action = action
-        return ConscienceResult.of(judgement), judgement
+        self.metrics.review_seconds.observe(time.perf_counter() - started)
+        return Decision(ConscienceResult.of(judgement), judgement)
+
+    async def record(self, decisions: list[Decision]) -> ConscienceResult:
+        """Commit the decisions' judgements, count their actions and verdicts, and return the
+        response-level ``conscience`` object (the most severe choice)."""
+        judgements = [d.judgement for d in decisions if d.judgement is not None]
+        # Committed before the response exists: nothing acknowledged is ever lost. A single
+        # judgement goes through `add`, which commits concurrent requests' rows together.
+        if len(judgements) == 1:
+            await self.store.add(judgements[0])
+        elif judgements:
+            await self.store.add_many(judgements)
+        results = [d.result for d in decisions]
+        for result in results:
+            self.metrics.actions.labels(result.action.value).inc()
+            if result.verdict is not None:
+                self.metrics.verdicts.labels(result.verdict.value, result.framework).inc()
+        return _summary(results)
 
     def _review_failed(self, exc: ConscienceError, options: Options) -> ConscienceResult:
         self.metrics.errors.labels("review_failed").inc()
@@ -175,10 +207,11 @@ class Pipeline:
         judgement: Judgement,
         messages: list[dict[str, Any]],
         options: Options,
+        can_rewrite: bool,
     ) -> Action:
         if options.policy is Policy.FLAG:
             return Action.FLAGGED
-        if options.policy is Policy.REWRITE:
+        if options.policy is Policy.REWRITE and can_rewrite:
             started = time.perf_counter()
             try:
                 judgement.rewrite = await self.conscience.rewrite(

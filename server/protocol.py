@@ -19,8 +19,6 @@ __all__ = [
     "ConscienceOptions",
     "ConscienceResult",
     "ContentPart",
-    "ErrorBody",
-    "ErrorResponse",
     "FunctionCall",
     "ToolCall",
 ]
@@ -123,14 +121,3 @@ class ConscienceResult(BaseModel):
     def wire(self) -> dict[str, object]:
         """The JSON object clients see: every contract key, ``choices`` only when n > 1."""
         return self.model_dump(mode="json", exclude=None if self.choices else {"choices"})
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody

@@ -14,12 +14,10 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from conscience.server.errors import ApiError
-from conscience.server.pipeline import REFUSAL, Options, Pipeline
-from conscience.server.protocol import ChatCompletionRequest, ConscienceResult
+from conscience.server.pipeline import Decision, Options, Pipeline
+from conscience.server.protocol import ChatCompletionRequest
 
-from conscience.errors import ConscienceError
-from conscience.labels import Action, Policy, ReviewErrorMode, Verdict
+from conscience.labels import Action
 
 __all__ = ["buffered_chunks", "incremental_chunks", "sse"]
 
@@ -74,113 +72,93 @@ async def buffered_chunks(completion: dict[str, Any], include_usage: bool) -> As
 
 
 class _Incremental:
-    """State of one incremental stream: what was generated, released and judged."""
+    """One incremental stream: what was generated and how much of it the client has."""
 
-    def __init__(
-        self, pipeline: Pipeline, request: ChatCompletionRequest, options: Options, request_id: str
-    ) -> None:
-        self.pipeline, self.request, self.options = pipeline, request, options
-        self.request_id = request_id
+    def __init__(self, request: ChatCompletionRequest) -> None:
         self.messages = [m.model_dump(exclude_none=True) for m in request.messages]
         self.text = ""  # everything generated so far
-        self.released = 0  # how many characters of it the client has
+        self.reasoning = ""  # the model's reasoning, reviewed with the text but never released
+        self.model: str | None = None  # the generating model, as the upstream names it
+        self.finish = "stop"
+        self.released = 0  # how many characters of the text the client has
         self.base: dict[str, Any] = {
             "id": "chatcmpl-" + uuid.uuid4().hex,
             "model": request.model,
             "created": int(time.time()),
         }
 
-    async def review(self) -> tuple[ConscienceResult, Any]:
-        conscience = self.pipeline.conscience
-        try:
-            judgement = await conscience.review(
-                self.messages,
-                self.text,
-                self.options.framework,
-                model=self.base["model"],
-                request_id=self.request_id,
-            )
-        except ConscienceError as exc:
-            if self.pipeline.settings.on_review_error is ReviewErrorMode.CLOSED:
-                raise ApiError(
-                    503, f"the conscience review failed: {exc}", code="review_failed"
-                ) from exc
-            result = ConscienceResult(
-                verdict=None, framework=self.options.framework, action=Action.UNREVIEWED
-            )
-            return result, None
-        action = Action.PASSED
-        if judgement.verdict is Verdict.UNETHICAL:
-            action = await self._act(judgement)
-        judgement.action = action
-        return ConscienceResult.of(judgement), judgement
+    def add(self, chunk: dict[str, Any]) -> None:
+        self.model = chunk.get("model") or self.model
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            self.text += delta.get("content") or ""
+            self.reasoning += delta.get("reasoning_content") or delta.get("reasoning") or ""
+            self.finish = choice.get("finish_reason") or self.finish
 
-    async def _act(self, judgement: Any) -> Action:
-        policy = self.options.policy
-        if policy is Policy.FLAG:
-            return Action.FLAGGED
-        if policy is Policy.REWRITE and self.released == 0:
-            # Nothing has reached the client yet, so the rewrite can still replace it all.
-            try:
-                judgement.rewrite = await self.pipeline.conscience.rewrite(
-                    self.messages, judgement.answer, self.options.framework
-                )
-                return Action.REWRITTEN
-            except ConscienceError:
-                return Action.BLOCKED
-        return Action.BLOCKED  # text already released cannot be taken back: stop here
+    def choice(self) -> dict[str, Any]:
+        """The answer so far as a completion's choice, for the pipeline to review."""
+        message = {"role": "assistant", "content": self.text}
+        if self.reasoning:
+            message["reasoning_content"] = self.reasoning
+        return {"index": 0, "message": message, "finish_reason": self.finish}
+
+    def release(self) -> bytes:
+        piece, self.released = self.text[self.released :], len(self.text)
+        return _content(self.base, piece)
+
+
+def _content(base: dict[str, Any], piece: str) -> bytes:
+    return _chunk(base, [{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
 
 
 async def incremental_chunks(
     pipeline: Pipeline, request: ChatCompletionRequest, options: Options, request_id: str
 ) -> AsyncIterator[bytes]:
     """Stream from the upstream, releasing text only after the answer so far passed review."""
-    state = _Incremental(pipeline, request, options, request_id)
+    state = _Incremental(request)
     window = pipeline.settings.stream_window_chars
-    body = request.upstream_body(pipeline.upstream_model(request.model))
     first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
     yield _chunk(state.base, [first])
-    finish, result, judgement = "stop", None, None
-    upstream = pipeline.client.chat_stream(body)
+
+    async def review() -> tuple[Decision, dict[str, Any]]:
+        # Once text is out, a rewrite cannot take it back: the pipeline blocks instead.
+        choice = state.choice()
+        decision = await pipeline.review(
+            choice,
+            state.messages,
+            options,
+            request_id,
+            model=state.model,
+            can_rewrite=state.released == 0,
+        )
+        return decision, choice
+
+    decision: Decision | None = None
+    choice: dict[str, Any] = {}  # the reviewed answer, replaced by the policy where it acted
+    upstream = pipeline.generate_stream(request)
     async for chunk in upstream:
-        for choice in chunk.get("choices") or []:
-            state.text += (choice.get("delta") or {}).get("content") or ""
-            finish = choice.get("finish_reason") or finish
+        state.add(chunk)
         if len(state.text) - state.released < window:
             continue
-        result, judgement = await state.review()
-        if result.action in (Action.BLOCKED, Action.REWRITTEN):
+        decision, choice = await review()
+        if decision.result.action in (Action.BLOCKED, Action.REWRITTEN):
             await upstream.aclose()  # stop generating what will never be served
             break
-        yield _release(state)
+        yield state.release()
     else:
-        if result is None or len(state.text) > state.released:
-            result, judgement = await state.review()
-    assert result is not None
-    if result.action is Action.REWRITTEN:
-        finish = "stop"
-        for piece in _pieces(judgement.rewrite):
-            yield _chunk(
-                state.base, [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
-            )
-    elif result.action is Action.BLOCKED:
-        finish = "content_filter"
+        if decision is None or len(state.text) > state.released:
+            decision, choice = await review()
+    assert decision is not None
+    finish = state.finish
+    if decision.result.action in (Action.BLOCKED, Action.REWRITTEN):
+        finish = choice["finish_reason"]
+        # The replacement (rewrite or refusal) is served only where nothing was released.
         if state.released == 0:
-            yield _chunk(
-                state.base, [{"index": 0, "delta": {"content": REFUSAL}, "finish_reason": None}]
-            )
+            for piece in _pieces(choice["message"]["content"]):
+                yield _content(state.base, piece)
     elif len(state.text) > state.released:
-        yield _release(state)
-    if judgement is not None:
-        await pipeline.store.add(judgement)  # committed before the client sees the verdict
-    pipeline.metrics.actions.labels(result.action.value).inc()
-    if result.verdict is not None:
-        pipeline.metrics.verdicts.labels(result.verdict.value, result.framework).inc()
+        yield state.release()
+    result = await pipeline.record([decision])  # committed before the client sees the verdict
     yield _chunk(state.base, [{"index": 0, "delta": {}, "finish_reason": finish}])
     yield _chunk(state.base, [], conscience=result.wire())
     yield b"data: [DONE]\n\n"
-
-
-def _release(state: _Incremental) -> bytes:
-    piece, state.released = state.text[state.released :], len(state.text)
-    return _chunk(state.base, [{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
