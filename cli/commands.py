@@ -220,8 +220,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["adapter"]:
-        # Its own parser (trainer/publish.py): argparse cannot hand options on through REMAINDER.
-        from conscience.trainer.publish import main as adapter_main
+        # Its own parser (engine/publish.py): argparse cannot hand options on through REMAINDER.
+        from conscience.engine.publish import main as adapter_main
 
         return adapter_main(argv[1:])
     args = _parser().parse_args(argv)

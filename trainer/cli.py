@@ -157,7 +157,7 @@ def _train_online(args: argparse.Namespace, config: Any, run_id: str) -> dict[st
 
 def _publish(args: argparse.Namespace, report: dict[str, Any]) -> str:
     import httpx
-    from conscience.trainer.publish import publish
+    from conscience.engine.publish import publish
 
     from conscience.settings import Settings
 
@@ -267,7 +267,7 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
         train.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
     train.set_defaults(handler=_cmd_train)
 
-    # Listed for --help; `conscience.cli.main` hands `adapter ...` to trainer/publish.py whole.
+    # Listed for --help; `conscience.cli.main` hands `adapter ...` to engine/publish.py whole.
     commands.add_parser(
         "adapter", help="list / publish / record / restore the served adapter (rollback)"
     )

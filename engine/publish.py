@@ -6,7 +6,9 @@
     conscience adapter record              # write the proxy's generator to /adapters/CURRENT
     conscience adapter restore             # at the proxy's start: switch it to CURRENT
 
-(``deploy/adapter.py`` is the same command for the compose scripts.)
+(``deploy/adapter.py`` is the same command for the compose scripts; ``conscience train
+--publish`` calls :func:`publish` after a run that passed the gate.) It is the engine layer's:
+publishing tells the serving engine what to serve, whoever trained the adapter.
 
 Publishing is two calls, in this order: vLLM's ``POST /v1/load_lora_adapter`` with
 ``{"lora_name", "lora_path"}`` (vLLM runs with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), then the
@@ -73,6 +75,18 @@ def _check(response: httpx.Response, what: str) -> Any:
     raise AdapterError(f"{what}: HTTP {response.status_code}: {message}")
 
 
+def _bearer(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _switch(client: httpx.Client, proxy: str, admin_key: str, name: str) -> None:
+    """Have the proxy generate with ``name``; it refuses a name that vLLM does not serve."""
+    _check(
+        client.post(f"{proxy}/admin/adapter", json={"model": name}, headers=_bearer(admin_key)),
+        f"POST {proxy}/admin/adapter",
+    )
+
+
 def _served(client: httpx.Client, vllm: str, headers: dict[str, str]) -> set[str]:
     listing = _check(client.get(f"{vllm}/v1/models", headers=headers), f"GET {vllm}/v1/models")
     return {m["id"] for m in listing.get("data", []) if isinstance(m, dict) and "id" in m}
@@ -128,7 +142,7 @@ def publish(
 
     Returns what was done, in words. Nothing is recorded unless both calls succeeded.
     """
-    vllm_headers = {"Authorization": f"Bearer {vllm_key}"} if vllm_key else {}
+    vllm_headers = _bearer(vllm_key)
     served = _served(client, vllm, vllm_headers)
     done = f"vLLM already serves {name}"
     if name not in served:
@@ -143,21 +157,14 @@ def publish(
             f"POST {vllm}/v1/load_lora_adapter",
         )
         done = f"vLLM loaded {name} from {path}"
-    _check(
-        client.post(
-            f"{proxy}/admin/adapter",
-            json={"model": name},
-            headers={"Authorization": f"Bearer {admin_key}"},
-        ),
-        f"POST {proxy}/admin/adapter",
-    )
+    _switch(client, proxy, admin_key, name)
     write_current(adapters, name)
     return f"{done}; the proxy generates with it; recorded in {adapters / 'CURRENT'}"
 
 
 def _generator(client: httpx.Client, proxy: str, admin_key: str) -> str:
     answer = _check(
-        client.get(f"{proxy}/admin/adapter", headers={"Authorization": f"Bearer {admin_key}"}),
+        client.get(f"{proxy}/admin/adapter", headers=_bearer(admin_key)),
         f"GET {proxy}/admin/adapter",
     )
     name = answer.get("model") if isinstance(answer, dict) else None
@@ -194,14 +201,7 @@ def restore(
             raise AdapterError(f"{proxy} did not answer within {wait_s:.0f} s")
         time.sleep(0.5)
     if _generator(client, proxy, admin_key) != name:
-        _check(
-            client.post(
-                f"{proxy}/admin/adapter",
-                json={"model": name},
-                headers={"Authorization": f"Bearer {admin_key}"},
-            ),
-            f"POST {proxy}/admin/adapter",
-        )
+        _switch(client, proxy, admin_key, name)
     return name
 
 
