@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from conscience.errors import ConscienceError
+from conscience.flags import add_engine_flags, engine_fields
 
 __all__ = ["main"]
 
@@ -29,40 +30,12 @@ def _settings(**fields: Any) -> Any:
     return Settings(**given)
 
 
-def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--upstream", help="OpenAI-compatible base URL (CONSCIENCE_UPSTREAM_URL)")
-    parser.add_argument("--api-key", help="key for the upstream (CONSCIENCE_UPSTREAM_API_KEY)")
-    parser.add_argument("--model", help="generating model (CONSCIENCE_MODEL)")
-    parser.add_argument("--judge-model", help="the frozen judge (CONSCIENCE_JUDGE_MODEL)")
-    parser.add_argument("--framework", help="ethics framework (CONSCIENCE_FRAMEWORK)")
-    parser.add_argument("--frameworks-dir", help="extra framework files")
-    parser.add_argument("--layout", choices=["paper", "follow-up"], help="review prompt layout")
-    parser.add_argument(
-        "--judge-constraint", choices=["auto", "choice", "grammar", "none"], help="label forcing"
-    )
-    parser.add_argument("--timeout", type=float, help="seconds per upstream call")
-
-
-def _engine_fields(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "upstream_url": args.upstream,
-        "upstream_api_key": args.api_key,
-        "model": args.model,
-        "judge_model": args.judge_model,
-        "framework": args.framework,
-        "frameworks_dir": args.frameworks_dir,
-        "layout": args.layout,
-        "judge_constraint": args.judge_constraint,
-        "upstream_timeout": args.timeout,
-    }
-
-
 async def _review(args: argparse.Namespace) -> dict[str, Any]:
     from conscience.engine.connect import open_engine
 
     from conscience.review import conscience_from_settings
 
-    settings = _settings(**_engine_fields(args))
+    settings = _settings(**engine_fields(args))
     # Without an upstream this starts the embedded engine on the configured model.
     async with open_engine(settings) as engine:
         conscience = conscience_from_settings(settings, engine.client)
@@ -94,7 +67,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from conscience.server.app import create_app
 
     settings = _settings(
-        **_engine_fields(args),
+        **engine_fields(args),
         host=args.host,
         port=args.port,
         store_url=args.store,
@@ -160,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     review = commands.add_parser("review", help="review one answer; JSON to stdout")
-    _add_engine_flags(review)
+    add_engine_flags(review)
     review.add_argument("--question", required=True, help="the user's question")
     review.add_argument("--answer", required=True, help="the answer to review")
     review.set_defaults(handler=_cmd_review)
@@ -168,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="the guardrail proxy (embedded engine and default model without --upstream)"
     )
-    _add_engine_flags(serve)
+    add_engine_flags(serve)
     serve.add_argument("--host", help="listen address (CONSCIENCE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (CONSCIENCE_PORT, default 8000)")
     serve.add_argument("--store", help="sqlite path/URL or postgresql://... (CONSCIENCE_STORE_URL)")

@@ -209,15 +209,26 @@ class Conscience:
         return judgement
 
 
-def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
-    """Build the shared ``Conscience`` from ``Settings`` (frameworks load, and fail, here)."""
+def conscience_from_settings(
+    settings: Any, client: EngineClient, *, constraint: Constraint | None = None
+) -> Conscience:
+    """Build the ``Conscience`` of ``Settings``: the one factory of the proxy, the CLI, the
+    trainer's online judge and the evaluations, so all of them decide by the same rule.
+
+    Frameworks load, and fail, here. The decision rule is ``select_calibrations``' choice: the
+    calibration file, else an explicit unethical threshold without calibration, else the
+    packaged calibration (then argmax). ``constraint``, when given, is one already resolved
+    (a benchmark asks the engine once, before its reviews run concurrently); else the
+    settings' ``judge_constraint``, ``auto`` asking the engine at the first review.
+    """
     from conscience.framework import load_frameworks
 
     frameworks = load_frameworks(settings.frameworks_dir)
     if settings.framework not in frameworks:
         known = ", ".join(sorted(frameworks))
         raise ConfigError(f"unknown framework {settings.framework!r} (known: {known})")
-    constraint = None if settings.judge_constraint == "auto" else settings.judge_constraint
+    if constraint is None and settings.judge_constraint != "auto":
+        constraint = settings.judge_constraint
     calibrations, source = select_calibrations(
         settings.calibration_file, settings.unethical_threshold
     )
