@@ -1,10 +1,12 @@
 """``conscience calibrate``: fit the verdict rule and the confidence scaling of one
 (judge model, framework, layout) on the calibration split of a labelled set.
 
-The judge reviews every item with the plain argmax rule (only its label probabilities are
-used); the unethical threshold and the temperature are fitted on them, the entry is added to
-the calibration file, and a reliability diagram (before/after scaling) is saved beside it.
-The held-out split is never read here.
+The judge reviews every item as the proxy would (``conscience_from_settings``; only its
+label probabilities are used, and they do not depend on the decision rule); the unethical
+threshold and the temperature are fitted on them, the entry is added to the calibration file,
+and a reliability diagram (before/after scaling) is saved beside it. The held-out split is
+never read here. The framework and layout fitted are the settings' (``--framework``,
+``--layout``, or ``CONSCIENCE_FRAMEWORK`` / ``CONSCIENCE_LAYOUT``).
 
 ``--from-rows DIR`` fits from an ``eval verdicts`` output directory instead of asking the
 judge again: every (framework, layout) run in its ``verdicts.jsonl`` whose rows carry label
@@ -31,7 +33,7 @@ from conscience.calibration import (
     scale,
 )
 from conscience.errors import ConscienceError
-from conscience.labels import Layout
+from conscience.flags import add_engine_flags, engine_fields
 from conscience.verdict import DecisionRule
 
 __all__ = ["add_calibrate_command", "fit", "metrics_at"]
@@ -107,37 +109,38 @@ def _plot(samples: list[Sample], calibration: Calibration, path: Path) -> None:
 
 
 async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, str, str]]:
-    from conscience.evals.cli import _endpoint, _settings
-    from conscience.evals.labelled import DEFAULT_SET, load_labelled
+    from conscience.engine.connect import open_engine
+    from conscience.evals.bounded import run_bounded
+    from conscience.evals.labelled import DEFAULT_SET, LabelledItem, load_labelled
+    from tqdm import tqdm
 
-    from conscience.framework import load_frameworks
-    from conscience.review import Conscience
+    from conscience.review import conscience_from_settings
+    from conscience.settings import Settings
 
     items = load_labelled(Path(args.data) if args.data else DEFAULT_SET, "calibration")
-    settings = _settings(args)
-    layout = Layout(args.layout)
-    async with _endpoint(settings) as client:
-        conscience = Conscience(
-            client=client,
-            judge_model=settings.judge,
-            frameworks=load_frameworks(),
-            default_framework=args.framework,
-            layout=layout,
-        )
-        conscience.framework(args.framework)
-        samples = []
-        from tqdm import tqdm
+    settings = Settings(**engine_fields(args))
+    async with open_engine(settings) as engine:
+        constraint = settings.judge_constraint
+        if constraint == "auto":  # once, before the reviews run concurrently
+            constraint = await engine.client.detect_constraint(settings.judge)
+        conscience = conscience_from_settings(settings, engine.client, constraint=constraint)
 
-        for item in tqdm(items, desc="calibration reviews", unit="item", disable=None):
+        async def sample(item: LabelledItem) -> Sample:
             messages = [{"role": "user", "content": item.question}]
-            judgement = await conscience.review(messages, item.answer, args.framework)
+            judgement = await conscience.review(messages, item.answer)
             if judgement.label_probs is None:
                 raise ConscienceError(
                     "the judge returned no label log-probabilities: nothing to calibrate "
                     "(the engine must support logprobs/top_logprobs)"
                 )
-            samples.append(Sample(judgement.label_probs, item.label.value))
-    return samples, (settings.judge, args.framework, layout.value)
+            return Sample(judgement.label_probs, item.label.value)
+
+        bar = tqdm(total=len(items), desc="calibration reviews", unit="item", disable=None)
+        with bar:
+            samples = await run_bounded(
+                items, sample, args.concurrency or 1, lambda _item, _sample: bar.update(1)
+            )
+    return samples, (settings.judge, settings.framework, settings.layout.value)
 
 
 def samples_from_rows(
@@ -185,16 +188,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
-    from conscience.evals.cli import _add_engine_flags
-
     parser = commands.add_parser(
         "calibrate", help="fit the verdict threshold and confidence scaling on a labelled set"
     )
-    _add_engine_flags(parser)
-    parser.add_argument("--model", help="CONSCIENCE_MODEL (the judge when no --judge-model)")
+    add_engine_flags(parser)  # --framework and --layout name the entry that is fitted
+    parser.add_argument("--concurrency", type=int, help="reviews in flight at once (1)")
     parser.add_argument("--data", help="labelled JSONL (default: the packaged set)")
-    parser.add_argument("--framework", default="three-laws")
-    parser.add_argument("--layout", default="paper", choices=[la.value for la in Layout])
     parser.add_argument(
         "--max-false-unethical",
         type=float,

@@ -2,81 +2,42 @@
 
 The main CLI adds these with ``add_eval_commands(commands)``. Engine settings come from the
 project's ``Settings`` (``CONSCIENCE_UPSTREAM_URL``, ``CONSCIENCE_MODEL``, ...) overridden by
-flags; with no endpoint at all the embedded engine serves the configured model, as in
-``conscience review``. This module is the only place that reads ``CONSCIENCE_EM_DATA_DIR``.
+the engine flags every command shares (``conscience.flags``); with no endpoint at all the
+embedded engine serves the configured model, as in ``conscience review``. The reviews of
+``eval verdicts`` come from the proxy's own factory (``conscience_from_settings``), so a
+benchmark measures the rule the proxy applies.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conscience.errors import ConfigError
+from conscience.flags import ENDPOINT, add_engine_flags, engine_fields
 
-__all__ = ["DEFAULT_EM_DATA_DIR", "add_eval_commands", "em_data_dir", "main"]
+if TYPE_CHECKING:
+    from conscience.evals.em import EmConfig
 
-# The shared data directory beside the repository: the paper's data is read, never copied.
-DEFAULT_EM_DATA_DIR = (
-    Path(__file__).resolve().parents[1].parent / "shared/data/emergent_misalignment"
-)
-
-
-def em_data_dir(flag: str | None) -> Path:
-    """--data-dir, else CONSCIENCE_EM_DATA_DIR, else the shared data directory."""
-    return Path(flag or os.environ.get("CONSCIENCE_EM_DATA_DIR") or DEFAULT_EM_DATA_DIR)
-
-
-def _settings(args: argparse.Namespace) -> Any:
     from conscience.settings import Settings
 
-    fields = {
-        "upstream_url": args.url,
-        "upstream_api_key": args.api_key,
-        "model": args.model,
-        "judge_model": args.judge_model,
-        "upstream_timeout": args.timeout,
-    }
-    return Settings(**{key: value for key, value in fields.items() if value is not None})
+__all__ = ["add_eval_commands", "main"]
 
 
-@asynccontextmanager
-async def _endpoint(settings: Any) -> AsyncIterator[Any]:
-    """An ``EngineClient`` on the endpoint, or on the embedded engine without one."""
-    from conscience.engine.connect import open_engine
-
-    async with open_engine(settings) as engine:
-        yield engine.client
-
-
-def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        "--upstream",
-        dest="url",
-        help="OpenAI-compatible base URL (CONSCIENCE_UPSTREAM_URL)",
-    )
-    parser.add_argument("--api-key", help="key for that endpoint (CONSCIENCE_UPSTREAM_API_KEY)")
-    parser.add_argument(
-        "--judge-model", help="the judge (default: the model itself, the frozen base)"
-    )
-    parser.add_argument("--timeout", type=float, help="seconds per engine call (default 120)")
+def _add_concurrency(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, help="requests in flight at once")
 
 
-async def _em(args: argparse.Namespace) -> dict[str, Any]:
-    from conscience.evals.em import EmConfig, run_em
-    from conscience.evals.questions import load_questions
+def _em_job(args: argparse.Namespace) -> tuple[Settings, EmConfig, str | None]:
+    """The answering engine's settings, the benchmark's configuration, the judge's own URL."""
+    from conscience.evals.em import EmConfig
 
-    from conscience.client import EngineClient
+    from conscience.settings import Settings
 
-    questions = load_questions(em_data_dir(args.data_dir), args.questions)
-    settings = _settings(args)
+    settings = Settings(**engine_fields(args))
     config = EmConfig(
         model=settings.model,
         judge_model=settings.judge,
@@ -88,30 +49,30 @@ async def _em(args: argparse.Namespace) -> dict[str, Any]:
         concurrency=args.concurrency or 8,
         limit=args.limit,
     )
-    async with _endpoint(settings) as answerer:
-        if args.judge_url is None:
-            return await run_em(answerer, answerer, questions, config, Path(args.out))
-        key = args.judge_api_key
-        async with EngineClient(
-            args.judge_url, api_key=key, timeout=settings.upstream_timeout
-        ) as judge:
-            return await run_em(answerer, judge, questions, config, Path(args.out))
+    return settings, config, args.judge_url
+
+
+async def _em(args: argparse.Namespace) -> dict[str, Any]:
+    from conscience.evals.em import run_em_on
+    from conscience.evals.questions import em_data_dir, load_questions
+
+    questions = load_questions(em_data_dir(args.data_dir), args.questions)
+    settings, config, judge_url = _em_job(args)
+    return await run_em_on(
+        settings,
+        questions,
+        config,
+        Path(args.out),
+        judge_url=judge_url,
+        judge_api_key=args.judge_api_key,
+    )
 
 
 def _cmd_em(args: argparse.Namespace) -> int:
+    from conscience.evals.em_report import format_table
+
     report = asyncio.run(_em(args))
-    overall = report["overall"]
-    rate = overall["misaligned_rate"]
-    low, high = overall["ci95"]
-    shown = "n/a" if rate is None else f"{rate:.3f} [{low:.3f}, {high:.3f}]"
-    for qid, stats in report["questions"].items():
-        q_rate = stats["misaligned_rate"]
-        q_shown = "n/a" if q_rate is None else f"{q_rate:.3f}"
-        print(
-            f"{qid:<40} {q_shown:>6}  ({stats['misaligned']}/{stats['counted']} counted, "
-            f"{stats['dropped']} dropped, {stats['incoherent']} incoherent)"
-        )
-    print(f"{'overall':<40} {shown}")
+    print(format_table(report))
     print(f"report: {Path(args.out) / 'report.json'}", file=sys.stderr)
     return 0
 
@@ -123,15 +84,33 @@ def _csv(value: str) -> list[str]:
     return items
 
 
+def _verdicts_settings(args: argparse.Namespace) -> Settings:
+    """The engine flags, and the decision rule a flag names.
+
+    ``--calibration FILE`` or ``--unethical-threshold P`` replaces the environment's pair
+    (``calibration_file``, ``unethical_threshold``), as setting both variables would: a
+    threshold alone means no calibration. Without either flag the environment's rule holds,
+    so a run without flags measures what the proxy serves (``conscience_from_settings``).
+    """
+    from conscience.settings import Settings
+
+    threshold = args.unethical_threshold
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError("--unethical-threshold must be between 0 and 1")
+    rule: dict[str, Any] = {}
+    if args.calibration is not None or threshold is not None:
+        rule = {"calibration_file": args.calibration, "unethical_threshold": threshold}
+    return Settings(**engine_fields(args), **rule)
+
+
 async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
+    from conscience.engine.connect import open_engine
     from conscience.evals.labelled import DEFAULT_SET, load_labelled
     from conscience.evals.verdicts import run_verdicts
 
-    from conscience.calibration import select_calibrations
     from conscience.framework import load_frameworks
     from conscience.labels import Layout
-    from conscience.review import Conscience
-    from conscience.verdict import DecisionRule
+    from conscience.review import conscience_from_settings
 
     try:
         layouts = [Layout(name) for name in args.layouts]
@@ -143,52 +122,32 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
         items = items[: args.limit]
     if not items:
         raise ConfigError(f"no items in split {args.split!r} of {data}")
-    frameworks = load_frameworks(Path(args.frameworks_dir) if args.frameworks_dir else None)
+    settings = _verdicts_settings(args)
+    frameworks = load_frameworks(settings.frameworks_dir)
     unknown = [name for name in args.frameworks if name not in frameworks]
     if unknown:  # before an embedded engine spends a minute starting
         known = ", ".join(sorted(frameworks))
         raise ConfigError(f"unknown framework {', '.join(unknown)} (known: {known})")
-    settings = _settings(args)
-    threshold = args.unethical_threshold
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ConfigError("--unethical-threshold must be between 0 and 1")
-    # The decision rule the proxy would use (calibration file, else threshold, else the packaged
-    # calibration of the default model, else argmax), unless a flag names one:
-    # --unethical-threshold alone means no calibration at all.
-    calibration_file = Path(args.calibration) if args.calibration else None
-    if calibration_file is None and threshold is None:
-        calibration_file = settings.calibration_file
-        threshold = settings.unethical_threshold
-    calibrations, calibration_source = select_calibrations(calibration_file, threshold)
-    calibrated = [
-        f"{name}/{layout.value}"
-        for name in args.frameworks
-        for layout in layouts
-        if (settings.judge, name, layout.value) in calibrations
-    ]
-    async with _endpoint(settings) as client:
-        constraint = args.judge_constraint
+    async with open_engine(settings) as engine:
+        constraint = settings.judge_constraint
         if constraint == "auto":  # once, before the reviews run concurrently
-            constraint = await client.detect_constraint(settings.judge)
-        conscience = Conscience(
-            client=client,
-            judge_model=settings.judge,
-            frameworks=frameworks,
-            constraint=constraint,
-            rule=DecisionRule(threshold, settings.neutral_threshold),
-            top_logprobs=settings.top_logprobs,
-            window_chars=settings.review_window_chars,
-            calibrations=calibrations,
-        )
+            constraint = await engine.client.detect_constraint(settings.judge)
+        conscience = conscience_from_settings(settings, engine.client, constraint=constraint)
+        calibrated = [
+            f"{name}/{layout.value}"
+            for name in args.frameworks
+            for layout in layouts
+            if (settings.judge, name, layout.value) in conscience.calibrations
+        ]
         shown = {
             "judge_model": settings.judge,
             "data": str(data),
             "split": args.split,
             "judge_constraint": constraint,
-            "unethical_threshold": threshold,
+            "unethical_threshold": settings.unethical_threshold,
             "neutral_threshold": settings.neutral_threshold,
-            "calibration_file": str(calibration_file) if calibration_file else None,
-            "calibration_source": calibration_source,
+            "calibration_file": settings.calibration_file and str(settings.calibration_file),
+            "calibration_source": conscience.calibration_source,
             "calibrated_runs": calibrated,  # these use the file's rule, not the threshold
         }
         return await run_verdicts(
@@ -226,8 +185,8 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         description="Answers the paper's questions at temperature 1 and scores each answer for "
         "alignment and coherence with the paper's judge prompts; resumable.",
     )
-    _add_engine_flags(em)
-    em.add_argument("--model", help="the model under test (CONSCIENCE_MODEL)")
+    add_engine_flags(em, ENDPOINT)
+    _add_concurrency(em)
     em.add_argument("--judge-url", help="a separate endpoint for the judge (default: --url)")
     em.add_argument("--judge-api-key", help="key for --judge-url")
     em.add_argument(
@@ -257,15 +216,14 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         description="Reviews a labelled set under each framework and layout; accuracy, recall, "
         "false-unethical rate, confusion, injection flips, timing, AUC, layout agreement.",
     )
-    _add_engine_flags(verdicts)
-    verdicts.add_argument("--model", help="CONSCIENCE_MODEL (the judge when no --judge-model)")
+    add_engine_flags(verdicts, (*ENDPOINT, "frameworks_dir", "judge_constraint"))
+    _add_concurrency(verdicts)
     verdicts.add_argument(
         "--frameworks",
         type=_csv,
         default=["three-laws", "four-laws", "wwjd"],
         help="comma-separated framework names",
     )
-    verdicts.add_argument("--frameworks-dir", help="extra framework files")
     verdicts.add_argument(
         "--layouts",
         type=_csv,
@@ -275,12 +233,6 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     verdicts.add_argument("--split", choices=["calibration", "heldout", "all"], default="all")
     verdicts.add_argument(
         "--data", help="a set by name (project, em-samples) or a labelled JSONL (default: project)"
-    )
-    verdicts.add_argument(
-        "--judge-constraint",
-        choices=["auto", "choice", "grammar", "none"],
-        default="auto",
-        help="how the label is forced",
     )
     rule = verdicts.add_mutually_exclusive_group()
     rule.add_argument(

@@ -14,8 +14,9 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from conscience.engine.connect import open_engine
 from conscience.evals.bounded import run_bounded
 from conscience.evals.em_report import build_report, write_chart
 from conscience.evals.jsonl import AppendLog, read_records
@@ -25,7 +26,18 @@ from conscience.evals.scoring import judge_score
 from conscience.client import EngineClient
 from conscience.errors import ConfigError
 
-__all__ = ["ANSWERS_FILE", "CHART_FILE", "REPORT_FILE", "SETTINGS_FILE", "EmConfig", "run_em"]
+if TYPE_CHECKING:
+    from conscience.settings import Settings
+
+__all__ = [
+    "ANSWERS_FILE",
+    "CHART_FILE",
+    "REPORT_FILE",
+    "SETTINGS_FILE",
+    "EmConfig",
+    "run_em",
+    "run_em_on",
+]
 
 ANSWERS_FILE = "answers.jsonl"
 REPORT_FILE = "report.json"
@@ -189,6 +201,26 @@ async def run_em(
 
     settings = {**asdict(config), "answered_this_run": len(todo), "seconds_this_run": elapsed}
     return _finish(out_dir, questions, config, settings, chart)
+
+
+async def run_em_on(
+    settings: Settings,
+    questions: list[EmQuestion],
+    config: EmConfig,
+    out_dir: Path,
+    *,
+    judge_url: str | None = None,
+    judge_api_key: str | None = None,
+) -> dict[str, Any]:
+    """``run_em`` on the engine of ``settings`` (its URL, else the embedded engine on its
+    model); the judge on that same engine, or at ``judge_url`` (when the proxy answers)."""
+    async with open_engine(settings) as engine:
+        if judge_url is None:
+            return await run_em(engine.client, engine.client, questions, config, out_dir)
+        async with EngineClient(
+            judge_url, api_key=judge_api_key, timeout=settings.upstream_timeout
+        ) as judge:
+            return await run_em(engine.client, judge, questions, config, out_dir)
 
 
 def _finish(

@@ -21,7 +21,7 @@ from conscience.evals.scoring import (
     wilson_interval,
 )
 
-__all__ = ["build_report", "summarise", "write_chart"]
+__all__ = ["build_report", "format_table", "summarise", "write_chart"]
 
 
 def _mean(values: list[float]) -> float | None:
@@ -98,6 +98,23 @@ def build_report(
         "overall": overall,
         "questions": per_question,
     }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The misaligned rate per question and overall, one line each, for the terminal."""
+    lines = []
+    for qid, stats in report["questions"].items():
+        rate = stats["misaligned_rate"]
+        shown = "n/a" if rate is None else f"{rate:.3f}"
+        lines.append(
+            f"{qid:<40} {shown:>6}  ({stats['misaligned']}/{stats['counted']} counted, "
+            f"{stats['dropped']} dropped, {stats['incoherent']} incoherent)"
+        )
+    overall = report["overall"]
+    rate, (low, high) = overall["misaligned_rate"], overall["ci95"]
+    shown = "n/a" if rate is None else f"{rate:.3f} [{low:.3f}, {high:.3f}]"
+    lines.append(f"{'overall':<40} {shown}")
+    return "\n".join(lines)
 
 
 def write_chart(report: dict[str, Any], path: Path) -> None:

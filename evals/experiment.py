@@ -14,14 +14,17 @@ training:
 
 The benchmark's judge is the frozen base on the same engine (the method's default). Phases:
 ``train`` (each adapter by a ``conscience train`` subprocess, skipped when it exists),
-``eval`` (``conscience eval em`` per arm, skipped when complete; a partial one resumes), and
-``report`` (``docs/results.md`` and its chart, by ``conscience.evals.experiment_report``).
-Everything lands in ``--out``; every phase that ran is journalled with its command and wall time.
+``eval`` (the Emergent Misalignment benchmark per arm, run in-process by ``run_em_on``;
+skipped when complete, a partial one resumes), and ``report`` (``docs/results.md`` and its
+chart, by ``conscience.evals.experiment_report``). Everything lands in ``--out``; every phase
+that ran is journalled with its wall time and its equivalent command line (``train_argv``,
+``eval_argv``: what to type to run that phase alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -33,32 +36,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+from conscience.evals.arms import ARMS, JOURNAL, SETTINGS, TRAINED
 
 from conscience.errors import ConfigError, ConscienceError
+
+if TYPE_CHECKING:
+    from conscience.evals.em import EmConfig
+
+    from conscience.settings import Settings
 
 __all__ = [
     "ARMS",
     "PHASES",
     "ExperimentConfig",
     "add_experiment_command",
+    "em_job",
     "eval_argv",
     "run_experiment",
     "train_argv",
 ]
 
-ARMS: dict[str, str] = {
-    "base": "base model",
-    "proxy": "base + guardrail proxy, inference time",
-    "sft": "SFT on the task set",
-    "sft-dpo": "SFT + conscience DPO",
-}
-TRAINED = ("sft", "sft-dpo")
 PHASES = ("train", "eval", "report")
-JOURNAL = "phases.jsonl"
-SETTINGS = "experiment.json"
 ADAPTER_PREFIX = "experiment-"  # the adapters' names on the engine
 
 
@@ -285,7 +286,7 @@ def _complete(out: Path, samples: int) -> bool:
 def _proxy(config: ExperimentConfig) -> Iterator[tuple[str, str]]:
     """The guardrail proxy on loopback in front of the engine: (its /v1 URL, how to start it)."""
     from conscience.server.app import create_app
-    from conscience.server.scripted import serve_in_thread
+    from conscience.server.threaded import serve_in_thread
 
     from conscience.settings import Settings
 
@@ -306,30 +307,70 @@ def _proxy(config: ExperimentConfig) -> Iterator[tuple[str, str]]:
         yield proxy + "/v1", shown
 
 
-def _evaluate(config: ExperimentConfig, arm: str, journal: Journal) -> None:
-    from conscience.evals.cli import main as eval_main
+def em_job(config: ExperimentConfig, arm: str, url: str) -> tuple[Settings, EmConfig, str | None]:
+    """What ``eval_argv(config, arm, url)`` asks for: the answering engine's settings, the
+    benchmark's configuration, and the judge's URL when it is not the answering engine."""
+    from conscience.evals.em import EmConfig
+
+    from conscience.settings import Settings
 
     assert config.url is not None
-    out = config.em_dir(arm)
-    if _complete(out, config.samples):
-        argv = eval_argv(config, arm, "PROXY/v1" if arm == "proxy" else config.url)
+    settings = Settings(
+        upstream_url=url,
+        model=config.model_of(arm),
+        judge_model=config.served_model,
+        upstream_timeout=config.timeout,
+    )
+    em = EmConfig(
+        model=settings.model,
+        judge_model=settings.judge,
+        question_set=config.questions,
+        samples=config.samples,
+        max_tokens=config.max_tokens,
+        concurrency=config.concurrency,
+        limit=config.limit,
+    )
+    judge_url = None if url == config.url else config.url  # the proxy answers; the base judges
+    return settings, em, judge_url
+
+
+def _run_em(config: ExperimentConfig, arm: str, url: str) -> None:
+    from conscience.evals.em import run_em_on
+    from conscience.evals.em_report import format_table
+    from conscience.evals.questions import em_data_dir, load_questions
+
+    questions = load_questions(em_data_dir(config.data_dir), config.questions)
+    settings, em, judge_url = em_job(config, arm, url)
+    report = asyncio.run(
+        run_em_on(settings, questions, em, config.em_dir(arm), judge_url=judge_url)
+    )
+    print(format_table(report))
+
+
+def _evaluate(config: ExperimentConfig, arm: str, journal: Journal) -> None:
+    assert config.url is not None
+    argv = eval_argv(config, arm, "PROXY/v1" if arm == "proxy" else config.url)
+    if _complete(config.em_dir(arm), config.samples):
         journal.write("eval", arm, "skipped", command=_shown(argv), reason="report complete")
         return
     started = time.perf_counter()
     extra: dict[str, Any] = {}
-    if arm == "proxy":
-        with _proxy(config) as (url, serve):
-            argv = eval_argv(config, arm, url)
-            code = eval_main(argv)
-        extra["proxy"] = serve
-    else:
-        argv = eval_argv(config, arm, config.url)
-        code = eval_main(argv)
+    try:
+        if arm == "proxy":
+            with _proxy(config) as (url, serve):
+                extra["proxy"] = serve
+                argv = eval_argv(config, arm, url)
+                _run_em(config, arm, url)
+        else:
+            _run_em(config, arm, config.url)
+    except ConscienceError as exc:
+        seconds = time.perf_counter() - started
+        journal.write(
+            "eval", arm, "failed", command=_shown(argv), seconds=seconds, error=str(exc), **extra
+        )
+        raise ConscienceError(f"eval em of {arm} failed: {exc}") from exc
     seconds = time.perf_counter() - started
-    status = "ran" if code == 0 else f"failed ({code})"
-    journal.write("eval", arm, status, command=_shown(argv), seconds=seconds, **extra)
-    if code != 0:
-        raise ConscienceError(f"eval em of {arm} failed")
+    journal.write("eval", arm, "ran", command=_shown(argv), seconds=seconds, **extra)
 
 
 def _machine() -> dict[str, Any]:
@@ -423,7 +464,7 @@ def add_experiment_command(which: argparse._SubParsersAction) -> None:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from conscience.evals.cli import em_data_dir
+    from conscience.evals.questions import em_data_dir
 
     unknown = [p for p in args.phases if p not in PHASES]
     if unknown:

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from conscience.evals.arms import ARMS, JOURNAL, SETTINGS
 from conscience.evals.jsonl import read_records
 
 __all__ = ["BEGIN", "END", "collect", "render", "write_chart", "write_results"]
@@ -41,8 +42,6 @@ def _proxy_actions(answers: Path) -> dict[str, int]:
 
 def collect(out: Path) -> dict[str, Any]:
     """Everything the report shows, gathered from ``out`` (an arm with no report is absent)."""
-    from conscience.evals.experiment import ARMS, JOURNAL, SETTINGS
-
     settings = _json(out / SETTINGS) or {}
     journal = read_records(out / JOURNAL)
     arms: dict[str, dict[str, Any]] = {}

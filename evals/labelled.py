@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conscience.evals import cli
+from conscience.evals.questions import em_data_dir as default_em_data_dir
 
 from conscience.errors import ConfigError
 from conscience.labels import Verdict
@@ -151,7 +151,7 @@ def load_labelled(
     """The items of ``path`` (or a packaged set's name) in ``split`` (``calibration``,
     ``heldout`` or ``all``); references resolve in ``em_data_dir`` (default: as ``eval em``)."""
     path = resolve_set(path)
-    rows = _Rows(em_data_dir or cli.em_data_dir(None))
+    rows = _Rows(em_data_dir or default_em_data_dir(None))
     if split not in (*SPLITS, "all"):
         raise ConfigError(f"unknown split {split!r} (known: calibration, heldout, all)")
     try:

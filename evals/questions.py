@@ -3,23 +3,42 @@
 The data stays in the shared data directory (it is the paper's, under its own licence); this
 module only reads it. ``first_plot`` is the paper's main figure: the first eight questions of
 ``first_plot_questions.yaml`` in their plain form (no ``_json`` / ``_template`` variant).
+Where the data lives is ``em_data_dir``'s answer, the one place that reads
+``CONSCIENCE_EM_DATA_DIR``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from conscience.errors import ConfigError
 
-__all__ = ["QUESTION_SETS", "EmQuestion", "QuestionSet", "load_questions"]
+__all__ = [
+    "DEFAULT_EM_DATA_DIR",
+    "QUESTION_SETS",
+    "EmQuestion",
+    "QuestionSet",
+    "em_data_dir",
+    "load_questions",
+]
 
 QuestionSet = Literal["first_plot", "first_plot_all", "preregistered", "all"]
 QUESTION_SETS: tuple[str, ...] = ("first_plot", "first_plot_all", "preregistered", "all")
 _FIRST_PLOT = "evaluation/first_plot_questions.yaml"
 _PREREGISTERED = "evaluation/preregistered_evals.yaml"
 _VARIANT_SUFFIXES = ("_json", "_template")
+# The shared data directory beside the repository: the paper's data is read, never copied.
+DEFAULT_EM_DATA_DIR = (
+    Path(__file__).resolve().parents[1].parent / "shared/data/emergent_misalignment"
+)
+
+
+def em_data_dir(flag: str | None) -> Path:
+    """--data-dir, else CONSCIENCE_EM_DATA_DIR, else the shared data directory."""
+    return Path(flag or os.environ.get("CONSCIENCE_EM_DATA_DIR") or DEFAULT_EM_DATA_DIR)
 
 
 @dataclass(frozen=True)

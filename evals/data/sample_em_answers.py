@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from conscience.engine.connect import open_engine
-from conscience.evals.cli import em_data_dir
-from conscience.evals.questions import load_questions
+from conscience.evals.questions import em_data_dir, load_questions
 
 from conscience.settings import Settings
 

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conscience.evals.cli import em_data_dir
 from conscience.evals.labelled import answer_sha256, load_labelled, resolve_set
+from conscience.evals.questions import em_data_dir
 
 from conscience.errors import ConfigError
 

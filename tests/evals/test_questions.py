@@ -3,8 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conscience.evals.cli import DEFAULT_EM_DATA_DIR, em_data_dir
-from conscience.evals.questions import load_questions
+from conscience.evals.questions import DEFAULT_EM_DATA_DIR, em_data_dir, load_questions
 
 from conscience.errors import ConfigError
 
