@@ -34,8 +34,9 @@ __all__ = [
     "migrate",
     "pg_insert",
     "postgres_schema",
+    "postgres_url",
     "sqlite_insert",
-    "with_search_path",
+    "with_options",
 ]
 
 PG_ENV = "CONSCIENCE_TEST_POSTGRES_URL"
@@ -107,29 +108,36 @@ def pg_insert(conn: Any, columns: dict[str, Any]) -> None:
     conn.execute(sql, values)
 
 
-def with_search_path(url: str, schema: str) -> str:
-    """The PostgreSQL URL with ``schema`` as its search path (a schema of the test's own)."""
+def with_options(url: str, *options: str) -> str:
+    """A libpq URL with server settings added to its ``options`` (e.g. ``search_path=s``)."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
-    query["options"] = f"{query.get('options', '')} -c search_path={schema}".strip()
+    query["options"] = " ".join([query.get("options", ""), *(f"-c {o}" for o in options)]).strip()
     return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
+def postgres_url() -> str:
+    """The test server's URL; without one, skip (or fail where ``CONSCIENCE_REQUIRE_POSTGRES=1``,
+    as in CI)."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        if os.environ.get("CONSCIENCE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"CONSCIENCE_REQUIRE_POSTGRES=1 but {PG_ENV} is unset")
+        pytest.skip(f'{PG_ENV} is unset: start a server with eval "$(.ci/postgres.sh)"')
+    return url
 
 
 @contextmanager
 def postgres_schema() -> Iterator[str]:
     """A migrated store in a schema of its own on the test server, dropped afterwards; without
     a server, skip (or fail where ``CONSCIENCE_REQUIRE_POSTGRES=1``, as in CI)."""
-    base = os.environ.get(PG_ENV)
-    if not base:
-        if os.environ.get("CONSCIENCE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"CONSCIENCE_REQUIRE_POSTGRES=1 but {PG_ENV} is unset")
-        pytest.skip(f'{PG_ENV} is unset: start a server with eval "$(.ci/postgres.sh)"')
+    base = postgres_url()
     psycopg = pytest.importorskip("psycopg")
     schema = f"test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        url = with_search_path(base, schema)
+        url = with_options(base, f"search_path={schema}")
         migrate(url)
         yield url
     finally:

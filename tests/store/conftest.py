@@ -9,14 +9,13 @@ throwaway server with ``eval "$(.ci/postgres.sh)"``); its tests skip without it,
 from __future__ import annotations
 
 import itertools
-import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import poison
 import psycopg
 import pytest
 
@@ -25,27 +24,11 @@ from conscience.labels import Action, Verdict
 from conscience.store import JudgementStore, open_store
 from conscience.store.url import sqlite_path
 
-PG_ENV = "CONSCIENCE_TEST_POSTGRES_URL"
-NO_PG = f'{PG_ENV} is unset: start a server with eval "$(.ci/postgres.sh)"'
-
-
-def with_options(url: str, *options: str) -> str:
-    """A libpq URL with server settings added to its ``options`` (e.g. ``search_path=s``)."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    query["options"] = " ".join([query.get("options", ""), *(f"-c {o}" for o in options)]).strip()
-    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
-
 
 @pytest.fixture
 def postgres_url() -> str:
     """The test server's URL; without one, skip (or fail where CI requires PostgreSQL)."""
-    url = os.environ.get(PG_ENV)
-    if not url:
-        if os.environ.get("CONSCIENCE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"CONSCIENCE_REQUIRE_POSTGRES=1 but {NO_PG}")
-        pytest.skip(NO_PG)
-    return url
+    return poison.postgres_url()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -64,7 +47,7 @@ def store_url(backend: str, tmp_path, request: pytest.FixtureRequest) -> Iterato
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        yield with_options(base, f"search_path={schema}")
+        yield poison.with_options(base, f"search_path={schema}")
     finally:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import with_options
+from poison import with_options
 
 from conscience.errors import ConfigError, StoreError
 from conscience.store import JudgementStore, open_store
