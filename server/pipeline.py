@@ -165,6 +165,7 @@ class Pipeline:
                 request_id=request_id,
             )
         except ConscienceError as exc:
+            self.metrics.review_seconds.observe(time.perf_counter() - started)
             return Decision(self._review_failed(exc, options), None)
         action = Action.PASSED
         if judgement.verdict is Verdict.UNETHICAL:
