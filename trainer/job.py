@@ -60,7 +60,7 @@ class TrainingStopped(Exception):
 async def train_from_store(
     store: JudgementStore, config: TrainConfig, run_id: str, *, limit: int | None = None
 ) -> dict[str, Any]:
-    """Train on ``store.unconsumed_pairs()`` and mark the pairs it learned from as ``run_id``'s.
+    """Train on the store's unconsumed pairs and mark the pairs it learned from as ``run_id``'s.
 
     With no usable pair it trains nothing and returns ``status: "nothing_to_learn"``. A pair
     skipped here or by the trainer (unreadable, empty, too long, say) stays unconsumed; the

@@ -11,40 +11,35 @@ Both backends express that rule in SQL; ``is_pair`` is the same rule in Python, 
 hold them to agree.
 
 A row written behind the store's back (by hand, by a bug, by someone with access to the database)
-may not be a judgement this code can read: ``get`` and ``list`` raise ``UnreadableRow`` for it,
-and ``read_pairs`` hands it back apart from the readable pairs, so that one such row never stops
-the nightly run or an export.
+may not be a judgement this code can read: ``get`` raises ``UnreadableRow`` for it, and the reads
+of many rows (``read_page``, ``read_pairs``) hand it back apart from the readable ones, so that
+one such row never hides the others from the admin list, the nightly run or an export.
 """
 
 from __future__ import annotations
 
-import builtins
 import json
-import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 
 from conscience.errors import StoreError
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
 
-log = logging.getLogger(__name__)
-
 __all__ = [
     "BLANK",
     "COLUMNS",
     "UNREADABLE_REASONS",
+    "Filters",
     "JudgementStore",
     "RowsRead",
     "UnreadableRow",
-    "all_readable",
     "check_page",
     "filter_sql",
     "is_pair",
     "json_text",
-    "readable_pairs",
     "split_rows",
     "to_utc",
 ]
@@ -79,8 +74,20 @@ class UnreadableRow(StoreError):
 class RowsRead:
     """What a read found: the judgements it could read, and the rows it could not."""
 
-    judgements: builtins.list[Judgement]
-    unreadable: builtins.list[UnreadableRow]
+    judgements: list[Judgement]
+    unreadable: list[UnreadableRow]
+
+
+class Filters(TypedDict, total=False):
+    """What ``read_page`` and ``count`` select on: a row matches when every filter given holds.
+
+    Naive datetimes are read as UTC.
+    """
+
+    verdict: Verdict | None  # the model's verdict, not the human label
+    framework: str | None
+    since: datetime | None  # created_at >= since
+    until: datetime | None  # created_at < until
 
 
 def is_pair(judgement: Judgement) -> bool:
@@ -118,11 +125,7 @@ def to_utc(moment: datetime) -> datetime:
 
 @runtime_checkable
 class JudgementStore(Protocol):
-    """Where judgements live. Every method may raise ``StoreError``; none blocks the event loop.
-
-    ``list`` and ``count`` filter on the model's ``verdict`` (not the human label), on
-    ``created_at >= since`` and ``created_at < until``; naive datetimes are read as UTC.
-    """
+    """Where judgements live. Every method may raise ``StoreError``; none blocks the event loop."""
 
     async def open(self) -> None:
         """Connect, then create the schema or migrate it to this code's version."""
@@ -134,74 +137,38 @@ class JudgementStore(Protocol):
         """Store one judgement; it is committed (durable) when this returns."""
         ...
 
-    async def add_many(self, judgements: builtins.list[Judgement]) -> None:
+    async def add_many(self, judgements: list[Judgement]) -> None:
         """Store several judgements in one transaction: all or none."""
         ...
 
     async def get(self, judgement_id: str) -> Judgement:
-        """The judgement with this id; ``NotFound`` if there is none."""
-        ...
-
-    async def list(
-        self,
-        *,
-        verdict: Verdict | None = None,
-        framework: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> builtins.list[Judgement]:
-        """Judgements matching every given filter, newest first; ``UnreadableRow`` if one of
-        them cannot be read (``read_page`` returns such rows apart)."""
+        """The judgement with this id; ``NotFound`` if there is none, ``UnreadableRow`` if it
+        cannot be read."""
         ...
 
     async def read_page(
-        self,
-        *,
-        verdict: Verdict | None = None,
-        framework: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        self, *, limit: int = 100, offset: int = 0, **filters: Unpack[Filters]
     ) -> RowsRead:
-        """``list()``, with each row that cannot be read returned apart instead of raised."""
+        """A page of the judgements matching ``filters``, newest first; each row of the page
+        that cannot be read is returned apart."""
         ...
 
-    async def count(
-        self,
-        *,
-        verdict: Verdict | None = None,
-        framework: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> int: ...
+    async def count(self, **filters: Unpack[Filters]) -> int:
+        """How many judgements match ``filters``, readable or not."""
+        ...
 
     async def set_human_label(self, judgement_id: str, label: Verdict | None) -> Judgement:
         """Set (or, with None, clear) the human label; returns the updated judgement."""
         ...
 
-    async def pairs(
-        self, *, include_consumed: bool = False, limit: int | None = None
-    ) -> builtins.list[Judgement]:
-        """Preference pairs, oldest first; only the unconsumed ones unless asked."""
-        ...
-
-    async def unconsumed_pairs(self, *, limit: int | None = None) -> builtins.list[Judgement]:
-        """Pairs no training run has used yet, oldest first (``pairs()`` with its default)."""
-        ...
-
     async def read_pairs(
         self, *, include_consumed: bool = False, limit: int | None = None
     ) -> RowsRead:
-        """``pairs()``, with each row that cannot be read returned apart instead of raised.
-
-        ``pairs()`` and ``unconsumed_pairs()`` leave such rows out with a warning in the log.
-        """
+        """Preference pairs, oldest first, only the unconsumed ones unless asked; each row that
+        the pair rule selects but that cannot be read is returned apart."""
         ...
 
-    async def mark_consumed(self, judgement_ids: builtins.list[str], run_id: str) -> int:
+    async def mark_consumed(self, judgement_ids: list[str], run_id: str) -> int:
         """Mark the still-unconsumed ones among these ids as used by ``run_id``; how many."""
         ...
 
@@ -227,36 +194,18 @@ def split_rows(
     return RowsRead(judgements, unreadable)
 
 
-def all_readable(found: RowsRead) -> builtins.list[Judgement]:
-    """The judgements of ``found``; its first unreadable row raised, if it has one."""
-    if found.unreadable:
-        raise found.unreadable[0]
-    return found.judgements
-
-
-def readable_pairs(found: RowsRead) -> builtins.list[Judgement]:
-    """The readable pairs of ``found``; each unreadable row is logged as a warning."""
-    for row in found.unreadable:
-        log.warning("pairs: skipped %s", row)
-    return found.judgements
-
-
 def filter_sql(
-    *,
-    verdict: Verdict | None,
-    framework: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    mark: str,
-    moment: Callable[[datetime], object],
-) -> tuple[str, builtins.list[object]]:
-    """The WHERE clause (possibly empty) of ``list``/``count`` and its parameters.
+    filters: Filters, *, mark: str, moment: Callable[[datetime], object]
+) -> tuple[str, list[object]]:
+    """The WHERE clause (possibly empty) of ``read_page``/``count`` and its parameters.
 
     ``mark`` is the driver's placeholder (``?`` or ``%s``); ``moment`` turns an aware UTC
     datetime into what the backend compares ``created_at`` with.
     """
-    clauses: builtins.list[str] = []
-    params: builtins.list[object] = []
+    clauses: list[str] = []
+    params: list[object] = []
+    verdict, framework = filters.get("verdict"), filters.get("framework")
+    since, until = filters.get("since"), filters.get("until")
     if verdict is not None:
         clauses.append(f"verdict = {mark}")
         params.append(Verdict(verdict).value)

@@ -14,12 +14,11 @@ Driver errors become ``StoreError``; no message repeats the password of the URL.
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Unpack
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -33,13 +32,12 @@ from conscience.labels import Verdict
 from conscience.store.base import (
     BLANK,
     COLUMNS,
+    Filters,
     RowsRead,
     UnreadableRow,
-    all_readable,
     check_page,
     filter_sql,
     json_text,
-    readable_pairs,
     split_rows,
     to_utc,
 )
@@ -199,7 +197,7 @@ class PostgresStore:
         async with self._connection() as conn:
             await conn.execute(_INSERT, row)
 
-    async def add_many(self, judgements: builtins.list[Judgement]) -> None:
+    async def add_many(self, judgements: list[Judgement]) -> None:
         rows = [_to_row(j) for j in judgements]
         if not rows:
             return
@@ -215,7 +213,7 @@ class PostgresStore:
             raise NotFound(f"no judgement {judgement_id!r}")
         return _from_row(row)
 
-    async def mark_consumed(self, judgement_ids: builtins.list[str], run_id: str) -> int:
+    async def mark_consumed(self, judgement_ids: list[str], run_id: str) -> int:
         if not judgement_ids:
             return 0
         sql = (
@@ -243,53 +241,24 @@ class PostgresStore:
             raise NotFound(f"no judgement {judgement_id!r}")
         return _from_row(row)
 
-    async def list(self, **filters: Any) -> builtins.list[Judgement]:
-        return all_readable(await self.read_page(**filters))
-
     async def read_page(
-        self,
-        *,
-        verdict: Verdict | None = None,
-        framework: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        self, *, limit: int = 100, offset: int = 0, **filters: Unpack[Filters]
     ) -> RowsRead:
         check_page(limit, offset)
-        where, params = filter_sql(
-            verdict=verdict, framework=framework, since=since, until=until, mark="%s", moment=to_utc
-        )
+        where, params = filter_sql(filters, mark="%s", moment=to_utc)
         sql = f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s"
         async with self._connection() as conn:
             cur = await conn.execute(sql, (*params, limit, offset))
             rows = await cur.fetchall()
         return split_rows(rows, _from_row)
 
-    async def count(
-        self,
-        *,
-        verdict: Verdict | None = None,
-        framework: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> int:
-        where, params = filter_sql(
-            verdict=verdict, framework=framework, since=since, until=until, mark="%s", moment=to_utc
-        )
+    async def count(self, **filters: Unpack[Filters]) -> int:
+        where, params = filter_sql(filters, mark="%s", moment=to_utc)
         async with self._connection() as conn:
             cur = await conn.execute(f"SELECT count(*) FROM judgements{where}", params)
             row = await cur.fetchone()
         assert row is not None  # count(*) always yields one row
         return int(row[0])
-
-    async def pairs(
-        self, *, include_consumed: bool = False, limit: int | None = None
-    ) -> builtins.list[Judgement]:
-        return readable_pairs(await self.read_pairs(include_consumed=include_consumed, limit=limit))
-
-    async def unconsumed_pairs(self, *, limit: int | None = None) -> builtins.list[Judgement]:
-        return await self.pairs(limit=limit)
 
     async def read_pairs(
         self, *, include_consumed: bool = False, limit: int | None = None

@@ -14,7 +14,6 @@ fsync. Each caller is answered only after the commit that holds its row.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import json
 import sqlite3
 import threading
@@ -23,7 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from pydantic import ValidationError
 
@@ -33,13 +32,12 @@ from conscience.labels import Verdict
 from conscience.store.base import (
     BLANK,
     COLUMNS,
+    Filters,
     RowsRead,
     UnreadableRow,
-    all_readable,
     check_page,
     filter_sql,
     json_text,
-    readable_pairs,
     split_rows,
     to_utc,
 )
@@ -258,7 +256,7 @@ class SQLiteStore:
         for (_, done), error in zip(batch, errors, strict=True):
             loop.call_soon_threadsafe(_settle, done, error)
 
-    async def add_many(self, judgements: builtins.list[Judgement]) -> None:
+    async def add_many(self, judgements: list[Judgement]) -> None:
         rows = [_to_row(j) for j in judgements]
         if rows:
             await self._call(_in_transaction, lambda c: c.executemany(_INSERT, rows))
@@ -275,7 +273,7 @@ class SQLiteStore:
             raise NotFound(f"no judgement {judgement_id!r}")
         return _from_row(row)
 
-    async def mark_consumed(self, judgement_ids: builtins.list[str], run_id: str) -> int:
+    async def mark_consumed(self, judgement_ids: list[str], run_id: str) -> int:
         ids = list(dict.fromkeys(judgement_ids))
 
         def update(conn: sqlite3.Connection) -> int:
@@ -312,48 +310,19 @@ class SQLiteStore:
             raise NotFound(f"no judgement {judgement_id!r}")
         return _from_row(row)
 
-    async def list(self, **filters: Any) -> builtins.list[Judgement]:
-        return all_readable(await self.read_page(**filters))
-
     async def read_page(
-        self,
-        *,
-        verdict: Verdict | None = None,
-        framework: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        self, *, limit: int = 100, offset: int = 0, **filters: Unpack[Filters]
     ) -> RowsRead:
         check_page(limit, offset)
-        where, params = filter_sql(
-            verdict=verdict, framework=framework, since=since, until=until, mark="?", moment=_moment
-        )
+        where, params = filter_sql(filters, mark="?", moment=_moment)
         sql = f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
         rows = await self._call(lambda c: c.execute(sql, (*params, limit, offset)).fetchall())
         return split_rows(rows, _from_row)
 
-    async def count(
-        self,
-        *,
-        verdict: Verdict | None = None,
-        framework: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> int:
-        where, params = filter_sql(
-            verdict=verdict, framework=framework, since=since, until=until, mark="?", moment=_moment
-        )
+    async def count(self, **filters: Unpack[Filters]) -> int:
+        where, params = filter_sql(filters, mark="?", moment=_moment)
         sql = f"SELECT count(*) FROM judgements{where}"
         return await self._call(lambda c: c.execute(sql, params).fetchone()[0])
-
-    async def pairs(
-        self, *, include_consumed: bool = False, limit: int | None = None
-    ) -> builtins.list[Judgement]:
-        return readable_pairs(await self.read_pairs(include_consumed=include_consumed, limit=limit))
-
-    async def unconsumed_pairs(self, *, limit: int | None = None) -> builtins.list[Judgement]:
-        return await self.pairs(limit=limit)
 
     async def read_pairs(
         self, *, include_consumed: bool = False, limit: int | None = None

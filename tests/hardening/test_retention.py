@@ -58,7 +58,9 @@ def _ids(path: Path) -> set[str]:
         store = open_store(str(path))
         await store.open()
         try:
-            return {j.id for j in await store.list(limit=1000)}
+            found = await store.read_page(limit=1000)
+            assert found.unreadable == []
+            return {j.id for j in found.judgements}
         finally:
             await store.close()
 

@@ -61,7 +61,9 @@ def run_sql(store_url: str, backend: str) -> Callable[[str], list[tuple[Any, ...
         if backend == "sqlite":
             conn = sqlite3.connect(sqlite_path(store_url))
             try:
-                return conn.execute(sql).fetchall()
+                rows = conn.execute(sql).fetchall()
+                conn.commit()
+                return rows
             finally:
                 conn.close()
         with psycopg.connect(store_url, autocommit=True) as pg:

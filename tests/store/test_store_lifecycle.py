@@ -83,11 +83,11 @@ async def test_every_field_of_the_record_is_a_column(store, backend, run_sql):
 
 async def test_a_negative_page_is_refused(store):
     with pytest.raises(ValueError):
-        await store.list(limit=-1)
+        await store.read_page(limit=-1)
     with pytest.raises(ValueError):
-        await store.list(offset=-5)
+        await store.read_page(offset=-5)
     with pytest.raises(ValueError):
-        await store.unconsumed_pairs(limit=-1)
+        await store.read_pairs(limit=-1)
 
 
 async def test_several_stores_open_one_new_database_at_once(store_url, make):

@@ -10,6 +10,7 @@ from conscience import pairs as pairs_module
 from conscience.labels import Verdict
 from conscience.pairs import export_pairs, to_trl_pair
 from conscience.store import is_pair
+from conscience.store.base import RowsRead
 
 
 async def test_pairs_follow_the_effective_verdict_and_the_rewrite(store, make, make_pair):
@@ -32,21 +33,21 @@ async def test_pairs_follow_the_effective_verdict_and_the_rewrite(store, make, m
         human_says_neutral,
     ]
     await store.add_many(all_of_them)
-    assert await store.unconsumed_pairs() == [plain, overruled, human_says_neutral]
+    assert await store.read_pairs() == RowsRead([plain, overruled, human_says_neutral], [])
 
     await store.set_human_label(overruled.id, Verdict.ETHICAL)
     await store.set_human_label(no_rewrite.id, Verdict.UNETHICAL)
     await store.set_human_label(neutral_rewritten.id, Verdict.UNETHICAL)
     await store.set_human_label(human_says_neutral.id, Verdict.NEUTRAL)
 
-    got = await store.unconsumed_pairs()
+    got = (await store.read_pairs()).judgements
     assert [j.id for j in got] == [plain.id, neutral_rewritten.id]
     # The SQL rule and the Python rule agree on every record.
-    stored = await store.list()
+    stored = (await store.read_page()).judgements
     assert {j.id for j in stored if is_pair(j)} == {j.id for j in got}
 
     await store.set_human_label(overruled.id, None)  # the model's verdict stands again
-    assert [j.id for j in await store.unconsumed_pairs()] == [
+    assert [j.id for j in (await store.read_pairs()).judgements] == [
         plain.id,
         overruled.id,
         neutral_rewritten.id,
@@ -56,9 +57,9 @@ async def test_pairs_follow_the_effective_verdict_and_the_rewrite(store, make, m
 async def test_unconsumed_pairs_are_oldest_first_and_limited(store, make_pair):
     made = [make_pair() for _ in range(5)]
     await store.add_many(made[::-1])
-    assert await store.unconsumed_pairs() == made
-    assert await store.unconsumed_pairs(limit=2) == made[:2]
-    assert await store.unconsumed_pairs(limit=0) == []
+    assert await store.read_pairs() == RowsRead(made, [])
+    assert await store.read_pairs(limit=2) == RowsRead(made[:2], [])
+    assert await store.read_pairs(limit=0) == RowsRead([], [])
 
 
 async def test_mark_consumed_is_idempotent_and_first_run_wins(store, make, make_pair):
@@ -74,9 +75,9 @@ async def test_mark_consumed_is_idempotent_and_first_run_wins(store, make, make_
     assert (await store.get(p1.id)).consumed_by == "run-1"
     assert (await store.get(p2.id)).consumed_by == "run-1"
     assert (await store.get(p3.id)).consumed_by == "run-2"
-    assert await store.unconsumed_pairs() == []
-    consumed = await store.pairs(include_consumed=True)
-    assert [j.id for j in consumed] == [p1.id, p2.id, p3.id]
+    assert await store.read_pairs() == RowsRead([], [])
+    consumed = await store.read_pairs(include_consumed=True)
+    assert [j.id for j in consumed.judgements] == [p1.id, p2.id, p3.id]
 
 
 async def test_mark_consumed_handles_more_ids_than_one_statement_binds(store, make_pair):
@@ -84,7 +85,7 @@ async def test_mark_consumed_handles_more_ids_than_one_statement_binds(store, ma
     await store.add_many(made)
     ids = [j.id for j in made]
     assert await store.mark_consumed(ids, "run-big") == 1200
-    assert await store.unconsumed_pairs(limit=1) == []
+    assert await store.read_pairs(limit=1) == RowsRead([], [])
 
 
 def test_to_trl_pair_is_conversational(make_pair, make):

@@ -10,6 +10,7 @@ import pytest
 from conscience.errors import NotFound, StoreError
 from conscience.judgement import Judgement
 from conscience.labels import Action, Verdict
+from conscience.store.base import RowsRead, UnreadableRow
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)  # the `make` fixture's first created_at
 
@@ -132,32 +133,59 @@ async def test_list_filters_and_pages_newest_first(store, make):
     await store.add_many(stored[::-1])  # insertion order must not matter
     newest_first = stored[::-1]
 
-    assert await store.list() == newest_first
+    assert await store.read_page() == RowsRead(newest_first, [])
     assert await store.count() == 30
-    pages = [await store.list(limit=7, offset=o) for o in range(0, 30, 7)]
-    assert [j for page in pages for j in page] == newest_first
-    assert await store.list(limit=3, offset=28) == newest_first[28:]
+    pages = [await store.read_page(limit=7, offset=o) for o in range(0, 30, 7)]
+    assert [j for page in pages for j in page.judgements] == newest_first
+    assert await store.read_page(limit=3, offset=28) == RowsRead(newest_first[28:], [])
 
     unethical = [j for j in newest_first if j.verdict is Verdict.UNETHICAL]
-    assert await store.list(verdict=Verdict.UNETHICAL) == unethical
+    assert await store.read_page(verdict=Verdict.UNETHICAL) == RowsRead(unethical, [])
     assert await store.count(verdict=Verdict.UNETHICAL) == len(unethical) == 15
     assert await store.count(verdict=Verdict.NEUTRAL) == 0
 
     wwjd = [j for j in newest_first if j.framework == "wwjd"]
-    assert await store.list(framework="wwjd") == wwjd
+    assert await store.read_page(framework="wwjd") == RowsRead(wwjd, [])
     assert await store.count(framework="wwjd") == 10
 
     since, until = T0 + timedelta(seconds=10), T0 + timedelta(seconds=20)
     window = [j for j in newest_first if since <= j.created_at < until]
     assert len(window) == 10
-    assert await store.list(since=since, until=until) == window
+    assert await store.read_page(since=since, until=until) == RowsRead(window, [])
     assert await store.count(since=since, until=until) == 10
     both = [j for j in window if j.framework == "wwjd" and j.verdict is Verdict.UNETHICAL]
-    got = await store.list(since=since, until=until, framework="wwjd", verdict=Verdict.UNETHICAL)
-    assert got == both
+    got = await store.read_page(
+        since=since, until=until, framework="wwjd", verdict=Verdict.UNETHICAL
+    )
+    assert got == RowsRead(both, [])
     assert len(both) == await store.count(
         since=since, until=until, framework="wwjd", verdict=Verdict.UNETHICAL
     )
+
+
+async def test_an_unreadable_row_is_read_apart_and_hides_no_other(store, make_pair, run_sql):
+    before, after = make_pair(), make_pair()
+    await store.add_many([before, after])
+    # Between the two, behind the store's back: a pair by the store's rule (a human said
+    # unethical), but "evil" is no verdict.
+    run_sql(
+        "INSERT INTO judgements"
+        " (id, created_at, framework, layout, messages, answer, verdict, human_label, rewrite)"
+        " VALUES ('jdg_evil', '2026-11-01T12:00:00.500000+00:00', 'three-laws', 'paper', '[]',"
+        " 'sure', 'evil', 'unethical', 'ask them') RETURNING id"
+    )
+    evil = ("jdg_evil", "invalid_record")
+
+    with pytest.raises(UnreadableRow) as raised:
+        await store.get("jdg_evil")
+    assert (raised.value.judgement_id, raised.value.reason) == evil
+    page = await store.read_page()
+    assert page.judgements == [after, before]
+    assert [(row.judgement_id, row.reason) for row in page.unreadable] == [evil]
+    assert await store.count() == 3
+    pairs = await store.read_pairs()
+    assert pairs.judgements == [before, after]
+    assert [(row.judgement_id, row.reason) for row in pairs.unreadable] == [evil]
 
 
 async def test_human_label_is_set_cleared_and_checked(store, make):
@@ -184,7 +212,7 @@ async def test_purge_deletes_only_what_is_older_than_the_cutoff(store, make, mak
     cutoff = new[0].created_at
 
     assert await store.purge_older_than(cutoff) == 3
-    assert await store.list() == new[::-1]
+    assert await store.read_page() == RowsRead(new[::-1], [])
     for j in old:
         with pytest.raises(NotFound):
             await store.get(j.id)

@@ -108,7 +108,7 @@ async def test_pairs_are_consumed_only_after_the_adapter_is_written(
     for j in filled["others"] + filled["unusable"]:
         assert (await store.get(j.id)).consumed_by is None
     # What is left for the next run: only the pairs this trainer could not use.
-    left = {j.id for j in await store.unconsumed_pairs()}
+    left = {j.id for j in (await store.read_pairs()).judgements}
     assert left == {j.id for j in filled["unusable"]}
 
 
@@ -136,7 +136,7 @@ async def test_a_failed_run_consumes_nothing(tiny_model_dir, tmp_path, store, fi
     monkeypatch.setattr(job, "train", crash_at_step_2)
     with pytest.raises(RuntimeError, match="killed"):
         await job.train_from_store(store, _config(tiny_model_dir, tmp_path / "a"), "run-3")
-    assert len(await store.unconsumed_pairs()) == 8
+    assert len((await store.read_pairs()).judgements) == 8
     assert not (tmp_path / "a" / "adapter_model.safetensors").exists()
 
 
@@ -163,7 +163,7 @@ async def test_a_cancelled_job_stops_training_and_consumes_nothing(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(steps) < 10  # it stopped, it did not run on for the 100 planned steps
-    assert len(await store.unconsumed_pairs()) == 8
+    assert len((await store.read_pairs()).judgements) == 8
     assert not (tmp_path / "a" / "adapter_model.safetensors").exists()
     assert (tmp_path / "a" / "checkpoint").exists()  # a later resume=True run continues here
 
@@ -194,7 +194,7 @@ async def test_a_resumed_job_trains_on_the_pairs_it_started_with(
     report = await job.train_from_store(store, config, "run-5")
     assert report["resumed_from"] == 2
     assert report["consumed"] == 6
-    assert {j.id for j in await store.unconsumed_pairs()} == {
+    assert {j.id for j in (await store.read_pairs()).judgements} == {
         late.id,
         *(j.id for j in filled["unusable"]),
     }

@@ -76,7 +76,9 @@ def _judgements(store_path):
         store = open_store(str(store_path))
         await store.open()
         try:
-            return await store.list(limit=1000)
+            found = await store.read_page(limit=1000)
+            assert found.unreadable == []
+            return found.judgements
         finally:
             await store.close()
 
