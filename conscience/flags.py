@@ -27,7 +27,7 @@ _FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     ),
     "upstream_api_key": (
         ("--api-key",),
-        {"help": "key for that endpoint (CONSCIENCE_UPSTREAM_API_KEY)"},
+        {"metavar": "KEY", "help": "key for that endpoint (CONSCIENCE_UPSTREAM_API_KEY)"},
     ),
     "model": (
         ("--model",),
@@ -39,7 +39,11 @@ _FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     ),
     "upstream_timeout": (
         ("--timeout",),
-        {"type": float, "help": "seconds per engine call (CONSCIENCE_UPSTREAM_TIMEOUT, 120)"},
+        {
+            "type": float,
+            "metavar": "SECONDS",
+            "help": "seconds per engine call (CONSCIENCE_UPSTREAM_TIMEOUT, 120)",
+        },
     ),
     "framework": (("--framework",), {"help": "ethics framework (CONSCIENCE_FRAMEWORK)"}),
     "frameworks_dir": (
