@@ -2,7 +2,8 @@
 
 ``open_store(url)`` picks the backend from the URL: a filesystem path or ``sqlite:///abs/path``
 for SQLite (the default, one proxy), ``postgresql://`` or ``postgres://`` for PostgreSQL (several
-replicas sharing one store). The contract is ``JudgementStore`` in ``conscience.store.base``.
+replicas sharing one store). The contract is ``JudgementStore`` in ``conscience.store.base``;
+the SQL both backends run is written once, in ``conscience.store.sql``.
 Constructing a store does no I/O; ``await store.open()`` connects and migrates.
 """
 

@@ -7,8 +7,8 @@ consumed by a training run, so that the nightly run never learns from the same p
 
 A *pair* is a judgement whose effective verdict (the human label if set, else the model's) is
 ``unethical`` and whose rewrite is not blank: (prompt, chosen = rewrite, rejected = answer).
-Both backends express that rule in SQL; ``is_pair`` is the same rule in Python, and the tests
-hold them to agree.
+The rule is written once in SQL (``sql.py``, for both backends) and once here in Python
+(``is_pair``), and the tests hold the two to agree.
 
 A row written behind the store's back (by hand, by a bug, by someone with access to the database)
 may not be a judgement this code can read: ``get`` raises ``UnreadableRow`` for it, and the reads
@@ -31,13 +31,12 @@ from conscience.labels import Verdict
 __all__ = [
     "BLANK",
     "COLUMNS",
+    "JSON_COLUMNS",
     "UNREADABLE_REASONS",
     "Filters",
     "JudgementStore",
     "RowsRead",
     "UnreadableRow",
-    "check_page",
-    "filter_sql",
     "is_pair",
     "json_text",
     "split_rows",
@@ -49,6 +48,9 @@ BLANK = " \t\r\n"
 
 # Every field of the record is a column, in the record's order.
 COLUMNS: tuple[str, ...] = tuple(Judgement.model_fields)
+
+# The columns that hold JSON (text in SQLite, jsonb in PostgreSQL).
+JSON_COLUMNS = frozenset({"messages", "label_probs"})
 
 
 UNREADABLE_REASONS = (
@@ -108,12 +110,6 @@ def json_text(judgement_id: str, field: str, value: object) -> str:
         return json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"judgement {judgement_id}: {field} is not JSON: {exc}") from exc
-
-
-def check_page(limit: int | None, offset: int = 0) -> None:
-    """Refuse a negative limit or offset (SQLite would read -1 as "no limit", PostgreSQL fails)."""
-    if (limit is not None and limit < 0) or offset < 0:
-        raise ValueError(f"limit and offset must not be negative (got {limit}, {offset})")
 
 
 def to_utc(moment: datetime) -> datetime:
@@ -192,30 +188,3 @@ def split_rows(
         except UnreadableRow as exc:
             unreadable.append(exc)
     return RowsRead(judgements, unreadable)
-
-
-def filter_sql(
-    filters: Filters, *, mark: str, moment: Callable[[datetime], object]
-) -> tuple[str, list[object]]:
-    """The WHERE clause (possibly empty) of ``read_page``/``count`` and its parameters.
-
-    ``mark`` is the driver's placeholder (``?`` or ``%s``); ``moment`` turns an aware UTC
-    datetime into what the backend compares ``created_at`` with.
-    """
-    clauses: list[str] = []
-    params: list[object] = []
-    verdict, framework = filters.get("verdict"), filters.get("framework")
-    since, until = filters.get("since"), filters.get("until")
-    if verdict is not None:
-        clauses.append(f"verdict = {mark}")
-        params.append(Verdict(verdict).value)
-    if framework is not None:
-        clauses.append(f"framework = {mark}")
-        params.append(framework)
-    if since is not None:
-        clauses.append(f"created_at >= {mark}")
-        params.append(moment(to_utc(since)))
-    if until is not None:
-        clauses.append(f"created_at < {mark}")
-        params.append(moment(to_utc(until)))
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params

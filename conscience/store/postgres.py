@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from enum import Enum
-from typing import Any, Unpack
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -29,19 +28,9 @@ from pydantic import ValidationError
 from conscience.errors import NotFound, StoreError
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
-from conscience.store.base import (
-    BLANK,
-    COLUMNS,
-    Filters,
-    RowsRead,
-    UnreadableRow,
-    check_page,
-    filter_sql,
-    json_text,
-    split_rows,
-    to_utc,
-)
-from conscience.store.schema import POSTGRES_MIGRATIONS
+from conscience.store.base import COLUMNS, UnreadableRow, to_utc
+from conscience.store.schema import POSTGRES_MIGRATIONS, POSTGRES_VERSION_TABLE
+from conscience.store.sql import CURRENT_VERSION, Query, SQLReads, Statements, check_version
 from conscience.store.url import redact, scrub
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
@@ -50,15 +39,6 @@ MIGRATIONS = POSTGRES_MIGRATIONS
 
 # pg_advisory_xact_lock key for migrations: the bytes of "conscie" (any constant would do).
 _MIGRATION_LOCK = int.from_bytes(b"conscie", "big")
-_JSON_COLUMNS = frozenset({"messages", "label_probs"})
-_SELECT = f"SELECT {', '.join(COLUMNS)} FROM judgements"
-_INSERT = (
-    f"INSERT INTO judgements ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
-)
-_PAIRS = (
-    " WHERE rewrite IS NOT NULL AND trim(rewrite, %s) <> ''"
-    " AND coalesce(human_label, verdict) = 'unethical'"
-)
 _CONNECT_TIMEOUT_S = 10
 
 
@@ -77,20 +57,18 @@ def _no_nul(value: Any) -> Any:
     return value
 
 
-def _to_row(judgement: Judgement) -> tuple[Any, ...]:
-    data = _no_nul(judgement.model_dump())
-    row: list[Any] = []
-    for name in COLUMNS:
-        value = data[name]
-        if isinstance(value, datetime):
-            value = to_utc(value)
-        elif isinstance(value, Enum):
-            value = value.value  # psycopg would dump an Enum by its *name*
-        elif name in _JSON_COLUMNS and value is not None:
-            text = json_text(judgement.id, name, value)
-            value = Jsonb(value, dumps=lambda _, text=text: text)  # serialized once, as SQLite does
-        row.append(value)
-    return tuple(row)
+def _jsonb(text: str) -> Jsonb:
+    """JSON text that ``json_text`` made, sent as jsonb as it is: ``dumps=str`` hands psycopg
+    the text unchanged, so nothing is serialized twice (or differently from SQLite)."""
+    return Jsonb(text, dumps=str)
+
+
+# psycopg sends an aware datetime as timestamptz.
+_SQL = Statements(mark="%s", moment=to_utc, json=_jsonb)
+
+
+def _to_row(judgement: Judgement) -> tuple[object, ...]:
+    return _SQL.values(_no_nul(judgement.model_dump()))
 
 
 def _from_row(row: Sequence[Any]) -> Judgement:
@@ -112,7 +90,7 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     )
 
 
-class PostgresStore:
+class PostgresStore(SQLReads, statements=_SQL, from_row=_from_row):
     """A ``JudgementStore`` in PostgreSQL (``postgresql://`` or ``postgres://`` URL)."""
 
     def __init__(
@@ -195,102 +173,56 @@ class PostgresStore:
     async def add(self, judgement: Judgement) -> None:
         row = _to_row(judgement)
         async with self._connection() as conn:
-            await conn.execute(_INSERT, row)
+            await conn.execute(_SQL.insert, row)
 
     async def add_many(self, judgements: list[Judgement]) -> None:
         rows = [_to_row(j) for j in judgements]
         if not rows:
             return
         async with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await cur.executemany(_INSERT, rows)
+            await cur.executemany(_SQL.insert, rows)
 
     async def set_human_label(self, judgement_id: str, label: Verdict | None) -> Judgement:
-        value = None if label is None else Verdict(label).value
-        sql = f"UPDATE judgements SET human_label = %s WHERE id = %s RETURNING {', '.join(COLUMNS)}"
         async with self._connection() as conn:
-            row = await (await conn.execute(sql, (value, judgement_id))).fetchone()
+            cur = await conn.execute(*_SQL.set_human_label(judgement_id, label))
+            row = await cur.fetchone()
         if row is None:
             raise NotFound(f"no judgement {judgement_id!r}")
         return _from_row(row)
 
     async def mark_consumed(self, judgement_ids: list[str], run_id: str) -> int:
-        if not judgement_ids:
+        updates = _SQL.mark_consumed(judgement_ids, run_id)
+        if not updates:
             return 0
-        sql = (
-            "UPDATE judgements SET consumed_by = %s"
-            " WHERE consumed_by IS NULL AND id = ANY(%s::text[])"
-        )
-        async with self._connection() as conn:
-            cur = await conn.execute(sql, (run_id, list(judgement_ids)))
-            return cur.rowcount
+        marked = 0
+        async with self._connection() as conn, conn.transaction():
+            for query in updates:
+                marked += (await conn.execute(*query)).rowcount
+        return marked
 
     async def purge_older_than(self, cutoff: datetime) -> int:
         async with self._connection() as conn:
-            cur = await conn.execute(
-                "DELETE FROM judgements WHERE created_at < %s", (to_utc(cutoff),)
-            )
+            cur = await conn.execute(*_SQL.purge_older_than(cutoff))
             return cur.rowcount
 
-    # -- reads ---------------------------------------------------------------------------------
+    # -- reads: SQLReads has them, this runs their queries -------------------------------------
 
-    async def get(self, judgement_id: str) -> Judgement:
+    async def _fetch(self, query: Query) -> list[Any]:
         async with self._connection() as conn:
-            cur = await conn.execute(f"{_SELECT} WHERE id = %s", (judgement_id,))
-            row = await cur.fetchone()
-        if row is None:
-            raise NotFound(f"no judgement {judgement_id!r}")
-        return _from_row(row)
-
-    async def read_page(
-        self, *, limit: int = 100, offset: int = 0, **filters: Unpack[Filters]
-    ) -> RowsRead:
-        check_page(limit, offset)
-        where, params = filter_sql(filters, mark="%s", moment=to_utc)
-        sql = f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s"
-        async with self._connection() as conn:
-            cur = await conn.execute(sql, (*params, limit, offset))
-            rows = await cur.fetchall()
-        return split_rows(rows, _from_row)
-
-    async def count(self, **filters: Unpack[Filters]) -> int:
-        where, params = filter_sql(filters, mark="%s", moment=to_utc)
-        async with self._connection() as conn:
-            cur = await conn.execute(f"SELECT count(*) FROM judgements{where}", params)
-            row = await cur.fetchone()
-        assert row is not None  # count(*) always yields one row
-        return int(row[0])
-
-    async def read_pairs(
-        self, *, include_consumed: bool = False, limit: int | None = None
-    ) -> RowsRead:
-        check_page(limit)
-        sql = _SELECT + _PAIRS
-        if not include_consumed:
-            sql += " AND consumed_by IS NULL"
-        sql += " ORDER BY created_at, id LIMIT %s"  # LIMIT NULL: all of them
-        async with self._connection() as conn:
-            cur = await conn.execute(sql, (BLANK, limit))
-            rows = await cur.fetchall()
-        return split_rows(rows, _from_row)
+            cur = await conn.execute(*query)
+            return await cur.fetchall()
 
 
 async def _migrate(conn: psycopg.AsyncConnection[Any], migrations: Sequence[Sequence[str]]) -> None:
     """Bring the schema to ``len(migrations)``, one opener at a time (advisory lock)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version"
-            " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        cur = await conn.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+        await conn.execute(POSTGRES_VERSION_TABLE)
+        cur = await conn.execute(CURRENT_VERSION)
         row = await cur.fetchone()
         current = int(row[0]) if row else 0
-        if current > len(migrations):
-            raise StoreError(
-                f"the store's schema is version {current}, newer than this code's"
-                f" {len(migrations)}: upgrade conscience"
-            )
+        check_version(current, migrations)
         for version in range(current + 1, len(migrations) + 1):
             for statement in migrations[version - 1]:
                 await conn.execute(statement)
-            await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            await conn.execute(*_SQL.record_version(version))

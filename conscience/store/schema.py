@@ -1,7 +1,8 @@
 """The store's schema, as migrations: SQLite's and PostgreSQL's side by side.
 
 Each migration is a list of statements applied in one transaction; a database's version is the
-number of migrations applied, recorded one row per version in ``schema_version``. Migrations
+number of migrations applied, recorded one row per version in ``schema_version`` (created before
+the first migration, by ``*_VERSION_TABLE``). Migrations
 are append-only: never edit or reorder one that has shipped, add a new one. A database newer than
 the code is refused at open (old code must not guess at columns it does not know).
 
@@ -13,7 +14,22 @@ when a row is read, not by a CHECK constraint, so that a new label needs no tabl
 
 from __future__ import annotations
 
-__all__ = ["POSTGRES_MIGRATIONS", "SQLITE_MIGRATIONS"]
+__all__ = [
+    "POSTGRES_MIGRATIONS",
+    "POSTGRES_VERSION_TABLE",
+    "SQLITE_MIGRATIONS",
+    "SQLITE_VERSION_TABLE",
+]
+
+SQLITE_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version"
+    " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+)
+
+POSTGRES_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version"
+    " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+)
 
 SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (

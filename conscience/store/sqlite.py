@@ -21,27 +21,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from enum import Enum
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from conscience.errors import NotFound, StoreError
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
-from conscience.store.base import (
-    BLANK,
-    COLUMNS,
-    Filters,
-    RowsRead,
-    UnreadableRow,
-    check_page,
-    filter_sql,
-    json_text,
-    split_rows,
-    to_utc,
-)
-from conscience.store.schema import SQLITE_MIGRATIONS
+from conscience.store.base import COLUMNS, JSON_COLUMNS, UnreadableRow, to_utc
+from conscience.store.schema import SQLITE_MIGRATIONS, SQLITE_VERSION_TABLE
+from conscience.store.sql import CURRENT_VERSION, Query, SQLReads, Statements, check_version
 from conscience.store.url import sqlite_path
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
@@ -50,34 +39,12 @@ MIGRATIONS = SQLITE_MIGRATIONS
 
 T = TypeVar("T")
 
-_JSON_COLUMNS = frozenset({"messages", "label_probs"})
-_COLUMN_LIST = ", ".join(COLUMNS)
-_SELECT = f"SELECT {_COLUMN_LIST} FROM judgements"
-_INSERT = f"INSERT INTO judgements ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-_PAIRS = (
-    " WHERE rewrite IS NOT NULL AND trim(rewrite, ?) <> ''"
-    " AND coalesce(human_label, verdict) = 'unethical'"
-)
-_CHUNK = 500  # ids per statement, well under SQLite's limit on bound parameters
-
 
 def _moment(moment: datetime) -> str:
     return to_utc(moment).isoformat(timespec="microseconds")
 
 
-def _to_row(judgement: Judgement) -> tuple[Any, ...]:
-    data = judgement.model_dump()
-    row: list[Any] = []
-    for name in COLUMNS:
-        value = data[name]
-        if isinstance(value, datetime):
-            value = _moment(value)
-        elif isinstance(value, Enum):
-            value = value.value
-        elif name in _JSON_COLUMNS and value is not None:
-            value = json_text(judgement.id, name, value)
-        row.append(value)
-    return tuple(row)
+_SQL = Statements(mark="?", moment=_moment)
 
 
 def _text(raw: bytes) -> str | bytes:
@@ -104,7 +71,7 @@ def _from_row(row: Sequence[Any]) -> Judgement:
                 data[name] = value.decode("utf-8")
             except UnicodeDecodeError:
                 raise UnreadableRow(row_id, "not_utf8", f"{name} is not UTF-8") from None
-    for name in _JSON_COLUMNS:
+    for name in JSON_COLUMNS:
         if data[name] is not None:
             try:
                 data[name] = json.loads(data[name])
@@ -117,7 +84,7 @@ def _from_row(row: Sequence[Any]) -> Judgement:
         raise UnreadableRow(row_id, "invalid_record", str(exc)) from None
 
 
-class SQLiteStore:
+class SQLiteStore(SQLReads, statements=_SQL, from_row=_from_row):
     """A ``JudgementStore`` in one SQLite file (``sqlite:///abs/path`` or a bare path)."""
 
     def __init__(
@@ -220,7 +187,7 @@ class SQLiteStore:
     async def add(self, judgement: Judgement) -> None:
         if self._executor is None:
             raise StoreError("the store is not open")
-        row = _to_row(judgement)
+        row = _SQL.values(judgement.model_dump())
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         with self._pending_lock:
@@ -243,7 +210,7 @@ class SQLiteStore:
             conn.execute("BEGIN IMMEDIATE")
             for i, (row, _) in enumerate(batch):
                 try:
-                    conn.execute(_INSERT, row)
+                    conn.execute(_SQL.insert, row)
                 except sqlite3.IntegrityError as exc:
                     # A failed INSERT undoes only itself; the others stay in the transaction.
                     errors[i] = StoreError(f"judgement {row[0]} not stored: {exc}")
@@ -257,84 +224,42 @@ class SQLiteStore:
             loop.call_soon_threadsafe(_settle, done, error)
 
     async def add_many(self, judgements: list[Judgement]) -> None:
-        rows = [_to_row(j) for j in judgements]
+        rows = [_SQL.values(j.model_dump()) for j in judgements]
         if rows:
-            await self._call(_in_transaction, lambda c: c.executemany(_INSERT, rows))
+            await self._call(_in_transaction, lambda c: c.executemany(_SQL.insert, rows))
 
     async def set_human_label(self, judgement_id: str, label: Verdict | None) -> Judgement:
-        value = None if label is None else Verdict(label).value
-
-        def update(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
-            sql = f"UPDATE judgements SET human_label = ? WHERE id = ? RETURNING {_COLUMN_LIST}"
-            return _in_transaction(conn, lambda c: c.execute(sql, (value, judgement_id)).fetchone())
-
-        row = await self._call(update)
+        query = _SQL.set_human_label(judgement_id, label)
+        row = await self._call(_in_transaction, lambda c: c.execute(*query).fetchone())
         if row is None:
             raise NotFound(f"no judgement {judgement_id!r}")
         return _from_row(row)
 
     async def mark_consumed(self, judgement_ids: list[str], run_id: str) -> int:
-        ids = list(dict.fromkeys(judgement_ids))
+        updates = _SQL.mark_consumed(judgement_ids, run_id)
 
         def update(conn: sqlite3.Connection) -> int:
-            marked = 0
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                sql = (
-                    "UPDATE judgements SET consumed_by = ? WHERE consumed_by IS NULL"
-                    f" AND id IN ({', '.join('?' * len(chunk))})"
-                )
-                marked += conn.execute(sql, (run_id, *chunk)).rowcount
-            return marked
+            return sum(conn.execute(*query).rowcount for query in updates)
 
-        if not ids:
+        if not updates:
             return 0
         return await self._call(_in_transaction, update)
 
     async def purge_older_than(self, cutoff: datetime) -> int:
+        query = _SQL.purge_older_than(cutoff)
+
         def purge(conn: sqlite3.Connection) -> int:
-            sql = "DELETE FROM judgements WHERE created_at < ?"
-            deleted = _in_transaction(conn, lambda c: c.execute(sql, (_moment(cutoff),)).rowcount)
+            deleted = _in_transaction(conn, lambda c: c.execute(*query).rowcount)
             # Also drop the old pages from the WAL, where the deleted text would otherwise linger.
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return deleted
 
         return await self._call(purge)
 
-    # -- reads ---------------------------------------------------------------------------------
+    # -- reads: SQLReads has them, this runs their queries -------------------------------------
 
-    async def get(self, judgement_id: str) -> Judgement:
-        sql = f"{_SELECT} WHERE id = ?"
-        row = await self._call(lambda c: c.execute(sql, (judgement_id,)).fetchone())
-        if row is None:
-            raise NotFound(f"no judgement {judgement_id!r}")
-        return _from_row(row)
-
-    async def read_page(
-        self, *, limit: int = 100, offset: int = 0, **filters: Unpack[Filters]
-    ) -> RowsRead:
-        check_page(limit, offset)
-        where, params = filter_sql(filters, mark="?", moment=_moment)
-        sql = f"{_SELECT}{where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-        rows = await self._call(lambda c: c.execute(sql, (*params, limit, offset)).fetchall())
-        return split_rows(rows, _from_row)
-
-    async def count(self, **filters: Unpack[Filters]) -> int:
-        where, params = filter_sql(filters, mark="?", moment=_moment)
-        sql = f"SELECT count(*) FROM judgements{where}"
-        return await self._call(lambda c: c.execute(sql, params).fetchone()[0])
-
-    async def read_pairs(
-        self, *, include_consumed: bool = False, limit: int | None = None
-    ) -> RowsRead:
-        check_page(limit)
-        sql = _SELECT + _PAIRS
-        if not include_consumed:
-            sql += " AND consumed_by IS NULL"
-        sql += " ORDER BY created_at, id LIMIT ?"
-        params = (BLANK, -1 if limit is None else limit)
-        rows = await self._call(lambda c: c.execute(sql, params).fetchall())
-        return split_rows(rows, _from_row)
+    async def _fetch(self, query: Query) -> list[Any]:
+        return await self._call(lambda c: c.execute(*query).fetchall())
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
@@ -379,22 +304,12 @@ def _migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]]) -> N
     """Bring the schema to ``len(migrations)``; the write lock makes concurrent openers wait."""
 
     def apply(c: sqlite3.Connection) -> None:
-        c.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version"
-            " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-        )
-        current = c.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
-        if current > len(migrations):
-            raise StoreError(
-                f"the store's schema is version {current}, newer than this code's"
-                f" {len(migrations)}: upgrade conscience"
-            )
+        c.execute(SQLITE_VERSION_TABLE)
+        current = c.execute(CURRENT_VERSION).fetchone()[0]
+        check_version(current, migrations)
         for version in range(current + 1, len(migrations) + 1):
             for statement in migrations[version - 1]:
                 c.execute(statement)
-            c.execute(
-                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                (version, _moment(datetime.now(UTC))),
-            )
+            c.execute(*_SQL.record_version(version))
 
     _in_transaction(conn, apply)
