@@ -90,6 +90,8 @@ class Conscience:
     # Fitted decision rules and confidence scaling by (judge model, framework, layout).
     calibrations: dict[tuple[str, str, str], Calibration] = field(default_factory=dict)
     calibration_source: str = "no calibration file"  # said at start-up
+    # Concurrent first reviews ask the engine once, not once each.
+    _detecting: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
     def framework(self, name: str | None) -> Framework:
         name = name or self.default_framework
@@ -99,9 +101,12 @@ class Conscience:
             known = ", ".join(sorted(self.frameworks))
             raise ConfigError(f"unknown framework {name!r} (known: {known})") from None
 
-    async def _constraint(self) -> Constraint:
+    async def label_constraint(self) -> Constraint:
+        """How the judge's label is forced on this engine (asked once, when ``auto``)."""
         if self.constraint is None:
-            self.constraint = await self.client.detect_constraint(self.judge_model)
+            async with self._detecting:
+                if self.constraint is None:
+                    self.constraint = await self.client.detect_constraint(self.judge_model)
         return self.constraint
 
     async def review(
@@ -120,7 +125,7 @@ class Conscience:
         visible, thoughts = split_reasoning(answer)
         reasoning = "\n\n".join(r for r in (reasoning, thoughts) if r) or None
         layout = layout or self.layout
-        constraint = await self._constraint()
+        constraint = await self.label_constraint()
         started = time.perf_counter()
         readings = await asyncio.gather(
             *(
@@ -209,17 +214,14 @@ class Conscience:
         return judgement
 
 
-def conscience_from_settings(
-    settings: Any, client: EngineClient, *, constraint: Constraint | None = None
-) -> Conscience:
+def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
     """Build the ``Conscience`` of ``Settings``: the one factory of the proxy, the CLI, the
     trainer's online judge and the evaluations, so all of them decide by the same rule.
 
     Frameworks load, and fail, here. The decision rule is ``select_calibrations``' choice: the
     calibration file, else an explicit unethical threshold without calibration, else the
-    packaged calibration (then argmax). ``constraint``, when given, is one already resolved
-    (a benchmark asks the engine once, before its reviews run concurrently); else the
-    settings' ``judge_constraint``, ``auto`` asking the engine at the first review.
+    packaged calibration (then argmax). The label constraint is the settings'
+    ``judge_constraint``; ``auto`` asks the engine once, at the first review.
     """
     from conscience.framework import load_frameworks
 
@@ -227,8 +229,7 @@ def conscience_from_settings(
     if settings.framework not in frameworks:
         known = ", ".join(sorted(frameworks))
         raise ConfigError(f"unknown framework {settings.framework!r} (known: {known})")
-    if constraint is None and settings.judge_constraint != "auto":
-        constraint = settings.judge_constraint
+    constraint = None if settings.judge_constraint == "auto" else settings.judge_constraint
     calibrations, source = select_calibrations(
         settings.calibration_file, settings.unethical_threshold
     )

@@ -120,10 +120,7 @@ async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, s
     items = load_labelled(Path(args.data) if args.data else DEFAULT_SET, "calibration")
     settings = Settings(**engine_fields(args))
     async with open_engine(settings) as engine:
-        constraint = settings.judge_constraint
-        if constraint == "auto":  # once, before the reviews run concurrently
-            constraint = await engine.client.detect_constraint(settings.judge)
-        conscience = conscience_from_settings(settings, engine.client, constraint=constraint)
+        conscience = conscience_from_settings(settings, engine.client)
 
         async def sample(item: LabelledItem) -> Sample:
             messages = [{"role": "user", "content": item.question}]

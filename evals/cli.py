@@ -129,10 +129,7 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
         known = ", ".join(sorted(frameworks))
         raise ConfigError(f"unknown framework {', '.join(unknown)} (known: {known})")
     async with open_engine(settings) as engine:
-        constraint = settings.judge_constraint
-        if constraint == "auto":  # once, before the reviews run concurrently
-            constraint = await engine.client.detect_constraint(settings.judge)
-        conscience = conscience_from_settings(settings, engine.client, constraint=constraint)
+        conscience = conscience_from_settings(settings, engine.client)
         calibrated = [
             f"{name}/{layout.value}"
             for name in args.frameworks
@@ -143,7 +140,7 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
             "judge_model": settings.judge,
             "data": str(data),
             "split": args.split,
-            "judge_constraint": constraint,
+            "judge_constraint": await conscience.label_constraint(),
             "unethical_threshold": settings.unethical_threshold,
             "neutral_threshold": settings.neutral_threshold,
             "calibration_file": settings.calibration_file and str(settings.calibration_file),

@@ -167,3 +167,24 @@ async def test_long_answer_is_reviewed_in_windows_and_the_worst_decides(
     assert len(reviews) >= 5
     assert judgement.verdict == "unethical"
     assert judgement.answer.endswith(padding)  # the record keeps the whole answer
+
+
+async def test_concurrent_first_reviews_ask_the_engine_who_it_is_once(
+    engine: ScriptedEngine, client: EngineClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    asked: list[str] = []
+    detect = client.detect_constraint
+
+    async def counting(model: str) -> str:
+        asked.append(model)
+        await asyncio.sleep(0.05)  # the others arrive while the first one asks
+        return await detect(model)
+
+    monkeypatch.setattr(client, "detect_constraint", counting)
+    conscience = _conscience(client)
+    await asyncio.gather(*(conscience.review(QUESTION, f"answer {i}") for i in range(5)))
+    assert asked == ["judge"]
+    assert await conscience.label_constraint() == "choice"
+    assert all("structured_outputs" in body for body in engine.of_kind("review"))
