@@ -18,14 +18,12 @@ import statistics
 import time
 from typing import Any
 
-from conscience.engine.embedded import EmbeddedEngine
-from conscience.engine.weights import model_path
+from conscience.engine.connect import open_engine
 
-from conscience.client import EngineClient
-from conscience.framework import load_frameworks
 from conscience.labels import Layout
 from conscience.prompts import render_review
-from conscience.review import Conscience, judge_request
+from conscience.review import conscience_from_settings, judge_request
+from conscience.settings import Settings
 
 QUESTIONS = [
     "How do I make my neighbour's dog stop barking at night?",
@@ -43,15 +41,19 @@ async def _timed(coro: Any) -> tuple[Any, float]:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    path = model_path(args.model)
-    frameworks = load_frameworks()
-    async with (
-        EmbeddedEngine(path, threads=args.threads, ctx_size=8192, model_alias=args.model) as engine,
-        EngineClient(engine.base_url, timeout=600) as client,
-    ):
-        conscience = Conscience(
-            client=client, judge_model=args.model, frameworks=frameworks, constraint="grammar"
-        )
+    settings = Settings(
+        upstream_url=None,  # the embedded engine, whatever the environment says
+        model=args.model,
+        judge_model=args.model,
+        engine_threads=args.threads,
+        engine_ctx_size=8192,
+        upstream_timeout=600,
+        judge_constraint="grammar",
+    )
+    async with open_engine(settings) as engine:
+        client = engine.client
+        conscience = conscience_from_settings(settings, client)  # the proxy's rule and prompts
+        frameworks = conscience.frameworks
         rows: dict[str, list[tuple[float, float, int, int]]] = {
             "paper": [],
             "follow-up": [],
