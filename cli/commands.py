@@ -190,6 +190,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr() -> None:
+    """The long commands' progress and notices as log lines on stderr, so a run without a
+    terminal (cron, Docker, nohup) says how far it got; httpx's line per request is left out."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["adapter"]:
@@ -199,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return adapter_main(argv[1:])
     args = _parser().parse_args(argv)
     handler: Handler = args.handler
+    if args.command != "serve":  # serve sets its own level (--log-level)
+        _log_to_stderr()
     try:
         return handler(args)
     except ConscienceError as exc:

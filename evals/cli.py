@@ -169,6 +169,7 @@ def _cmd_verdicts(args: argparse.Namespace) -> int:
 
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``eval em``, ``eval verdicts`` and ``eval experiment`` to the main CLI's subcommands."""
+    from conscience.evals.labelled import ALL_SPLITS
     from conscience.evals.questions import QUESTION_SETS
 
     evaluate = commands.add_parser(
@@ -227,9 +228,17 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         default=["paper", "follow-up"],
         help="comma-separated prompt layouts: paper, follow-up",
     )
-    verdicts.add_argument("--split", choices=["calibration", "heldout", "all"], default="all")
     verdicts.add_argument(
-        "--data", help="a set by name (project, em-samples) or a labelled JSONL (default: project)"
+        "--split",
+        choices=[*ALL_SPLITS, "all"],
+        default="all",
+        help="calibration/heldout of the project's sets, train/dev/test of harm-judging",
+    )
+    verdicts.add_argument(
+        "--data",
+        help="a set by name (project, em-samples, harm-judging) or a labelled JSONL, 3-way "
+        "(question, answer, label) or binary (prompt, response, harmful/unharmful); "
+        "default: project",
     )
     rule = verdicts.add_mutually_exclusive_group()
     rule.add_argument(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "SPLIT_FILE",
     "BinaryItem",
     "assign_parts",
+    "data_dir",
     "load_binary",
     "load_split",
     "prompt_key",
@@ -64,6 +66,12 @@ class BinaryItem:
     @property
     def harmful(self) -> bool:
         return self.label == "harmful"
+
+
+def data_dir() -> Path:
+    """``CONSCIENCE_HARM_DATA_DIR``, else the shared data next to the checkout."""
+    configured = os.environ.get("CONSCIENCE_HARM_DATA_DIR")
+    return Path(configured) if configured else DEFAULT_DIR
 
 
 def prompt_key(prompt: str) -> str:
@@ -168,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m conscience.evals.harm_judging")
-    parser.add_argument("data_dir", nargs="?", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("data_dir", nargs="?", type=Path, default=data_dir())
     parser.add_argument("--out", type=Path, default=SPLIT_FILE)
     args = parser.parse_args(argv)
     items = load_binary([args.data_dir])

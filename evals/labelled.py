@@ -5,6 +5,14 @@ expected: ``project`` (``evals/data/verdicts.jsonl``, written for this project, 
 calibration and a held-out split) and ``em-samples`` (``evals/data/em_samples.jsonl``: answers
 to the Emergent Misalignment questions, all held out). Any file with the same fields works.
 
+Binary-labelled sets, the guard-model field's format (``prompt``, ``response``, ``label`` =
+``harmful``/``unharmful``; ``evals/harm_judging.py``), load natively: a harmful item's gold
+label is ``unethical``, an unharmful one's ``ethical`` (the proxy passes both ``ethical`` and
+``neutral``). ``harm-judging`` names the shared human-labelled set
+(``CONSCIENCE_HARM_DATA_DIR``, default ``../shared/data/harm_judging``), split by prompt into
+``train``/``dev``/``test`` by the shipped split file; any other binary file or folder has no
+parts (``--split all``).
+
 An item either carries its question and answer, or a ``ref`` to a row of a file in the
 Emergent Misalignment data directory (``CONSCIENCE_EM_DATA_DIR``, default the shared one):
 ``{"file": ..., "row": N, "question_id": ..., "sha256": ...}``. Such content is not ours to
@@ -24,14 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conscience.evals.harm_judging import PARTS, load_binary, load_split
+from conscience.evals.harm_judging import data_dir as default_harm_data_dir
 from conscience.evals.questions import em_data_dir as default_em_data_dir
 
 from conscience.errors import ConfigError
 from conscience.labels import Verdict
 
 __all__ = [
+    "ALL_SPLITS",
     "DEFAULT_SET",
     "EM_SAMPLES_SET",
+    "HARM_JUDGING",
     "NAMED_SETS",
     "SPLITS",
     "LabelledItem",
@@ -42,8 +54,10 @@ __all__ = [
 
 DEFAULT_SET = Path(__file__).parent / "data" / "verdicts.jsonl"
 EM_SAMPLES_SET = Path(__file__).parent / "data" / "em_samples.jsonl"
+HARM_JUDGING = "harm-judging"
 NAMED_SETS = {"project": DEFAULT_SET, "em-samples": EM_SAMPLES_SET}
 SPLITS = ("calibration", "heldout")
+ALL_SPLITS = (*SPLITS, *PARTS)  # the project's parts, then the binary sets' parts
 _FIELDS = {"id", "question", "answer", "label", "attack", "category", "split"}
 _REF_FIELDS = {"file", "row", "question_id", "sha256"}
 
@@ -145,15 +159,62 @@ def _item(data: object, where: str) -> LabelledItem:
     )
 
 
+def _is_binary(path: Path) -> bool:
+    """A folder of sets, or a JSONL whose first item has ``prompt`` and ``response``."""
+    if path.is_dir():
+        return True
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = next((line for line in handle if line.strip()), "")
+        data = json.loads(first)
+    except (OSError, ValueError):
+        return False  # the project reader gives the precise error
+    return isinstance(data, dict) and {"prompt", "response"} <= set(data)
+
+
+def _load_binary(path: Path, parts: dict[str, str]) -> list[LabelledItem]:
+    """Binary items as labelled items: harmful -> unethical, unharmful -> ethical; the set's
+    name (the id's prefix) as the category; the part from ``parts`` (else ``all``)."""
+    return [
+        LabelledItem(
+            id=item.id,
+            question=item.prompt,
+            answer=item.response,
+            label=Verdict.UNETHICAL if item.harmful else Verdict.ETHICAL,
+            attack=False,
+            category=item.id.rsplit("-", 1)[0],
+            split=parts.get(item.id, "all"),
+        )
+        for item in load_binary([path])
+    ]
+
+
 def load_labelled(
-    path: Path | str = DEFAULT_SET, split: str = "all", *, em_data_dir: Path | None = None
+    path: Path | str = DEFAULT_SET,
+    split: str = "all",
+    *,
+    em_data_dir: Path | None = None,
+    harm_data_dir: Path | None = None,
 ) -> list[LabelledItem]:
-    """The items of ``path`` (or a packaged set's name) in ``split`` (``calibration``,
-    ``heldout`` or ``all``); references resolve in ``em_data_dir`` (default: as ``eval em``)."""
+    """The items of ``path`` (or a set's name) in ``split`` (``calibration``/``heldout`` of the
+    project's sets, ``train``/``dev``/``test`` of ``harm-judging``, or ``all``). References
+    resolve in ``em_data_dir`` (default: as ``eval em``); ``harm-judging`` reads
+    ``harm_data_dir`` (default: ``CONSCIENCE_HARM_DATA_DIR``, else the shared data)."""
+    if split not in (*ALL_SPLITS, "all"):
+        known = ", ".join((*ALL_SPLITS, "all"))
+        raise ConfigError(f"unknown split {split!r} (known: {known})")
+    if str(path) == HARM_JUDGING:
+        items = _load_binary(harm_data_dir or default_harm_data_dir(), load_split())
+        # A fixed order that mixes the three sources, so --limit N is a uniform sample.
+        items.sort(key=lambda item: answer_sha256(item.id))
+        return [item for item in items if split == "all" or item.split == split]
     path = resolve_set(path)
+    if _is_binary(path):
+        items = _load_binary(path, {})
+        if split != "all":
+            raise ConfigError(f"{path} is a binary set without parts: use --split all")
+        return items
     rows = _Rows(em_data_dir or default_em_data_dir(None))
-    if split not in (*SPLITS, "all"):
-        raise ConfigError(f"unknown split {split!r} (known: calibration, heldout, all)")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:

@@ -4,7 +4,13 @@ Each item is reviewed by ``conscience.review.Conscience`` exactly as the proxy r
 answer (same prompts, constraint and decision rule), once per framework and prompt layout.
 Out come accuracy, unethical recall, false-unethical rate, the confusion matrix, injection
 flips (attacks on the reviewer that escape an unethical verdict), seconds per verdict, the AUC
-of P(unethical), and the agreement between layouts.
+of P(unethical), the agreement between layouts, and the guard-model field's figures (F1,
+false-positive and false-negative rates, agreement, AUC; ``guard_metrics``).
+
+A run appends each row to ``verdicts.jsonl`` as it comes back, and a run started again on the
+same ``--out`` with the same settings reviews only the items not yet there (a different run
+in that directory is an error, never a mixed report). Progress is a bar on a terminal and a
+log line (done/total, rate, ETA) elsewhere.
 
 ``rescore`` applies a calibration file's rules to the rows of an earlier run (each row keeps
 its label probabilities; the judge call does not depend on the rule), so one pass of the judge
@@ -23,17 +29,21 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from conscience.evals.bounded import run_bounded
-from conscience.evals.labelled import LabelledItem
+from conscience.evals.guard_metrics import guard_metrics
+from conscience.evals.jsonl import AppendLog, read_records
+from conscience.evals.labelled import ALL_SPLITS, LabelledItem
 from conscience.evals.verdict_metrics import ERROR, LABELS, PREDICTIONS, Row, agreement, run_metrics
 
 from conscience.calibration import select_calibrations
 from conscience.errors import ConfigError, VerdictError
 from conscience.labels import Layout
+from conscience.progress import Progress
 from conscience.review import Conscience
 from conscience.verdict import DecisionRule
 
@@ -52,6 +62,7 @@ __all__ = [
 
 REPORT_FILE = "report.json"
 ROWS_FILE = "verdicts.jsonl"
+RUN_FILE = "run.json"  # what the rows were made with: a resumed run must match it
 CHART_FILE = "confusion.png"
 CURVE_FILE = "curve.png"
 
@@ -75,10 +86,46 @@ async def _review(
     return Row(item.id, item.label.value, predicted, item.attack, p_unethical, seconds, probs)
 
 
-def _progress(total: int) -> Any:
-    from tqdm import tqdm
+def _metrics(rows: list[Row]) -> dict[str, Any]:
+    return {**run_metrics(rows), "guard": guard_metrics(rows)}
 
-    return tqdm(total=total, desc="verdicts", unit="verdict", disable=None)
+
+def _keeper(
+    log: AppendLog, progress: Progress, framework: str, layout: str
+) -> Callable[[LabelledItem, Row], None]:
+    """Append each row as it comes back, and count it."""
+
+    def keep(_item: LabelledItem, row: Row) -> None:
+        log.append({"framework": framework, "layout": layout, **asdict(row)})
+        progress.update()
+
+    return keep
+
+
+def _resume(
+    out_dir: Path, identity: dict[str, Any], wanted: set[str]
+) -> dict[tuple[str, str, str], Row]:
+    """The rows an earlier run with the same identity left in ``out_dir``, by (framework,
+    layout, id); a directory holding another run is an error."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_file = out_dir / RUN_FILE
+    if run_file.exists():
+        earlier = json.loads(run_file.read_text(encoding="utf-8"))
+        if earlier != identity:
+            changed = sorted(k for k in {*earlier, *identity} if earlier.get(k) != identity.get(k))
+            raise ConfigError(
+                f"{out_dir} holds a run with other settings ({', '.join(changed)}): "
+                "choose another --out, or delete it to start again"
+            )
+    elif (out_dir / ROWS_FILE).exists():
+        raise ConfigError(f"{out_dir} holds rows of an unknown run: choose another --out")
+    run_file.write_text(json.dumps(identity, indent=1) + "\n", encoding="utf-8")
+    done: dict[tuple[str, str, str], Row] = {}
+    for record in read_records(out_dir / ROWS_FILE):
+        key = (record.pop("framework"), record.pop("layout"), record["id"])
+        if key[2] in wanted:
+            done[key] = Row(**record)
+    return done
 
 
 async def run_verdicts(
@@ -95,22 +142,34 @@ async def run_verdicts(
     """Review every item under every (framework, layout); write the rows, report and chart."""
     for name in frameworks:
         conscience.framework(name)  # an unknown framework fails before any review
+    identity = {"settings": settings or {}, "frameworks": frameworks}
+    identity["layouts"] = [layout.value for layout in layouts]
+    done = _resume(out_dir, identity, {item.id for item in items})
     runs: dict[str, dict[str, Any]] = {}
     all_rows: dict[tuple[str, str], list[Row]] = {}
-    with _progress(len(items) * len(frameworks) * len(layouts)) as bar:
+    total = len(items) * len(frameworks) * len(layouts)
+    with (
+        Progress(total, "verdicts", done=len(done), unit="verdict") as progress,
+        AppendLog(out_dir / ROWS_FILE) as log,
+    ):
         for framework in frameworks:
             for layout in layouts:
+                keep = _keeper(log, progress, framework, layout.value)
+                todo = [i for i in items if (framework, layout.value, i.id) not in done]
                 started = time.perf_counter()
-                rows = await run_bounded(
-                    items,
+                new = await run_bounded(
+                    todo,
                     lambda item, f=framework, la=layout: _review(conscience, item, f, la),
                     concurrency,
-                    lambda _item, _row: bar.update(1),
+                    keep,
                 )
                 wall = time.perf_counter() - started
+                fresh = {row.id: row for row in new}
+                rows = [fresh.get(i.id) or done[(framework, layout.value, i.id)] for i in items]
                 all_rows[(framework, layout.value)] = rows
-                metrics = run_metrics(rows)
-                metrics["wall_seconds"] = wall
+                metrics = _metrics(rows)
+                metrics["wall_seconds"] = wall  # this session's; a resumed run's earlier
+                metrics["resumed_rows"] = len(rows) - len(new)  # rows took their own
                 runs[f"{framework}/{layout.value}"] = {
                     "framework": framework,
                     "layout": layout.value,
@@ -148,11 +207,13 @@ def _write(
     out_dir: Path, report: dict[str, Any], all_rows: dict[tuple[str, str], list[Row]], chart: bool
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / ROWS_FILE).open("w", encoding="utf-8") as handle:
+    partial = out_dir / f"{ROWS_FILE}.partial"
+    with partial.open("w", encoding="utf-8") as handle:  # in item order, replaced at once
         for (framework, layout_name), rows in all_rows.items():
             for row in rows:
                 line = {"framework": framework, "layout": layout_name, **asdict(row)}
                 handle.write(json.dumps(line) + "\n")
+    partial.replace(out_dir / ROWS_FILE)
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if chart:
         write_chart(report, out_dir / CHART_FILE)
@@ -205,7 +266,7 @@ def rescore(
         if missing:
             raise ConfigError(f"{run_dir}: {framework}/{layout_name} lacks items {sorted(missing)}")
         kept[(framework, layout_name)] = chosen
-        metrics = run_metrics(chosen)
+        metrics = _metrics(chosen)
         runs[f"{framework}/{layout_name}"] = {
             "framework": framework,
             "layout": layout_name,
@@ -231,17 +292,22 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The report as a plain-text table, one line per (framework, layout)."""
+    """The report as a plain-text table, one line per (framework, layout): the project's
+    figures (accuracy, unethical recall, false-unethical rate, injection flips), then the guard
+    field's (F1, FPR, FNR, agreement; harmful = unethical gold = positive)."""
     header = (
-        f"{'framework/layout':<24} {'acc':>5} {'bin':>5} {'u-rec':>6} {'f-unet':>7} "
-        f"{'flips':>7} {'err':>4} {'auc':>5} {'s/verdict':>9}"
+        f"{'framework/layout':<24} {'acc':>5} {'u-rec':>6} {'f-unet':>7} {'F1':>5} {'FPR':>5} "
+        f"{'FNR':>5} {'agree':>5} {'flips':>7} {'err':>4} {'auc':>5} {'s/verdict':>9}"
     )
     lines = [header, "-" * len(header)]
     for name, run in report["runs"].items():
         flips = run["injection_flips"]
+        guard = run.get("guard") or guard_metrics([])  # reports from before the guard figures
         lines.append(
-            f"{name:<24} {_fmt(run['accuracy']):>5} {_fmt(run['binary_accuracy']):>5} "
+            f"{name:<24} {_fmt(run['accuracy']):>5} "
             f"{_fmt(run['unethical_recall']):>6} {_fmt(run['false_unethical_rate']):>7} "
+            f"{_fmt(guard['f1']):>5} {_fmt(guard['false_positive_rate']):>5} "
+            f"{_fmt(guard['false_negative_rate']):>5} {_fmt(guard['agreement']):>5} "
             f"{flips['flipped']:>3}/{flips['attacks']:<3} {run['errors']:>4} "
             f"{_fmt(run['auc_p_unethical']):>5} {_fmt(run['seconds_per_verdict']['mean'], 3):>9}"
         )
@@ -349,7 +415,7 @@ def _rescore_main(argv: list[str] | None = None) -> int:
         help="a calibration file (default: the packaged calibration); 'none': argmax",
     )
     parser.add_argument("--data", default="project", help="labelled set: name or path")
-    parser.add_argument("--split", choices=["calibration", "heldout", "all"], default="heldout")
+    parser.add_argument("--split", choices=[*ALL_SPLITS, "all"], default="heldout")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.calibration == "none":
