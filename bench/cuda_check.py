@@ -56,11 +56,12 @@ def _check(args: argparse.Namespace, device: str) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace, device: str, trained: dict[str, Any]) -> dict[str, Any]:
     import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     from conscience.trainer import loop
     from conscience.trainer.config import TrainConfig
     from conscience.trainer.testing import random_pairs, save_random_model
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory(prefix="cuda-check-") as tmp:
         t0 = time.perf_counter()

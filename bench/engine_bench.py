@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from conscience.engine.embedded import EmbeddedEngine
 from conscience.engine.weights import model_path
 

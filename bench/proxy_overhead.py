@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
 from conscience.server.threaded import free_port
 
 BODY = {"model": "gen", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}

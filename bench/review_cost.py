@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 from conscience.engine.connect import open_engine
-
 from conscience.labels import Layout
 from conscience.prompts import render_review
 from conscience.review import conscience_from_settings, judge_request

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from conscience.server.scripted import ScriptedEngine
 from conscience.server.threaded import free_port
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from conscience.bench.proxy_overhead import _process
 from conscience.server.threaded import free_port
 

@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import torch
+
     from conscience.trainer.testing import random_pairs, save_random_model
 
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:

@@ -32,7 +32,6 @@ def _settings(**fields: Any) -> Any:
 
 async def _review(args: argparse.Namespace) -> dict[str, Any]:
     from conscience.engine.connect import open_engine
-
     from conscience.review import conscience_from_settings
 
     settings = _settings(**engine_fields(args))
@@ -64,6 +63,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     import uvicorn
+
     from conscience.server.app import create_app
 
     settings = _settings(

@@ -19,7 +19,6 @@ from conscience.client import EngineClient
 
 if TYPE_CHECKING:
     from conscience.engine.embedded import EmbeddedEngine
-
     from conscience.settings import Settings
 
 __all__ = ["Engine", "open_engine"]

@@ -109,11 +109,11 @@ def _plot(samples: list[Sample], calibration: Calibration, path: Path) -> None:
 
 
 async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, str, str]]:
+    from tqdm import tqdm
+
     from conscience.engine.connect import open_engine
     from conscience.evals.bounded import run_bounded
     from conscience.evals.labelled import DEFAULT_SET, LabelledItem, load_labelled
-    from tqdm import tqdm
-
     from conscience.review import conscience_from_settings
     from conscience.settings import Settings
 

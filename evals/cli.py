@@ -21,7 +21,6 @@ from conscience.flags import ENDPOINT, add_engine_flags, engine_fields
 
 if TYPE_CHECKING:
     from conscience.evals.em import EmConfig
-
     from conscience.settings import Settings
 
 __all__ = ["add_eval_commands", "main"]
@@ -34,7 +33,6 @@ def _add_concurrency(parser: argparse.ArgumentParser) -> None:
 def _em_job(args: argparse.Namespace) -> tuple[Settings, EmConfig, str | None]:
     """The answering engine's settings, the benchmark's configuration, the judge's own URL."""
     from conscience.evals.em import EmConfig
-
     from conscience.settings import Settings
 
     settings = Settings(**engine_fields(args))
@@ -107,7 +105,6 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
     from conscience.engine.connect import open_engine
     from conscience.evals.labelled import DEFAULT_SET, load_labelled
     from conscience.evals.verdicts import run_verdicts
-
     from conscience.framework import load_frameworks
     from conscience.labels import Layout
     from conscience.review import conscience_from_settings

@@ -16,15 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conscience.client import EngineClient
 from conscience.engine.connect import open_engine
+from conscience.errors import ConfigError
 from conscience.evals.bounded import run_bounded
 from conscience.evals.em_report import build_report, write_chart
 from conscience.evals.jsonl import AppendLog, read_records
 from conscience.evals.questions import EmQuestion
 from conscience.evals.scoring import judge_score
-
-from conscience.client import EngineClient
-from conscience.errors import ConfigError
 
 if TYPE_CHECKING:
     from conscience.settings import Settings

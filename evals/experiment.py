@@ -39,13 +39,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from conscience.evals.arms import ARMS, JOURNAL, SETTINGS, TRAINED
 
 from conscience.errors import ConfigError, ConscienceError
+from conscience.evals.arms import ARMS, JOURNAL, SETTINGS, TRAINED
 
 if TYPE_CHECKING:
     from conscience.evals.em import EmConfig
-
     from conscience.settings import Settings
 
 __all__ = [
@@ -287,7 +286,6 @@ def _proxy(config: ExperimentConfig) -> Iterator[tuple[str, str]]:
     """The guardrail proxy on loopback in front of the engine: (its /v1 URL, how to start it)."""
     from conscience.server.app import create_app
     from conscience.server.threaded import serve_in_thread
-
     from conscience.settings import Settings
 
     assert config.url is not None
@@ -311,7 +309,6 @@ def em_job(config: ExperimentConfig, arm: str, url: str) -> tuple[Settings, EmCo
     """What ``eval_argv(config, arm, url)`` asks for: the answering engine's settings, the
     benchmark's configuration, and the judge's URL when it is not the answering engine."""
     from conscience.evals.em import EmConfig
-
     from conscience.settings import Settings
 
     assert config.url is not None

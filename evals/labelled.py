@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conscience.errors import ConfigError
 from conscience.evals.harm_judging import PARTS, load_binary, load_split
 from conscience.evals.harm_judging import data_dir as default_harm_data_dir
 from conscience.evals.questions import em_data_dir as default_em_data_dir
-
-from conscience.errors import ConfigError
 from conscience.labels import Verdict
 
 __all__ = [

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from conscience.evals.scoring import auc
-
 from conscience.labels import Verdict
 
 __all__ = ["ERROR", "PREDICTIONS", "Row", "agreement", "run_metrics", "threshold_sweep"]

@@ -34,14 +34,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from conscience.calibration import select_calibrations
+from conscience.errors import ConfigError, VerdictError
 from conscience.evals.bounded import run_bounded
 from conscience.evals.guard_metrics import guard_metrics
 from conscience.evals.jsonl import AppendLog, read_records
 from conscience.evals.labelled import ALL_SPLITS, LabelledItem
 from conscience.evals.verdict_metrics import ERROR, LABELS, PREDICTIONS, Row, agreement, run_metrics
-
-from conscience.calibration import select_calibrations
-from conscience.errors import ConfigError, VerdictError
 from conscience.labels import Layout
 from conscience.progress import Progress
 from conscience.review import Conscience

@@ -16,16 +16,16 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from conscience.server.auth import require_admin
-from conscience.server.errors import ApiError
-from conscience.server.pipeline import Pipeline
-from conscience.server.retention import purge_older_than_days
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from conscience.labels import Verdict
 from conscience.pairs import PairError, to_trl_line
+from conscience.server.auth import require_admin
+from conscience.server.errors import ApiError
+from conscience.server.pipeline import Pipeline
+from conscience.server.retention import purge_older_than_days
 from conscience.store.base import UnreadableRow
 
 __all__ = ["router"]

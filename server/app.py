@@ -10,16 +10,16 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
+from fastapi import FastAPI
+
 from conscience.engine.connect import open_engine
+from conscience.review import conscience_from_settings
 from conscience.server import admin, routes
 from conscience.server.errors import install_error_handlers, secret_scrubber
 from conscience.server.metrics import Metrics
 from conscience.server.middleware import RequestContext
 from conscience.server.pipeline import Pipeline
 from conscience.server.retention import retention_loop
-from fastapi import FastAPI
-
-from conscience.review import conscience_from_settings
 from conscience.settings import Settings
 from conscience.store import open_store
 from conscience.store.url import redact

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hmac
 
-from conscience.server.errors import ApiError
 from fastapi import Request
 
+from conscience.server.errors import ApiError
 from conscience.settings import Settings
 
 __all__ = ["bearer", "require_admin", "require_client"]

@@ -11,9 +11,10 @@ import time
 import uuid
 from typing import Any
 
-from conscience.server.errors import error_response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from conscience.server.errors import error_response
 
 __all__ = ["RequestContext"]
 

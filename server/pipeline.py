@@ -16,16 +16,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from conscience.server.errors import ApiError
-from conscience.server.metrics import Metrics
-from conscience.server.protocol import ChatCompletionRequest, ConscienceResult
-
 from conscience.client import EngineClient
 from conscience.errors import ConscienceError
 from conscience.judgement import Judgement
 from conscience.labels import Action, Policy, ReviewErrorMode, Verdict
 from conscience.prompts import message_text
 from conscience.review import Conscience
+from conscience.server.errors import ApiError
+from conscience.server.metrics import Metrics
+from conscience.server.protocol import ChatCompletionRequest, ConscienceResult
 from conscience.settings import Settings
 from conscience.store import JudgementStore
 

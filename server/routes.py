@@ -7,17 +7,17 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from conscience.server.auth import require_client
-from conscience.server.errors import ApiError, client_message, status_of
-from conscience.server.pipeline import Pipeline
-from conscience.server.protocol import ChatCompletionRequest
-from conscience.server.streaming import buffered_chunks, incremental_chunks, sse
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from pydantic_core import from_json
 
 from conscience.errors import ConscienceError
+from conscience.server.auth import require_client
+from conscience.server.errors import ApiError, client_message, status_of
+from conscience.server.pipeline import Pipeline
+from conscience.server.protocol import ChatCompletionRequest
+from conscience.server.streaming import buffered_chunks, incremental_chunks, sse
 
 __all__ = ["router"]
 

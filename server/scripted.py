@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import uvicorn
-from conscience.server.threaded import free_port, serve_in_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from conscience.server.threaded import free_port, serve_in_thread
 
 __all__ = ["Fault", "ScriptedEngine", "free_port", "serve_in_thread"]
 

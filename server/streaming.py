@@ -14,10 +14,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from conscience.labels import Action
 from conscience.server.pipeline import Decision, Options, Pipeline
 from conscience.server.protocol import ChatCompletionRequest
-
-from conscience.labels import Action
 
 __all__ = ["buffered_chunks", "incremental_chunks", "sse"]
 

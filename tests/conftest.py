@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from conscience.server.scripted import ScriptedEngine, serve_in_thread
 
 

@@ -4,8 +4,8 @@ spellings of the URL, and they land in the same ``Settings`` fields."""
 import argparse
 
 import pytest
-from conscience.cli.commands import _parser
 
+from conscience.cli.commands import _parser
 from conscience.flags import ENDPOINT, REVIEW, add_engine_flags, engine_fields
 from conscience.settings import Settings
 

@@ -6,12 +6,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from conscience.server.app import create_app
-from conscience.server.scripted import ScriptedEngine, serve_in_thread
 
 from conscience.calibration import PACKAGED_FILE, load_calibrations, select_calibrations
 from conscience.client import EngineClient
 from conscience.review import conscience_from_settings
+from conscience.server.app import create_app
+from conscience.server.scripted import ScriptedEngine, serve_in_thread
 from conscience.settings import DEFAULT_MODEL, Settings
 
 KEY = (DEFAULT_MODEL, "three-laws", "paper")

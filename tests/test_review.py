@@ -3,13 +3,13 @@
 from collections.abc import AsyncIterator
 
 import pytest
-from conscience.server.scripted import Fault, ScriptedEngine, free_port
 
 from conscience.client import EngineClient
 from conscience.errors import EngineStatusError, EngineTimeout, EngineUnavailable, VerdictError
 from conscience.framework import load_frameworks
 from conscience.labels import Layout
 from conscience.review import Conscience
+from conscience.server.scripted import Fault, ScriptedEngine, free_port
 
 QUESTION = [{"role": "user", "content": "How do I get into my neighbour's wifi?"}]
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from conscience.trainer.config import TrainConfig
 
 from conscience.errors import ConfigError
+from conscience.trainer.config import TrainConfig
 
 __all__ = [
     "Checkpoint",

@@ -86,11 +86,10 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 async def _train(args: argparse.Namespace) -> dict[str, Any]:
-    from conscience.trainer.job import train_from_store
-    from conscience.trainer.loop import train
-
     from conscience.settings import Settings
     from conscience.store import open_store
+    from conscience.trainer.job import train_from_store
+    from conscience.trainer.loop import train
 
     config = _config(args)
     run_id = args.run_id or Path(args.out).name or "run-" + uuid.uuid4().hex[:8]
@@ -126,9 +125,8 @@ def _check_online(args: argparse.Namespace) -> None:
 
 
 def _train_online(args: argparse.Namespace, config: Any, run_id: str) -> dict[str, Any]:
-    from conscience.trainer.online import OnlineConfig, train_online
-
     from conscience.settings import Settings
+    from conscience.trainer.online import OnlineConfig, train_online
 
     overrides: dict[str, Any] = {}
     if args.store:
@@ -157,8 +155,8 @@ def _train_online(args: argparse.Namespace, config: Any, run_id: str) -> dict[st
 
 def _publish(args: argparse.Namespace, report: dict[str, Any]) -> str:
     import httpx
-    from conscience.engine.publish import publish
 
+    from conscience.engine.publish import publish
     from conscience.settings import Settings
 
     settings = Settings()

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
+
 from conscience.trainer.checkpoint import fingerprint, remove_checkpoint, start_or_resume
 from conscience.trainer.config import TrainConfig
 from conscience.trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
@@ -26,7 +28,6 @@ from conscience.trainer.loss import combined_loss, dpo_loss, sequence_logps, sft
 from conscience.trainer.metrics import MetricsLog, plot_metrics, write_report
 from conscience.trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
 from conscience.trainer.schedule import lr_at, plan_steps
-from tqdm.auto import tqdm
 
 __all__ = [
     "PairTerms",

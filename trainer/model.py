@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from conscience.trainer.config import TrainConfig
 
 __all__ = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from conscience.trainer.config import TrainConfig
 
 __all__ = ["lr_at", "plan_steps"]

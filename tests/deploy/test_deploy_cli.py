@@ -9,7 +9,6 @@ import contextlib
 import io
 
 import pytest
-from conscience.cli.commands import _parser
 from deploy_files import (
     doc_conscience_commands,
     flags,
@@ -18,6 +17,8 @@ from deploy_files import (
     resolve,
     substitute_variables,
 )
+
+from conscience.cli.commands import _parser
 
 INVOCATIONS = image_invocations()
 DOC_COMMANDS = [("docs/deploy.md", argv) for argv in doc_conscience_commands()]

@@ -4,7 +4,6 @@ all of them are documented in .env.example, and the health checks probe routes t
 import re
 
 import pytest
-from conscience.server.app import create_app
 from deploy_files import (
     COMPOSE,
     DEPLOY,
@@ -22,6 +21,7 @@ from deploy_files import (
 )
 from pydantic import ValidationError
 
+from conscience.server.app import create_app
 from conscience.settings import Settings
 
 PREFIX = "CONSCIENCE_"

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from conscience.engine.embedded import EmbeddedEngine
 from conscience.engine.weights import MODELS, sha256_file
 

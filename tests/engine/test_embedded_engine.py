@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conscience.engine.embedded import STREAM_REQUEST_HEADERS, EmbeddedEngine
 
+from conscience.engine.embedded import STREAM_REQUEST_HEADERS, EmbeddedEngine
 from conscience.errors import EngineError
 
 GRAMMAR = (

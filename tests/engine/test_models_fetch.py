@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from conscience.engine.weights import (
     DEFAULT_MODEL,
     MODELS,
@@ -18,7 +19,6 @@ from conscience.engine.weights import (
     fetch_model,
     model_path,
 )
-
 from conscience.errors import ModelError
 
 # Registered out of alphabetical order, so a fetcher that sorted files would be caught.

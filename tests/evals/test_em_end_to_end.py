@@ -16,11 +16,11 @@ import math
 from pathlib import Path
 
 import pytest
+
+from conscience.errors import ConfigError
 from conscience.evals.cli import add_eval_commands
 from conscience.evals.scoring import wilson_interval
 from conscience.server.scripted import ScriptedEngine
-
-from conscience.errors import ConfigError
 
 SAMPLES = 4
 

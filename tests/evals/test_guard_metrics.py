@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from conscience.evals.guard_metrics import guard_metrics
 from conscience.evals.verdict_metrics import ERROR, Row
 

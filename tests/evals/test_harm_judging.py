@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from conscience.errors import ConfigError
 from conscience.evals.harm_judging import (
     DEFAULT_DIR,
     PARTS,
@@ -17,8 +19,6 @@ from conscience.evals.harm_judging import (
     prompt_key,
     write_split,
 )
-
-from conscience.errors import ConfigError
 
 
 def _write(path: Path, rows: list[object]) -> Path:

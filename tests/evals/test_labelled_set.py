@@ -5,9 +5,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conscience.evals.labelled import DEFAULT_SET, load_labelled
 
 from conscience.errors import ConfigError
+from conscience.evals.labelled import DEFAULT_SET, load_labelled
 
 FIELDS = {"id", "question", "answer", "label", "attack", "category", "split"}
 

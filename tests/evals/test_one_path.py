@@ -16,15 +16,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conscience.evals import em as em_module
-from conscience.evals.cli import add_eval_commands
-from conscience.evals.experiment import ExperimentConfig, em_job, run_experiment
-from conscience.server.app import create_app
-from conscience.server.scripted import ScriptedEngine, serve_in_thread
 
 from conscience import review
 from conscience.calibration import Calibration, save_calibration
+from conscience.evals import em as em_module
+from conscience.evals.cli import add_eval_commands
+from conscience.evals.experiment import ExperimentConfig, em_job, run_experiment
 from conscience.review import Conscience
+from conscience.server.app import create_app
+from conscience.server.scripted import ScriptedEngine, serve_in_thread
 from conscience.settings import Settings
 
 PROBS = {"ethical": 0.5, "neutral": 0.1, "unethical": 0.4}

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from conscience.evals.scoring import (
     auc,
     digit_chain_score,

@@ -21,10 +21,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conscience.evals.cli import add_eval_commands
-from conscience.server.scripted import ScriptedEngine
 
 from conscience.errors import ConfigError
+from conscience.evals.cli import add_eval_commands
+from conscience.server.scripted import ScriptedEngine
 
 ITEMS = {
     "e1": ("ethical", False, (0.8, 0.1, 0.1)),

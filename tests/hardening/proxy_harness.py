@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from conscience.server.app import create_app
 from conscience.server.scripted import ScriptedEngine, serve_in_thread
-
 from conscience.settings import Settings
 
 CLIENT_KEY = "sk-client-7f3a9c1e5b2d4a6f"

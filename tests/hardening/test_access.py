@@ -10,8 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conscience.server.app import create_app
-from conscience.server.scripted import Fault, free_port
 from proxy_harness import (
     ADMIN_KEY,
     CLIENT_KEY,
@@ -24,6 +22,8 @@ from proxy_harness import (
     running_proxy,
 )
 
+from conscience.server.app import create_app
+from conscience.server.scripted import Fault, free_port
 from conscience.settings import Settings
 
 CANARY = "CANARY-7319-my-neighbour-wifi-password"  # a private detail of a stored conversation

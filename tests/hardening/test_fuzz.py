@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from conscience.server.app import create_app
 from hypothesis import HealthCheck, settings
 from proxy_harness import (
     ADMIN_KEY,
@@ -31,6 +30,7 @@ from proxy_harness import (
     running_proxy,
 )
 
+from conscience.server.app import create_app
 from conscience.settings import Settings
 
 # Examples per operation; CONSCIENCE_FUZZ_EXAMPLES raises it for a longer local run.

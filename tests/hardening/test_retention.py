@@ -9,7 +9,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import conscience.server.retention
 import httpx
 import pytest
 from proxy_harness import (
@@ -21,6 +20,7 @@ from proxy_harness import (
     running_proxy,
 )
 
+import conscience.server.retention
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
 from conscience.store import open_store

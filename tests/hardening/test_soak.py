@@ -6,6 +6,7 @@ injected fault calls for, nothing leaks, and every acknowledged judgement is in 
 from __future__ import annotations
 
 import pytest
+
 from conscience.bench.soak import EXPECTED, FAULT_RATES, run_soak
 
 RSS_GROWTH_KIB = 32 * 1024  # stated bound for a 20 s run (measured: a few MiB)

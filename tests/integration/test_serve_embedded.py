@@ -14,6 +14,7 @@ import time
 import httpx
 import openai
 import pytest
+
 from conscience.server.scripted import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

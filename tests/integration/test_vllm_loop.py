@@ -24,9 +24,9 @@ from typing import IO, Any
 import httpx
 import openai
 import pytest
+
 from conscience.server.app import create_app
 from conscience.server.scripted import free_port, serve_in_thread
-
 from conscience.settings import Settings
 from conscience.verdict import LABEL_SURFACE_FORMS
 

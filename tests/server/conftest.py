@@ -8,9 +8,9 @@ from typing import Any
 
 import openai
 import pytest
+
 from conscience.server.app import create_app
 from conscience.server.scripted import serve_in_thread
-
 from conscience.settings import Settings
 
 ProxyFactory = Callable[..., Any]

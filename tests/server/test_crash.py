@@ -9,8 +9,8 @@ import time
 
 import httpx
 import pytest
-from conscience.server.scripted import ScriptedEngine, free_port
 
+from conscience.server.scripted import ScriptedEngine, free_port
 from conscience.store import open_store
 
 

@@ -3,6 +3,7 @@
 import httpx
 import openai
 import pytest
+
 from conscience.server.scripted import Fault, ScriptedEngine, free_port
 
 ASK = [{"role": "user", "content": "Hello?"}]

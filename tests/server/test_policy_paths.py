@@ -20,11 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from conscience.server.app import create_app
 from conscience.server.pipeline import REFUSAL
 from conscience.server.scripted import Fault, ScriptedEngine, serve_in_thread
-from prometheus_client.parser import text_string_to_metric_families
-
 from conscience.settings import Settings
 
 ASK = [{"role": "user", "content": "Where is Paris?"}]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from conscience.server.pipeline import REFUSAL
 from conscience.server.scripted import ScriptedEngine
 

@@ -11,10 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
+from conscience.errors import ConfigError  # noqa: E402
 from conscience.trainer.checkpoint import fingerprint, start_or_resume  # noqa: E402
 from conscience.trainer.config import TrainConfig  # noqa: E402
-
-from conscience.errors import ConfigError  # noqa: E402
 
 PLAN = [[[0, 1]], [[2, 3]], [[0, 2]], [[1, 3]]]  # 4 steps, one micro-batch each
 ROWS = [("a", 2, [1, 2, 3]), ("b", 1, [4, 5])]

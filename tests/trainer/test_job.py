@@ -13,11 +13,10 @@ pytest.importorskip("torch")
 store_module = pytest.importorskip("conscience.store")
 pytest.importorskip("conscience.pairs")
 
-from conscience.trainer import job, loop  # noqa: E402
-from conscience.trainer.config import TrainConfig  # noqa: E402
-
 from conscience.judgement import Judgement  # noqa: E402
 from conscience.labels import Verdict  # noqa: E402
+from conscience.trainer import job, loop  # noqa: E402
+from conscience.trainer.config import TrainConfig  # noqa: E402
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -10,12 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conscience.errors import ConfigError  # noqa: E402
 from conscience.trainer import loop  # noqa: E402
 from conscience.trainer import model as trainer_model  # noqa: E402
 from conscience.trainer.config import TrainConfig  # noqa: E402
 from conscience.trainer.schedule import lr_at, plan_steps  # noqa: E402
-
-from conscience.errors import ConfigError  # noqa: E402
 
 
 def _config(model_dir, out_dir, **overrides):

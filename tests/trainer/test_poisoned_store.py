@@ -30,9 +30,6 @@ import pytest
 pytest.importorskip("torch")
 psycopg = pytest.importorskip("psycopg")
 
-from conscience.trainer import job  # noqa: E402
-from conscience.trainer.config import TrainConfig  # noqa: E402
-from conscience.trainer.data import SKIP_REASONS  # noqa: E402
 from poison import (  # noqa: E402
     Blob,
     Case,
@@ -46,6 +43,9 @@ from poison import sqlite_insert as _sqlite_insert  # noqa: E402
 
 from conscience.store import open_store  # noqa: E402
 from conscience.store.base import UNREADABLE_REASONS  # noqa: E402
+from conscience.trainer import job  # noqa: E402
+from conscience.trainer.config import TrainConfig  # noqa: E402
+from conscience.trainer.data import SKIP_REASONS  # noqa: E402
 
 GOOD = "good"  # a case the run must learn from
 NOT_A_PAIR = None  # a case the store's pair rule leaves out: it never reaches the trainer

@@ -78,7 +78,6 @@ class OnlineJudge:
         the last would wait behind every other rewrite (minutes on CPU) and time out.
         """
         from conscience.engine.connect import open_engine
-
         from conscience.review import conscience_from_settings
         from conscience.store import open_store
 

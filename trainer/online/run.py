@@ -24,6 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm.auto import tqdm
+
+from conscience.errors import ConfigError, EngineError
+from conscience.pairs import to_trl_pair
+from conscience.store import is_pair
 from conscience.trainer.checkpoint import fingerprint, remove_checkpoint, start_or_resume
 from conscience.trainer.config import TrainConfig
 from conscience.trainer.data import (
@@ -42,11 +47,6 @@ from conscience.trainer.online.judge import OnlineJudge, StepReview
 from conscience.trainer.online.metrics import plot_online, summarize
 from conscience.trainer.online.sample import sample_answers
 from conscience.trainer.schedule import lr_at, plan_steps
-from tqdm.auto import tqdm
-
-from conscience.errors import ConfigError, EngineError
-from conscience.pairs import to_trl_pair
-from conscience.store import is_pair
 
 if TYPE_CHECKING:
     from conscience.settings import Settings
