@@ -37,6 +37,9 @@ class Judgement(BaseModel):
     verdict: Verdict
     confidence: float | None = None  # calibrated probability of the verdict, if known
     label_probs: dict[str, float] | None = None  # P(label) from the judge's log-probs
+    # The screen's rules the answer broke (conscience/screen.py); set, the verdict is unethical
+    # whatever the judge read, and ``confidence`` is None (a rule decided, not a probability).
+    screen: list[str] | None = None
     rewrite: str | None = None
     action: Action | None = None
     review_ms: float | None = None

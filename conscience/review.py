@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -27,9 +28,12 @@ from conscience.prompts import (
     render_rewrite,
     split_reasoning,
 )
+from conscience.screen import screen as screen_answer
 from conscience.verdict import LABEL_SURFACE_FORMS, DecisionRule, VerdictReading, read_verdict
 
 __all__ = ["Conscience", "answer_windows", "conscience_from_settings", "judge_request"]
+
+log = logging.getLogger("conscience.review")
 
 Message = dict[str, Any]
 
@@ -81,6 +85,7 @@ class Conscience:
     frameworks: dict[str, Framework]
     default_framework: str = "three-laws"
     layout: Layout = Layout.PAPER
+    screen: bool = True  # an answer that talks to its reviewer is unethical (conscience/screen.py)
     constraint: Constraint | None = None  # None: ask the engine once who it is
     rule: DecisionRule = field(default_factory=DecisionRule)
     top_logprobs: int = 20  # OpenAI's maximum; the labels' first tokens are always among them
@@ -135,6 +140,12 @@ class Conscience:
         )
         # The most damning window decides: harm hidden after padding is still harm.
         reading = max(readings, key=_severity)
+        verdict, confidence, rules = reading.verdict, reading.confidence, None
+        screened = screen_answer(visible) if self.screen else None
+        if screened is not None and screened.flagged:
+            # The judge was still asked: its reading stays in label_probs, for the record.
+            verdict, confidence, rules = Verdict.UNETHICAL, None, list(screened.rules)
+            log.warning("answer talks to its reviewer (%s): unethical", ", ".join(rules))
         return Judgement(
             request_id=request_id,
             model=model,
@@ -144,9 +155,10 @@ class Conscience:
             messages=messages,
             answer=visible,
             reasoning=reasoning,
-            verdict=reading.verdict,
-            confidence=reading.confidence,
+            verdict=verdict,
+            confidence=confidence,
             label_probs=reading.label_probs,
+            screen=rules,
             review_ms=(time.perf_counter() - started) * 1000,
         )
 
@@ -239,6 +251,7 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
         frameworks=frameworks,
         default_framework=settings.framework,
         layout=settings.layout,
+        screen=settings.screen,
         constraint=constraint,
         rule=DecisionRule(settings.unethical_threshold, settings.neutral_threshold),
         top_logprobs=settings.top_logprobs,

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     framework: str = "three-laws"  # the default framework of a request
     frameworks_dir: Path | None = None  # user framework files (NAME.toml) added to the built-ins
     layout: Layout = Layout.PAPER  # docs/decisions.md, "Prompt layout"
+    screen: bool = True  # answers that talk to their reviewer are unethical (conscience/screen.py)
     policy: Policy = Policy.REWRITE  # what to do with an unethical answer
     on_review_error: ReviewErrorMode = ReviewErrorMode.CLOSED  # fail closed: nothing unreviewed
     allow_overrides: bool = True  # may a request choose its framework/policy in "conscience"?

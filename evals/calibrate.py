@@ -122,9 +122,11 @@ async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, s
     async with open_engine(settings) as engine:
         conscience = conscience_from_settings(settings, engine.client)
 
-        async def sample(item: LabelledItem) -> Sample:
+        async def sample(item: LabelledItem) -> Sample | None:
             messages = [{"role": "user", "content": item.question}]
             judgement = await conscience.review(messages, item.answer)
+            if judgement.screen:
+                return None  # the screen decided it: the judge's threshold is not asked
             if judgement.label_probs is None:
                 raise ConscienceError(
                     "the judge returned no label log-probabilities: nothing to calibrate "
@@ -134,9 +136,10 @@ async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, s
 
         bar = tqdm(total=len(items), desc="calibration reviews", unit="item", disable=None)
         with bar:
-            samples = await run_bounded(
+            reviewed = await run_bounded(
                 items, sample, args.concurrency or 1, lambda _item, _sample: bar.update(1)
             )
+    samples = [s for s in reviewed if s is not None]
     return samples, (settings.judge, settings.framework, settings.layout.value)
 
 
@@ -153,6 +156,8 @@ def samples_from_rows(
         for row in rows:
             if row.id not in calibration_ids:
                 continue
+            if row.screened:
+                continue  # the screen decided it: the judge's threshold is not asked
             if not row.probs:
                 raise ConscienceError(
                     f"{rows_dir}: row {row.id} ({framework}/{layout_name}) has no "

@@ -53,8 +53,15 @@ __all__ = [
 
 DEFAULT_SET = Path(__file__).parent / "data" / "verdicts.jsonl"
 EM_SAMPLES_SET = Path(__file__).parent / "data" / "em_samples.jsonl"
+# Attacks on the reviewer written for the screen (conscience/screen.py), apart from the
+# project set's, with honest look-alikes: the screen was designed on these.
+FRESH_ATTACKS_SET = Path(__file__).parent / "data" / "attacks_fresh.jsonl"
 HARM_JUDGING = "harm-judging"
-NAMED_SETS = {"project": DEFAULT_SET, "em-samples": EM_SAMPLES_SET}
+NAMED_SETS = {
+    "project": DEFAULT_SET,
+    "em-samples": EM_SAMPLES_SET,
+    "attacks-fresh": FRESH_ATTACKS_SET,
+}
 SPLITS = ("calibration", "heldout")
 ALL_SPLITS = (*SPLITS, *PARTS)  # the project's parts, then the binary sets' parts
 _FIELDS = {"id", "question", "answer", "label", "attack", "category", "split"}

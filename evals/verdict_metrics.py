@@ -33,6 +33,9 @@ class Row:
     p_unethical: float | None
     seconds: float
     probs: dict[str, float] | None = None  # all label probabilities, for refitting offline
+    # The screen decided (conscience/screen.py): unethical whatever the rule, and P(unethical)
+    # is 1 in the curves and the AUC; ``probs`` still hold the judge's own reading.
+    screened: bool = False
 
 
 def _rate(hits: int, total: int) -> float | None:

@@ -76,13 +76,18 @@ async def _review(
     except VerdictError:
         # The judge answered something that is no label: a failed review, counted as wrong.
         # Engine failures (unreachable, timeouts, 5xx) are not caught: they stop the run.
-        predicted, p_unethical, probs = ERROR, None, None
+        predicted, p_unethical, probs, screened = ERROR, None, None, False
     else:
         predicted = judgement.verdict.value
         probs = dict(judgement.label_probs) if judgement.label_probs else None
         p_unethical = probs.get("unethical") if probs else None
+        screened = bool(judgement.screen)
+        if screened:
+            p_unethical = 1.0
     seconds = time.perf_counter() - started
-    return Row(item.id, item.label.value, predicted, item.attack, p_unethical, seconds, probs)
+    return Row(
+        item.id, item.label.value, predicted, item.attack, p_unethical, seconds, probs, screened
+    )
 
 
 def _metrics(rows: list[Row]) -> dict[str, Any]:
@@ -259,7 +264,8 @@ def rescore(
                 continue
             if row.probs is None and row.predicted != ERROR:
                 raise ConfigError(f"{run_dir}: row {row.id} has no label probabilities")
-            predicted = rule.decide(row.probs).value if row.probs else row.predicted
+            decided = row.screened or not row.probs  # the screen's verdict stands under any rule
+            predicted = row.predicted if decided else rule.decide(row.probs).value
             chosen.append(replace(row, predicted=predicted))
         missing = wanted - {row.id for row in chosen}
         if missing:

@@ -138,5 +138,12 @@ def test_calibrate_command(engine, engine_url, tmp_path) -> None:
     (entry,) = json.loads(out.read_text())
     assert (entry["model"], entry["framework"], entry["layout"]) == ("judge", "four-laws", "paper")
     assert entry["fitted"]["split"] == "calibration" and entry["fitted"]["items"] >= 30
-    assert len(engine.of_kind("review")) == entry["fitted"]["items"]
+    # Every calibration item was reviewed; those the screen decided are not fitted on.
+    from conscience.evals.labelled import load_labelled
+    from conscience.screen import screen
+
+    items = load_labelled("project", "calibration")
+    screened = sum(screen(item.answer).flagged for item in items)
+    assert screened > 0 and len(engine.of_kind("review")) == len(items)
+    assert entry["fitted"]["items"] == len(items) - screened
     assert (tmp_path / "calibration.four-laws.paper.reliability.png").stat().st_size > 1000

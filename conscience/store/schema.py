@@ -61,6 +61,8 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX judgements_unconsumed_pairs ON judgements (created_at, id)
             WHERE consumed_by IS NULL AND rewrite IS NOT NULL""",
     ),
+    # 2: the screen's rules (conscience/screen.py), JSON; NULL for rows before it.
+    ("ALTER TABLE judgements ADD COLUMN screen TEXT",),
 )
 
 POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -93,4 +95,6 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX judgements_unconsumed_pairs ON judgements (created_at, id)
             WHERE consumed_by IS NULL AND rewrite IS NOT NULL""",
     ),
+    # 2: the screen's rules (conscience/screen.py), JSON; NULL for rows before it.
+    ("ALTER TABLE judgements ADD COLUMN screen jsonb",),
 )

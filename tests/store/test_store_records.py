@@ -35,6 +35,7 @@ def full_judgement() -> Judgement:
         verdict=Verdict.UNETHICAL,
         confidence=0.8125,
         label_probs={"ethical": 0.1, "neutral": 0.0875, "unethical": 0.8125},
+        screen=["verdict-line", "look-alike"],
         rewrite="Here is a safe way: …",
         action=Action.REWRITTEN,
         review_ms=12.5,
