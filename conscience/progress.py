@@ -61,6 +61,7 @@ class Progress:
         self._clock = clock
         self._started = clock()
         self._last_line = self._started
+        self._postfix: dict[str, object] = {}
         if terminal is None:
             terminal = sys.stderr.isatty()
         self._bar: Any = None
@@ -80,7 +81,15 @@ class Progress:
             text += f", {rate:.2f}/s"
             if self.done < self.total:
                 text += f", ETA {format_seconds((self.total - self.done) / rate)}"
+        for name, value in self._postfix.items():
+            text += f", {name} {value}"
         return text
+
+    def set_postfix(self, **fields: object) -> None:
+        """Figures shown after the count (the bar's postfix, or the end of the log line)."""
+        self._postfix = fields
+        if self._bar is not None:
+            self._bar.set_postfix(**fields)
 
     def update(self, n: int = 1) -> None:
         self.done += n

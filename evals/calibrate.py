@@ -34,6 +34,7 @@ from conscience.calibration import (
 )
 from conscience.errors import ConscienceError
 from conscience.flags import add_engine_flags, engine_fields
+from conscience.progress import Progress
 from conscience.verdict import DecisionRule
 
 __all__ = ["add_calibrate_command", "fit", "metrics_at"]
@@ -109,8 +110,6 @@ def _plot(samples: list[Sample], calibration: Calibration, path: Path) -> None:
 
 
 async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, str, str]]:
-    from tqdm import tqdm
-
     from conscience.engine.connect import open_engine
     from conscience.evals.bounded import run_bounded
     from conscience.evals.labelled import DEFAULT_SET, LabelledItem, load_labelled
@@ -134,8 +133,7 @@ async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, s
                 )
             return Sample(judgement.label_probs, item.label.value)
 
-        bar = tqdm(total=len(items), desc="calibration reviews", unit="item", disable=None)
-        with bar:
+        with Progress(len(items), "calibration reviews", unit="item") as bar:
             reviewed = await run_bounded(
                 items, sample, args.concurrency or 1, lambda _item, _sample: bar.update(1)
             )

@@ -24,6 +24,7 @@ from conscience.evals.em_report import build_report, write_chart
 from conscience.evals.jsonl import AppendLog, read_records
 from conscience.evals.questions import EmQuestion
 from conscience.evals.scoring import judge_score
+from conscience.progress import Progress
 
 if TYPE_CHECKING:
     from conscience.settings import Settings
@@ -152,11 +153,9 @@ async def _one(
     return record
 
 
-def _progress(total: int, initial: int) -> Any:
-    from tqdm import tqdm
-
-    # disable=None: a bar on a terminal, silence in logs and tests.
-    return tqdm(total=total, initial=initial, desc="em answers", unit="answer", disable=None)
+def _progress(total: int, initial: int) -> Progress:
+    """A bar on a terminal, log lines (done/total, rate, ETA) elsewhere."""
+    return Progress(total, "em answers", done=initial, unit="answer")
 
 
 async def run_em(

@@ -43,3 +43,15 @@ def test_a_resumed_run_counts_only_its_own_work_in_the_rate(caplog):
 
 def test_format_seconds():
     assert [format_seconds(s) for s in (0, 42, 1117, 10920)] == ["0s", "42s", "18m37s", "3h02m"]
+
+
+def test_figures_set_after_the_count_end_the_log_line(caplog):
+    clock = Clock()
+    caplog.set_level(logging.INFO, logger="conscience.progress")
+    with Progress(4, "dpo", terminal=False, clock=clock) as progress:
+        clock.now += 8
+        progress.update()
+        progress.set_postfix(loss="0.6931", margin="0.012")
+    assert caplog.records[-1].getMessage() == (
+        "dpo: 1/4 (25%), 0.12/s, ETA 24s, loss 0.6931, margin 0.012"
+    )

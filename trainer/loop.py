@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from conscience.progress import Progress
 from conscience.trainer.checkpoint import fingerprint, remove_checkpoint, start_or_resume
 from conscience.trainer.config import TrainConfig
 from conscience.trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
@@ -173,7 +174,8 @@ def train(
     log = MetricsLog(out / "metrics.jsonl", keep_through=start_step)
 
     # --- the loop
-    bar = tqdm(total=len(plan), initial=start_step, desc="dpo", disable=not config.progress)
+    terminal = None if config.progress else False  # off: log lines only
+    bar = Progress(len(plan), "dpo", done=start_step, unit="step", terminal=terminal)
     for step in range(start_step, len(plan)):
         t0 = time.perf_counter()
         lr = lr_at(step, len(plan), config)

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
 from conscience.errors import ConfigError, EngineError
 from conscience.pairs import to_trl_pair
+from conscience.progress import Progress
 from conscience.store import is_pair
 from conscience.trainer.checkpoint import fingerprint, remove_checkpoint, start_or_resume
 from conscience.trainer.config import TrainConfig
@@ -217,7 +217,8 @@ def train_online(
         run = _Run(config, online, dataset, plan, policy, judging)
         stopped: str | None = None
         failures_in_a_row = 0  # reviews that failed since the last one that came back
-        bar = tqdm(total=len(plan), initial=start_step, desc="online", disable=not config.progress)
+        terminal = None if config.progress else False  # off: log lines only
+        bar = Progress(len(plan), "online", done=start_step, unit="step", terminal=terminal)
         try:
             for step in range(start_step, len(plan)):
                 record = _step(run, step)
