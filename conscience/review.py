@@ -18,7 +18,7 @@ from typing import Any
 
 from conscience.calibration import Calibration, select_calibrations
 from conscience.client import Constraint, EngineClient
-from conscience.errors import ConfigError, EngineError
+from conscience.errors import ConfigError, EngineError, VerdictError
 from conscience.framework import Framework
 from conscience.judgement import Judgement
 from conscience.labels import Layout, Verdict
@@ -130,22 +130,33 @@ class Conscience:
         visible, thoughts = split_reasoning(answer)
         reasoning = "\n\n".join(r for r in (reasoning, thoughts) if r) or None
         layout = layout or self.layout
-        constraint = await self.label_constraint()
         started = time.perf_counter()
-        readings = await asyncio.gather(
-            *(
-                self._judge(chosen, messages, window, layout, reasoning, constraint)
-                for window in answer_windows(visible, self.window_chars)
+        # Everything the judge reads is screened: the answer and the reasoning it came with.
+        rules = None
+        if self.screen:
+            screened = screen_answer("\n\n".join(t for t in (visible, reasoning) if t))
+            rules = list(screened.rules) or None
+        try:
+            constraint = await self.label_constraint()
+            readings = await asyncio.gather(
+                *(
+                    self._judge(chosen, messages, window, layout, reasoning, constraint)
+                    for window in answer_windows(visible, self.window_chars)
+                )
             )
-        )
+        except (EngineError, VerdictError):
+            if rules is None:
+                raise
+            readings = []  # the screen decided; a judge that failed cannot undo that
         # The most damning window decides: harm hidden after padding is still harm.
-        reading = max(readings, key=_severity)
-        verdict, confidence, rules = reading.verdict, reading.confidence, None
-        screened = screen_answer(visible) if self.screen else None
-        if screened is not None and screened.flagged:
+        reading = max(readings, key=_severity) if readings else None
+        if rules is not None:
             # The judge was still asked: its reading stays in label_probs, for the record.
-            verdict, confidence, rules = Verdict.UNETHICAL, None, list(screened.rules)
+            verdict, confidence = Verdict.UNETHICAL, None
             log.warning("answer talks to its reviewer (%s): unethical", ", ".join(rules))
+        else:
+            assert reading is not None
+            verdict, confidence = reading.verdict, reading.confidence
         return Judgement(
             request_id=request_id,
             model=model,
@@ -157,7 +168,7 @@ class Conscience:
             reasoning=reasoning,
             verdict=verdict,
             confidence=confidence,
-            label_probs=reading.label_probs,
+            label_probs=reading.label_probs if reading is not None else None,
             screen=rules,
             review_ms=(time.perf_counter() - started) * 1000,
         )

@@ -143,6 +143,8 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
             "calibration_file": settings.calibration_file and str(settings.calibration_file),
             "calibration_source": conscience.calibration_source,
             "calibrated_runs": calibrated,  # these use the file's rule, not the threshold
+            "screen": conscience.screen,
+            "review_window_chars": conscience.window_chars,
         }
         return await run_verdicts(
             conscience,

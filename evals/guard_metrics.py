@@ -13,7 +13,8 @@ With TP, FP, FN, TN the counts of (flagged, harmful) outcomes over N items::
     F1        = 2 TP / (2 TP + FP + FN)  FPR = FP / (FP + TN),  FNR = FN / (FN + TP)
     agreement = (TP + TN) / N            AUC = P(p_harmful(h) > p_harmful(u)), ties count 1/2
 
-``p_harmful`` is the judge's P(unethical); the AUC is given only when every item has it.
+``p_harmful`` is the row's P(unethical): the judge's, or 1 where the screen decided (the
+shipped path's score); the AUC is given only when every item has one.
 """
 
 from __future__ import annotations

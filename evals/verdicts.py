@@ -106,9 +106,7 @@ def _keeper(
     return keep
 
 
-def _resume(
-    out_dir: Path, identity: dict[str, Any], wanted: set[str]
-) -> dict[tuple[str, str, str], Row]:
+def _resume(out_dir: Path, identity: dict[str, Any]) -> dict[tuple[str, str, str], Row]:
     """The rows an earlier run with the same identity left in ``out_dir``, by (framework,
     layout, id); a directory holding another run is an error."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -127,8 +125,7 @@ def _resume(
     done: dict[tuple[str, str, str], Row] = {}
     for record in read_records(out_dir / ROWS_FILE):
         key = (record.pop("framework"), record.pop("layout"), record["id"])
-        if key[2] in wanted:
-            done[key] = Row(**record)
+        done[key] = Row(**record)
     return done
 
 
@@ -148,7 +145,9 @@ async def run_verdicts(
         conscience.framework(name)  # an unknown framework fails before any review
     identity = {"settings": settings or {}, "frameworks": frameworks}
     identity["layouts"] = [layout.value for layout in layouts]
-    done = _resume(out_dir, identity, {item.id for item in items})
+    on_file = _resume(out_dir, identity)
+    wanted = {item.id for item in items}
+    done = {key: row for key, row in on_file.items() if key[2] in wanted}
     runs: dict[str, dict[str, Any]] = {}
     all_rows: dict[tuple[str, str], list[Row]] = {}
     total = len(items) * len(frameworks) * len(layouts)
@@ -180,7 +179,9 @@ async def run_verdicts(
                     **metrics,
                 }
     report = _report(items, runs, all_rows, settings, concurrency)
-    _write(out_dir, report, all_rows, chart)
+    # Rows of items outside this run (an earlier, larger --limit) stay on file for the next.
+    kept = {key: row for key, row in on_file.items() if key[2] not in wanted}
+    _write(out_dir, report, all_rows, chart, also=kept)
     return report
 
 
@@ -208,7 +209,12 @@ def _report(
 
 
 def _write(
-    out_dir: Path, report: dict[str, Any], all_rows: dict[tuple[str, str], list[Row]], chart: bool
+    out_dir: Path,
+    report: dict[str, Any],
+    all_rows: dict[tuple[str, str], list[Row]],
+    chart: bool,
+    *,
+    also: dict[tuple[str, str, str], Row] | None = None,
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / f"{ROWS_FILE}.partial"
@@ -217,6 +223,9 @@ def _write(
             for row in rows:
                 line = {"framework": framework, "layout": layout_name, **asdict(row)}
                 handle.write(json.dumps(line) + "\n")
+        for (framework, layout_name, _), row in (also or {}).items():
+            line = {"framework": framework, "layout": layout_name, **asdict(row)}
+            handle.write(json.dumps(line) + "\n")
     partial.replace(out_dir / ROWS_FILE)
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if chart:

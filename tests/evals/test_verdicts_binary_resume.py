@@ -123,3 +123,15 @@ def test_a_directory_holding_another_run_is_refused(engine, engine_url, tmp_path
     (out / "run.json").unlink()
     with pytest.raises(ConfigError, match="rows of an unknown run"):
         _run(engine_url, data, out)
+
+
+def test_a_smaller_limit_reports_fewer_items_and_keeps_the_other_rows(engine, engine_url, tmp_path):
+    _script(engine)
+    data, out = _binary(tmp_path / "toy.jsonl"), tmp_path / "out"
+    assert _run(engine_url, data, out) == 0
+    assert _run(engine_url, data, out, "--limit", "2") == 0
+    assert json.loads((out / "report.json").read_text())["items"] == 2
+    assert len((out / "verdicts.jsonl").read_text().splitlines()) == 6  # nothing thrown away
+    before = len(engine.of_kind("review"))
+    assert _run(engine_url, data, out) == 0
+    assert len(engine.of_kind("review")) == before  # all six were still there
