@@ -104,6 +104,7 @@ class ConscienceResult(BaseModel):
     confidence: float | None = None
     judgement_id: str | None = None
     choices: list[ConscienceResult] | None = None  # one per choice when n > 1
+    screen: list[str] | None = None  # the screen's rules, when the screen decided the verdict
 
     @classmethod
     def of(cls, judgement: Judgement) -> ConscienceResult:
@@ -116,8 +117,11 @@ class ConscienceResult(BaseModel):
             action=judgement.action,
             confidence=judgement.confidence,
             judgement_id=judgement.id,
+            screen=judgement.screen,
         )
 
     def wire(self) -> dict[str, object]:
-        """The JSON object clients see: every contract key, ``choices`` only when n > 1."""
-        return self.model_dump(mode="json", exclude=None if self.choices else {"choices"})
+        """The JSON object clients see: every contract key, ``choices`` only when n > 1 and
+        ``screen`` only when the screen decided."""
+        left_out = {name for name in ("choices", "screen") if not getattr(self, name)}
+        return self.model_dump(mode="json", exclude=left_out or None)
