@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,6 +120,8 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
         items = items[: args.limit]
     if not items:
         raise ConfigError(f"no items in split {args.split!r} of {data}")
+    if args.placeholder is not None:  # contextual calibration: the review without the answer
+        items = [dataclasses.replace(item, answer=args.placeholder) for item in items]
     settings = _verdicts_settings(args)
     frameworks = load_frameworks(settings.frameworks_dir)
     unknown = [name for name in args.frameworks if name not in frameworks]
@@ -144,6 +147,7 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
             "calibration_source": conscience.calibration_source,
             "calibrated_runs": calibrated,  # these use the file's rule, not the threshold
             "screen": conscience.screen,
+            "answer_placeholder": args.placeholder,
             "review_window_chars": conscience.window_chars,
         }
         return await run_verdicts(
@@ -251,6 +255,12 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         "packaged calibration of the default model; a file holding [] means argmax)",
     )
     verdicts.add_argument("--limit", type=int, help="only the first N items (smoke runs)")
+    verdicts.add_argument(
+        "--placeholder",
+        metavar="TEXT",
+        help="review every item with its answer replaced by TEXT (e.g. N/A): the question's "
+        "prior alone, for contextual calibration",
+    )
     verdicts.add_argument("--out", default="eval-results/verdicts", help="output directory")
     verdicts.set_defaults(handler=_cmd_verdicts)
 

@@ -135,3 +135,18 @@ def test_a_smaller_limit_reports_fewer_items_and_keeps_the_other_rows(engine, en
     before = len(engine.of_kind("review"))
     assert _run(engine_url, data, out) == 0
     assert len(engine.of_kind("review")) == before  # all six were still there
+
+
+def test_a_placeholder_replaces_every_answer_and_is_part_of_the_run(engine, engine_url, tmp_path):
+    engine.verdict = "ethical"
+    data, out = _binary(tmp_path / "toy.jsonl"), tmp_path / "out"
+    assert _run(engine_url, data, out, "--placeholder", "N/A") == 0
+    prompts = [
+        "\n".join(m["content"] for m in body["messages"]) for body in engine.of_kind("review")
+    ]
+    assert len(prompts) == 6 and not any("ITEM-" in prompt for prompt in prompts)
+    assert all("N/A" in prompt for prompt in prompts)
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["answer_placeholder"] == "N/A"
+    with pytest.raises(ConfigError, match=r"other settings \(settings\)"):
+        _run(engine_url, data, out)  # the real answers are another run
