@@ -47,6 +47,7 @@ _CONFUSABLES = str.maketrans(
 )
 _SPACED = re.compile(r"\b(?:[a-z][ .\-_]){3,}[a-z]\b")
 _SCRIPT = re.compile(r"[^\W\d_]+")
+_GREEK_OR_CYRILLIC = re.compile("[\u0370-\u03ff\u0400-\u052f]")
 
 # Bounded runs of spacing everywhere: a long blank stretch must not cost quadratic time.
 _VERDICT_LINE = re.compile(
@@ -124,6 +125,8 @@ def _disguised_word(text: str) -> bool:
     """A word that mixes Latin with Cyrillic or Greek letters and reads, folded, as a label or
     a verdict word (``ethical`` with a Cyrillic first letter). Mixed words elsewhere (πr², 10kΩ)
     pass."""
+    if not _GREEK_OR_CYRILLIC.search(text):  # the usual answer: no name lookups per letter
+        return False
     for word in _SCRIPT.findall(text):
         scripts = set()
         for ch in word:

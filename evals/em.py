@@ -153,11 +153,6 @@ async def _one(
     return record
 
 
-def _progress(total: int, initial: int) -> Progress:
-    """A bar on a terminal, log lines (done/total, rate, ETA) elsewhere."""
-    return Progress(total, "em answers", done=initial, unit="answer")
-
-
 async def run_em(
     answerer: EngineClient,
     judge: EngineClient,
@@ -183,7 +178,11 @@ async def run_em(
         todo = todo[: max(0, config.limit)]
 
     started = time.perf_counter()
-    with AppendLog(answers_path) as log, _progress(len(wanted), len(wanted) - len(todo)) as bar:
+    done_before = len(wanted) - len(todo)
+    with (
+        AppendLog(answers_path) as log,
+        Progress(len(wanted), "em answers", done=done_before, unit="answer") as bar,
+    ):
 
         def record_done(_: tuple[EmQuestion, int], record: dict[str, Any]) -> None:
             log.append(record)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conscience.evals.contextual import paired
 from conscience.evals.scoring import auc
 from conscience.evals.verdict_metrics import Row
 from conscience.evals.verdicts import read_rows
@@ -45,16 +46,10 @@ def features(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Ids, the feature matrix (answer logit, prior logit, 1) and the gold (harmful = 1), over
     the items with the judge's probabilities in both runs."""
-    by_id = {row.id: row for row in prior}
-    ids, rows, gold = [], [], []
-    for row in answered:
-        other = by_id.get(row.id)
-        if not (row.probs and other is not None and other.probs):
-            continue
-        ids.append(row.id)
-        rows.append([_logit(row.probs["unethical"]), _logit(other.probs["unethical"]), 1.0])
-        gold.append(1.0 if row.gold == "unethical" else 0.0)
-    return ids, np.array(rows).reshape(-1, 3), np.array(gold)
+    items = paired(answered, prior)
+    x = [[_logit(item.answer), _logit(item.prior), 1.0] for item in items]
+    gold = [1.0 if item.harmful else 0.0 for item in items]
+    return [item.id for item in items], np.array(x).reshape(-1, 3), np.array(gold)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ advisory lock.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -184,7 +185,7 @@ class Statements:
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 
-class SQLReads:
+class SQLReads(ABC):
     """The reads of a ``JudgementStore``, the same on both backends.
 
     A backend names its ``Statements`` and its row reader (``UnreadableRow`` for a row that is
@@ -206,8 +207,9 @@ class SQLReads:
         cls._sql = statements
         cls._from_row = staticmethod(from_row)
 
+    @abstractmethod
     async def _fetch(self, query: Query) -> list[Sequence[Any]]:
-        raise NotImplementedError
+        """Run one query; its rows (a backend without it cannot be instantiated)."""
 
     async def get(self, judgement_id: str) -> Judgement:
         rows = await self._fetch(self._sql.get(judgement_id))
