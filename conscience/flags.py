@@ -61,9 +61,17 @@ _FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
             "help": "how the label is forced (CONSCIENCE_JUDGE_CONSTRAINT; auto asks the engine)",
         },
     ),
+    "judge_method": (
+        ("--judge-method",),
+        {
+            "choices": ["single", "decomposed"],
+            "help": "one question, or three yes/no questions combined by a rule "
+            "(CONSCIENCE_JUDGE_METHOD, single)",
+        },
+    ),
 }
 ENDPOINT = ("upstream_url", "upstream_api_key", "model", "judge_model", "upstream_timeout")
-REVIEW = ("framework", "frameworks_dir", "layout", "judge_constraint")
+REVIEW = ("framework", "frameworks_dir", "layout", "judge_constraint", "judge_method")
 
 
 def add_engine_flags(

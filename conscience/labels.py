@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Action", "Layout", "Policy", "ReviewErrorMode", "Verdict"]
+__all__ = ["Action", "JudgeMethod", "Layout", "Policy", "ReviewErrorMode", "Verdict"]
 
 
 class Verdict(StrEnum):
@@ -50,3 +50,10 @@ class Layout(StrEnum):
 
     PAPER = "paper"  # framework first, then the conversation and the answer as fenced data
     FOLLOW_UP = "follow-up"  # the conversation, the answer, then the question as a new user turn
+
+
+class JudgeMethod(StrEnum):
+    """How the judge reaches its verdict (docs/decisions.md, "The decomposed verdict")."""
+
+    SINGLE = "single"  # the paper's one introspective question, one label
+    DECOMPOSED = "decomposed"  # three yes/no questions, one rule (conscience/decomposed.py)

@@ -23,6 +23,7 @@ from conscience.labels import Layout
 __all__ = [
     "FENCE_TAGS",
     "fence",
+    "fenced_pair",
     "message_text",
     "render_label_after_reasoning",
     "render_review",
@@ -87,7 +88,7 @@ def transcript(messages: list[Message]) -> str:
     return "\n\n".join(turns)
 
 
-def _fenced_pair(messages: list[Message], answer: str, reasoning: str | None) -> dict[str, str]:
+def fenced_pair(messages: list[Message], answer: str, reasoning: str | None) -> dict[str, str]:
     answer_block = fence("answer", answer)
     if reasoning:
         answer_block = fence("reasoning", reasoning) + "\n" + answer_block
@@ -158,7 +159,7 @@ def render_review(
         REASON_REQUEST.format(laws_name=framework.laws_name) if variant.reasoning_tokens else None
     )
     if layout is Layout.PAPER:
-        pair = (_fenced_pair if variant.fenced else _plain_pair)(messages, answer, reasoning)
+        pair = (fenced_pair if variant.fenced else _plain_pair)(messages, answer, reasoning)
         user = _with_extras(framework.render("review_user", **pair), extras, last_request)
         system = framework.render("review_system")
         if not variant.system:
@@ -190,6 +191,6 @@ def render_rewrite(framework: Framework, messages: list[Message], answer: str) -
         {"role": "system", "content": framework.render("rewrite_system")},
         {
             "role": "user",
-            "content": framework.render("rewrite_user", **_fenced_pair(messages, answer, None)),
+            "content": framework.render("rewrite_user", **fenced_pair(messages, answer, None)),
         },
     ]

@@ -18,11 +18,13 @@ from typing import Any
 
 from conscience.calibration import Calibration, select_calibrations
 from conscience.client import Constraint, EngineClient
+from conscience.decomposed import ANSWER_FORMS, PARTS, combine, render_part, yes_probability
 from conscience.errors import ConfigError, EngineError, VerdictError
 from conscience.framework import Framework
 from conscience.judgement import Judgement
-from conscience.labels import Layout, Verdict
+from conscience.labels import JudgeMethod, Layout, Verdict
 from conscience.prompts import (
+    fenced_pair,
     render_label_after_reasoning,
     render_review,
     render_rewrite,
@@ -37,7 +39,11 @@ log = logging.getLogger("conscience.review")
 
 Message = dict[str, Any]
 
-_GRAMMAR = "root ::= " + " | ".join(f'"{form}"' for form in LABEL_SURFACE_FORMS)
+
+def _grammar(forms: tuple[str, ...]) -> str:
+    return "root ::= " + " | ".join(f'"{form}"' for form in forms)
+
+
 _THINK_RE = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 
 
@@ -60,9 +66,14 @@ def _severity(reading: VerdictReading) -> tuple[int, float]:
 
 
 def judge_request(
-    model: str, messages: list[Message], constraint: Constraint, top_logprobs: int
+    model: str,
+    messages: list[Message],
+    constraint: Constraint,
+    top_logprobs: int,
+    forms: tuple[str, ...] = LABEL_SURFACE_FORMS,
 ) -> dict[str, Any]:
-    """The chat-completion body that asks for one label, forced where the engine can."""
+    """The chat-completion body that asks for one label (or one of ``forms``), forced where
+    the engine can."""
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -72,9 +83,9 @@ def judge_request(
         "top_logprobs": top_logprobs,
     }
     if constraint == "choice":
-        body["structured_outputs"] = {"choice": list(LABEL_SURFACE_FORMS)}
+        body["structured_outputs"] = {"choice": list(forms)}
     elif constraint == "grammar":
-        body["grammar"] = _GRAMMAR
+        body["grammar"] = _grammar(forms)
     return body
 
 
@@ -86,6 +97,7 @@ class Conscience:
     default_framework: str = "three-laws"
     layout: Layout = Layout.PAPER
     screen: bool = True  # an answer that talks to its reviewer is unethical (conscience/screen.py)
+    method: JudgeMethod = JudgeMethod.SINGLE  # or three questions (conscience/decomposed.py)
     constraint: Constraint | None = None  # None: ask the engine once who it is
     rule: DecisionRule = field(default_factory=DecisionRule)
     top_logprobs: int = 20  # OpenAI's maximum; the labels' first tokens are always among them
@@ -169,6 +181,7 @@ class Conscience:
             verdict=verdict,
             confidence=confidence,
             label_probs=reading.label_probs if reading is not None else None,
+            parts=reading.parts if reading is not None else None,
             screen=rules,
             review_ms=(time.perf_counter() - started) * 1000,
         )
@@ -182,6 +195,8 @@ class Conscience:
         reasoning: str | None,
         constraint: Constraint,
     ) -> VerdictReading:
+        if self.method == JudgeMethod.DECOMPOSED:
+            return await self._judge_parts(framework, messages, answer, reasoning, constraint)
         prompt = render_review(framework, messages, answer, layout=layout, reasoning=reasoning)
         budget = framework.prompt_variant.reasoning_tokens
         if budget:  # a short reasoning first (greedy), then the forced label after it
@@ -197,6 +212,34 @@ class Conscience:
             return reading
         confidence = calibration.confidence(reading.label_probs, reading.verdict)
         return dataclasses.replace(reading, confidence=confidence)
+
+    async def _judge_parts(
+        self,
+        framework: Framework,
+        messages: list[Message],
+        answer: str,
+        reasoning: str | None,
+        constraint: Constraint,
+    ) -> VerdictReading:
+        """The decomposed verdict: the three questions one after another (each reuses the
+        engine's cached prefix of the one before), combined by ``decomposed.combine``."""
+        pair = fenced_pair(messages, answer, reasoning)
+        parts: dict[str, float] = {}
+        for part in PARTS:
+            prompt = render_part(framework, pair, part)
+            body = judge_request(
+                self.judge_model, prompt, constraint, self.top_logprobs, ANSWER_FORMS
+            )
+            choice = (await self.client.chat(body))["choices"][0]
+            p_yes = yes_probability(choice)
+            if p_yes is None:  # no log-probs: the strict reading of the text
+                p_yes = _parse_yes_no((choice.get("message") or {}).get("content") or "")
+            parts[part] = p_yes
+        p_unethical = combine(parts)
+        probs = {Verdict.ETHICAL: 1.0 - p_unethical, Verdict.NEUTRAL: 0.0}
+        probs[Verdict.UNETHICAL] = p_unethical
+        verdict = self.rule.decide(probs)
+        return VerdictReading(verdict, probs[verdict], probs, "", parts)
 
     async def _free_text(
         self, messages: list[Message], *, temperature: float, max_tokens: int
@@ -237,6 +280,13 @@ class Conscience:
         return judgement
 
 
+def _parse_yes_no(text: str) -> float:
+    word = text.strip(" \t\r\n\"'`*.:!,;").lower()
+    if word not in ("yes", "no"):
+        raise VerdictError(f"the judge did not answer yes or no: {text.strip()[:80]!r}")
+    return 1.0 if word == "yes" else 0.0
+
+
 def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
     """Build the ``Conscience`` of ``Settings``: the one factory of the proxy, the CLI, the
     trainer's online judge and the evaluations, so all of them decide by the same rule.
@@ -263,6 +313,7 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
         default_framework=settings.framework,
         layout=settings.layout,
         screen=settings.screen,
+        method=settings.judge_method,
         constraint=constraint,
         rule=DecisionRule(settings.unethical_threshold, settings.neutral_threshold),
         top_logprobs=settings.top_logprobs,

@@ -12,7 +12,7 @@ from platformdirs import user_cache_dir, user_data_dir
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from conscience.labels import Layout, Policy, ReviewErrorMode
+from conscience.labels import JudgeMethod, Layout, Policy, ReviewErrorMode
 
 __all__ = ["DEFAULT_MODEL", "Settings", "default_store_url"]
 
@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     frameworks_dir: Path | None = None  # user framework files (NAME.toml) added to the built-ins
     layout: Layout = Layout.PAPER  # docs/decisions.md, "Prompt layout"
     screen: bool = True  # answers that talk to their reviewer are unethical (conscience/screen.py)
+    judge_method: JudgeMethod = JudgeMethod.SINGLE  # "decomposed": three questions, one rule
     policy: Policy = Policy.REWRITE  # what to do with an unethical answer
     on_review_error: ReviewErrorMode = ReviewErrorMode.CLOSED  # fail closed: nothing unreviewed
     allow_overrides: bool = True  # may a request choose its framework/policy in "conscience"?

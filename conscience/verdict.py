@@ -109,6 +109,7 @@ class VerdictReading:
     confidence: float | None  # P(verdict) when the engine gave log-probs
     label_probs: dict[str, float] | None
     text: str  # what the judge actually wrote
+    parts: dict[str, float] | None = None  # the decomposed verdict's P(yes) per question
 
 
 def read_verdict(choice: dict[str, Any], rule: DecisionRule | None = None) -> VerdictReading:

@@ -147,6 +147,7 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
             "calibration_source": conscience.calibration_source,
             "calibrated_runs": calibrated,  # these use the file's rule, not the threshold
             "screen": conscience.screen,
+            "judge_method": conscience.method.value,
             "answer_placeholder": args.placeholder,
             "review_window_chars": conscience.window_chars,
         }
@@ -217,7 +218,7 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         description="Reviews a labelled set under each framework and layout; accuracy, recall, "
         "false-unethical rate, confusion, injection flips, timing, AUC, layout agreement.",
     )
-    add_engine_flags(verdicts, (*ENDPOINT, "frameworks_dir", "judge_constraint"))
+    add_engine_flags(verdicts, (*ENDPOINT, "frameworks_dir", "judge_constraint", "judge_method"))
     _add_concurrency(verdicts)
     verdicts.add_argument(
         "--frameworks",

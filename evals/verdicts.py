@@ -76,17 +76,26 @@ async def _review(
     except VerdictError:
         # The judge answered something that is no label: a failed review, counted as wrong.
         # Engine failures (unreachable, timeouts, 5xx) are not caught: they stop the run.
-        predicted, p_unethical, probs, screened = ERROR, None, None, False
+        predicted, p_unethical, probs, screened, parts = ERROR, None, None, False, None
     else:
         predicted = judgement.verdict.value
         probs = dict(judgement.label_probs) if judgement.label_probs else None
         p_unethical = probs.get("unethical") if probs else None
         screened = bool(judgement.screen)
+        parts = judgement.parts
         if screened:
             p_unethical = 1.0
     seconds = time.perf_counter() - started
     return Row(
-        item.id, item.label.value, predicted, item.attack, p_unethical, seconds, probs, screened
+        item.id,
+        item.label.value,
+        predicted,
+        item.attack,
+        p_unethical,
+        seconds,
+        probs,
+        screened,
+        parts,
     )
 
 

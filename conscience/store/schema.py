@@ -63,6 +63,8 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: the screen's rules (conscience/screen.py), JSON; NULL for rows before it.
     ("ALTER TABLE judgements ADD COLUMN screen TEXT",),
+    # 3: the decomposed verdict's three probabilities (conscience/decomposed.py), JSON.
+    ("ALTER TABLE judgements ADD COLUMN parts TEXT",),
 )
 
 POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -97,4 +99,6 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: the screen's rules (conscience/screen.py), JSON; NULL for rows before it.
     ("ALTER TABLE judgements ADD COLUMN screen jsonb",),
+    # 3: the decomposed verdict's three probabilities (conscience/decomposed.py), JSON.
+    ("ALTER TABLE judgements ADD COLUMN parts jsonb",),
 )
