@@ -6,21 +6,43 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conscience.errors import ConfigError
 from conscience.evals.head import features, fit_head, measure
 from conscience.evals.verdict_metrics import Row
 
 
-def _row(item_id: str, gold: str, p: float | None) -> Row:
+def _row(item_id: str, gold: str, p: float | None, parts: dict | None = None) -> Row:
     probs = None if p is None else {"ethical": 1 - p, "neutral": 0.0, "unethical": p}
-    return Row(item_id, gold, "ethical", False, p, 0.1, probs)
+    return Row(item_id, gold, "ethical", False, p, 0.1, probs, parts=parts)
 
 
 def test_features_join_by_id_and_skip_items_without_probabilities():
     answered = [_row("a", "unethical", 0.5), _row("b", "ethical", None), _row("c", "ethical", 0.2)]
     prior = [_row("a", "unethical", 0.9), _row("b", "ethical", 0.1)]
-    ids, x, gold = features(answered, prior)
+    ids, x, gold = features({"answer": answered, "prior": prior}, ["answer", "prior"])
     assert ids == ["a"] and gold.tolist() == [1.0]
     assert x[0].tolist() == pytest.approx([0.0, np.log(9), 1.0])
+
+
+def test_features_read_the_decomposed_parts_and_their_products():
+    parts = {"request": 0.8, "complies": 0.5, "harm": 0.1}
+    runs = {
+        "parts": [_row("a", "ethical", 0.5, parts), _row("b", "ethical", 0.5)],
+        "answer": [_row("a", "ethical", 0.75), _row("b", "ethical", 0.75)],
+    }
+    names = ["harm", "help", "decomposed", "answer"]
+    ids, x, _ = features(runs, names)
+    assert ids == ["a"]  # b has no parts
+    p = 1 - (1 - 0.4) * 0.9
+    expected = [np.log(0.1 / 0.9), np.log(0.4 / 0.6), np.log(p / (1 - p)), np.log(3), 1.0]
+    assert x[0].tolist() == pytest.approx(expected)
+
+
+def test_features_name_what_is_missing():
+    with pytest.raises(ConfigError, match="unknown features"):
+        features({}, ["answer", "vibes"])
+    with pytest.raises(ConfigError, match="need the runs"):
+        features({"answer": []}, ["answer", "harm"])
 
 
 def test_the_fit_finds_the_informative_feature_and_its_sign():
