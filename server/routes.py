@@ -17,6 +17,7 @@ from conscience.server.auth import require_client
 from conscience.server.errors import ApiError, client_message, status_of
 from conscience.server.pipeline import Pipeline
 from conscience.server.protocol import ChatCompletionRequest
+from conscience.server.responses import ResponsesRequest, create_response
 from conscience.server.streaming import buffered_chunks, incremental_chunks, sse
 
 __all__ = ["router"]
@@ -128,6 +129,22 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
     yield first
     async for chunk in rest:
         yield chunk
+
+
+_RESPONSES_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _inline_refs(ResponsesRequest.model_json_schema())}
+        },
+    }
+}
+
+
+@router.post("/v1/responses", dependencies=[Depends(require_client)], openapi_extra=_RESPONSES_BODY)
+async def responses(request: Request) -> Response:
+    """The Responses API, reviewed like chat completions (``server.responses``)."""
+    return await create_response(request, _pipeline(request))
 
 
 @router.get("/v1/models", dependencies=[Depends(require_client)])
