@@ -2,7 +2,8 @@
 
 Transport failures become the project's errors (``EngineUnavailable``, ``EngineTimeout``,
 ``EngineStatusError``) so callers never see an httpx exception, and the API key never appears
-in any message.
+in any message. Every request carries the current W3C trace context (``traceparent``,
+``tracestate``) when there is one, so that an engine that traces joins the caller's trace.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
 import httpx
+from opentelemetry.propagate import inject
 
 from conscience.errors import EngineError, EngineStatusError, EngineTimeout, EngineUnavailable
 
@@ -42,6 +44,14 @@ _REQUEST = _Wording(
     "engine at {url} did not answer in time", "cannot reach the engine at {url}: {exc}"
 )
 _STREAM = _Wording("engine at {url} stalled mid-stream", "engine at {url} broke the stream: {exc}")
+
+
+def _trace_headers() -> dict[str, str]:
+    """The current trace context as headers (none outside a trace): the OpenTelemetry API's
+    global propagator, W3C trace context and baggage unless ``OTEL_PROPAGATORS`` says other."""
+    headers: dict[str, str] = {}
+    inject(headers)
+    return headers
 
 
 def _error_message(response: httpx.Response) -> tuple[str, Any]:
@@ -108,7 +118,9 @@ class EngineClient:
 
     async def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
         with self._engine_errors():
-            return await self._http.request(method, self._url(path), json=body)
+            return await self._http.request(
+                method, self._url(path), json=body, headers=_trace_headers()
+            )
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
@@ -137,7 +149,7 @@ class EngineClient:
             "POST",
             self._url("chat/completions"),
             json={**body, "stream": True},
-            headers={"Connection": "close"},
+            headers={"Connection": "close", **_trace_headers()},
         )
         with self._engine_errors():
             response = await self._http.send(request, stream=True)

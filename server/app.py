@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from conscience.engine.connect import open_engine
 from conscience.review import conscience_from_settings
-from conscience.server import admin, routes
+from conscience.server import admin, routes, tracing
 from conscience.server.errors import install_error_handlers, secret_scrubber
 from conscience.server.metrics import Metrics
 from conscience.server.middleware import RequestContext
@@ -67,6 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            if tracing.install_from_env():  # the OTEL_* variables (docs/deploy.md, "Tracing")
+                stack.callback(tracing.flush)  # the last spans, after everything else closed
             engine = await stack.enter_async_context(open_engine(settings))
             client = engine.client
             store = open_store(settings.store_url)
@@ -96,6 +98,9 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         summary="OpenAI-compatible guardrail proxy with a self-reviewing conscience",
+        # FastAPI's server span, once a tracer provider is installed (server/tracing.py); the
+        # pipeline's spans are its children, without FastAPI's per-operation ones between.
+        telemetry={"operation_spans": False, "exclude": tracing.untraced},
     )
     app.state.settings = settings
     app.state.engine = None
@@ -105,4 +110,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin.router)
 
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(tracing.PassThrough)  # untraced: the caller's trace context, forwarded
     return app

@@ -22,6 +22,7 @@ from conscience.judgement import Judgement
 from conscience.labels import Action, Policy, ReviewErrorMode, Verdict
 from conscience.prompts import message_text
 from conscience.review import Conscience
+from conscience.server import tracing
 from conscience.server.errors import ApiError
 from conscience.server.metrics import Metrics
 from conscience.server.protocol import ChatCompletionRequest, ConscienceResult
@@ -104,15 +105,21 @@ class Pipeline:
 
     async def generate(self, request: ChatCompletionRequest) -> dict[str, Any]:
         started = time.perf_counter()
-        completion = await self.client.chat(
-            request.upstream_body(self.upstream_model(request.model))
-        )
+        model = self.upstream_model(request.model)
+        attributes = tracing.generation_attributes(model)
+        with tracing.span("conscience.generate", tracing.SpanKind.CLIENT, attributes) as span:
+            completion = await self.client.chat(request.upstream_body(model))
+            tracing.record_generation(span, completion)
         self.metrics.upstream_seconds.observe(time.perf_counter() - started)
         return completion
 
     def generate_stream(self, request: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
         """The upstream's chunks, for incremental streaming to review as the answer grows."""
-        return self.client.chat_stream(request.upstream_body(self.upstream_model(request.model)))
+        model = self.upstream_model(request.model)
+        chunks = self.client.chat_stream(request.upstream_body(model))
+        return tracing.traced_stream(
+            "conscience.generate", chunks, tracing.generation_attributes(model)
+        )
 
     async def complete(
         self, request: ChatCompletionRequest, options: Options, request_id: str
@@ -151,6 +158,22 @@ class Pipeline:
                 ConscienceResult(verdict=None, framework=options.framework, action=Action.PASSED),
                 None,
             )
+        attributes = {
+            "conscience.policy": options.policy.value,
+            "conscience.request_id": request_id,
+        }
+        with tracing.span("conscience.review", attributes=attributes):
+            return await self._review(choice, messages, options, request_id, model, can_rewrite)
+
+    async def _review(
+        self,
+        choice: dict[str, Any],
+        messages: list[dict[str, Any]],
+        options: Options,
+        request_id: str,
+        model: str | None,
+        can_rewrite: bool,
+    ) -> Decision:
         message = choice.get("message") or {}
         reasoning = message.get("reasoning_content") or message.get("reasoning")
         started = time.perf_counter()
@@ -165,11 +188,13 @@ class Pipeline:
             )
         except ConscienceError as exc:
             self.metrics.review_seconds.observe(time.perf_counter() - started)
+            tracing.record_failure(tracing.current(), exc)
             return Decision(self._review_failed(exc, options), None)
         action = Action.PASSED
         if judgement.verdict is Verdict.UNETHICAL:
             action = await self._apply_policy(choice, judgement, messages, options, can_rewrite)
         judgement.action = action
+        tracing.record_judgement(tracing.current(), judgement)
         self.metrics.review_seconds.observe(time.perf_counter() - started)
         return Decision(ConscienceResult.of(judgement), judgement)
 
@@ -179,10 +204,13 @@ class Pipeline:
         judgements = [d.judgement for d in decisions if d.judgement is not None]
         # Committed before the response exists: nothing acknowledged is ever lost. A single
         # judgement goes through `add`, which commits concurrent requests' rows together.
-        if len(judgements) == 1:
-            await self.store.add(judgements[0])
-        elif judgements:
-            await self.store.add_many(judgements)
+        if judgements:
+            attributes = tracing.commit_attributes(self.store, len(judgements))
+            with tracing.span("conscience.store.commit", attributes=attributes):
+                if len(judgements) == 1:
+                    await self.store.add(judgements[0])
+                else:
+                    await self.store.add_many(judgements)
         results = [d.result for d in decisions]
         for result in results:
             self.metrics.actions.labels(result.action.value).inc()
@@ -214,9 +242,10 @@ class Pipeline:
         if options.policy is Policy.REWRITE and can_rewrite:
             started = time.perf_counter()
             try:
-                judgement.rewrite = await self.conscience.rewrite(
-                    messages, judgement.answer, options.framework
-                )
+                with tracing.span("conscience.rewrite"):
+                    judgement.rewrite = await self.conscience.rewrite(
+                        messages, judgement.answer, options.framework
+                    )
             except ConscienceError as exc:
                 # Without a rewrite the unethical original must still not be served: block.
                 log.warning("rewrite failed, blocking instead: %s", self.scrub(str(exc)))

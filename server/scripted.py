@@ -55,6 +55,7 @@ class ScriptedEngine:
     faults: dict[Kind, Fault] = field(default_factory=dict)
     handler: Callable[[Kind, dict[str, Any]], dict[str, Any] | None] | None = None
     requests: list[tuple[Kind, dict[str, Any]]] = field(default_factory=list)
+    headers: list[tuple[Kind, dict[str, str]]] = field(default_factory=list)  # of each request
     adapters: dict[str, str] = field(default_factory=dict)  # vLLM-style runtime LoRA: name → path
 
     def kind(self, body: dict[str, Any]) -> Kind:
@@ -165,6 +166,7 @@ class ScriptedEngine:
             body = await request.json()
             kind = self.kind(body)
             self.requests.append((kind, body))
+            self.headers.append((kind, dict(request.headers)))
             fault = self.faults.get(kind)
             if fault is not None and (fault.times is None or fault.times > 0):
                 if fault.times is not None:
