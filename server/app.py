@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from conscience.engine.connect import open_engine
 from conscience.review import conscience_from_settings
-from conscience.server import admin, routes, tracing
+from conscience.server import admin, completions, routes, tracing
 from conscience.server.errors import install_error_handlers, secret_scrubber
 from conscience.server.metrics import Metrics
 from conscience.server.middleware import RequestContext
@@ -108,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app, app.state.scrub)
     app.include_router(routes.router)
     app.include_router(admin.router)
+    app.include_router(completions.router)
 
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(tracing.PassThrough)  # untraced: the caller's trace context, forwarded

@@ -11,8 +11,11 @@ re-exported here for the tests and benchmarks that start a scripted engine.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import math
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -189,7 +192,72 @@ class ScriptedEngine:
                 return StreamingResponse(self._stream(completion), media_type="text/event-stream")
             return JSONResponse(completion)
 
+        @app.post("/v1/completions")
+        async def completions(request: Request) -> Response:
+            body = await request.json()  # a legacy completion: a generation, like a chat one
+            self.requests.append(("generate", body))
+            faulted = await self._fault("generate")
+            return faulted or JSONResponse(self.text_completion(body))
+
+        @app.post("/v1/embeddings")
+        async def embeddings(request: Request) -> Response:
+            return JSONResponse(_embeddings(await request.json()))
+
         return app
+
+    async def _fault(self, kind: Kind) -> Response | None:
+        """The response of the fault set for ``kind``, if one is due (None: answer normally)."""
+        fault = self.faults.get(kind)
+        if fault is None or (fault.times is not None and fault.times <= 0):
+            return None
+        if fault.times is not None:
+            fault.times -= 1
+        await asyncio.sleep(fault.delay)
+        if fault.body is not None:
+            return Response(fault.body, status_code=fault.status)
+        if fault.status >= 400:
+            error = {"message": f"scripted fault {fault.status}", "type": "error"}
+            return JSONResponse({"error": {**error, "param": None, "code": None}}, fault.status)
+        return None
+
+    def text_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A legacy completion: ``n`` choices per prompt, choice ``p * n + j`` for prompt ``p``;
+        with ``echo``, each text starts with its prompt."""
+        prompts = body.get("prompt", "")
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        n = int(body.get("n") or 1)
+        texts = self.generation if isinstance(self.generation, list) else [self.generation]
+        choices = []
+        for p, prompt in enumerate(prompts):
+            echoed = prompt if body.get("echo") and isinstance(prompt, str) else ""
+            for j in range(n):
+                text = echoed + texts[(p * n + j) % len(texts)]
+                choice = {"index": p * n + j, "text": text, "logprobs": None}
+                choices.append({**choice, "finish_reason": "stop"})
+        return {
+            "id": "cmpl-" + uuid.uuid4().hex[:12],
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": choices,
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
+
+
+def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    """Deterministic 8-dimensional embeddings, one per input, as floats or as base64 (the
+    openai client's default)."""
+    inputs = body.get("input", "")
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    data = []
+    for index, text in enumerate(inputs):
+        digest = hashlib.sha256(json.dumps(text).encode()).digest()
+        vector = [b / 255 for b in digest[:8]]
+        packed = base64.b64encode(struct.pack("<8f", *vector)).decode()
+        embedding = packed if body.get("encoding_format") == "base64" else vector
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    usage = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}
+    return {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
