@@ -47,7 +47,7 @@ async def create_response(request: Request, pipeline: Pipeline) -> Response:
     request_id = request.state.request_id
     # Incremental streaming reviews text only (tool calls are not streamed incrementally),
     # so a request that offers tools is answered buffered.
-    if body.stream and pipeline.settings.stream_mode == "incremental" and not chat.tools:
+    if body.stream and pipeline.settings.stream_mode == "incremental" and not body.tools:
         events = incremental_events(
             pipeline, chat, options, request_id, body, request.app.state.scrub
         )

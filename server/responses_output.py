@@ -135,7 +135,8 @@ def usage_of(usage: Any) -> dict[str, Any] | None:
     return {
         "input_tokens": prompt,
         "input_tokens_details": {
-            "cached_tokens": count(usage.get("prompt_tokens_details"), "cached_tokens")
+            "cached_tokens": count(usage.get("prompt_tokens_details"), "cached_tokens"),
+            "cache_write_tokens": 0,  # chat completions do not report it
         },
         "output_tokens": completion,
         "output_tokens_details": {
