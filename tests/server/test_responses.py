@@ -499,6 +499,27 @@ def test_function_tools_are_translated_and_calls_are_reviewed(
     assert response.output_text == engine.rewrite
 
 
+def test_a_second_turn_sends_the_first_response_output_back_as_input(
+    engine: ScriptedEngine, proxy_url: str
+) -> None:
+    """The SDK's way to continue without previous_response_id: output items back as input."""
+    engine.tool_calls = [CALL]
+    client = _client(proxy_url)
+    ask = [{"role": "user", "content": QUESTION}]
+    first = client.responses.create(model="gen", input=ask, tools=[SHELL_TOOL])
+    engine.tool_calls = None
+    result = {"type": "function_call_output", "call_id": "call_1", "output": "Paris"}
+    second = client.responses.create(
+        model="gen", input=[*ask, *first.output, result], tools=[SHELL_TOOL]
+    )
+    assert second.output_text == engine.generation
+    assert engine.of_kind("generate")[1]["messages"] == [
+        *ask,
+        {"role": "assistant", "tool_calls": [CALL]},  # no content: None is not sent
+        {"role": "tool", "tool_call_id": "call_1", "content": "Paris"},
+    ]
+
+
 def test_reasoning_usage_and_a_length_cut(engine: ScriptedEngine, proxy_url: str) -> None:
     message = {"role": "assistant", "content": "Paris", "reasoning_content": "I recall it."}
 
