@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from conscience.engine.connect import open_engine
 from conscience.review import conscience_from_settings
-from conscience.server import admin, completions, routes, tracing
+from conscience.server import admin, completions, passthrough, routes, tracing
 from conscience.server.errors import install_error_handlers, secret_scrubber
 from conscience.server.metrics import Metrics
 from conscience.server.middleware import RequestContext
@@ -109,6 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(admin.router)
     app.include_router(completions.router)
+    passthrough.install(app)  # every other /v1 route: the fallback, after all routes
 
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(tracing.PassThrough)  # untraced: the caller's trace context, forwarded
