@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
 import httpx
+from opentelemetry.context import get_current
 from opentelemetry.propagate import inject
 
 from conscience.errors import EngineError, EngineStatusError, EngineTimeout, EngineUnavailable
@@ -50,7 +51,9 @@ def _trace_headers() -> dict[str, str]:
     """The current trace context as headers (none outside a trace): the OpenTelemetry API's
     global propagator, W3C trace context and baggage unless ``OTEL_PROPAGATORS`` says other."""
     headers: dict[str, str] = {}
-    inject(headers)
+    current = get_current()
+    if current:  # an empty context (no span, no baggage) has nothing to say
+        inject(headers, current)
     return headers
 
 
@@ -170,6 +173,27 @@ class EngineClient:
                         raise EngineError("engine streamed a chunk that is not JSON") from exc
         finally:
             await response.aclose()
+
+    async def embeddings(self, body: dict[str, Any]) -> list[list[float]]:
+        """``/v1/embeddings``: one vector per input, in the inputs' order."""
+        result = self._json(await self._send("POST", "embeddings", body))
+        data = result.get("data")
+        if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+            raise EngineError("engine answered embeddings without a data list")
+        return [d["embedding"] for d in sorted(data, key=lambda d: d.get("index", 0))]
+
+    async def apply_template(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt text the engine's chat template makes of ``messages``, ending where the
+        assistant's reply would begin (llama.cpp's ``/apply-template``, beside ``/v1``)."""
+        root = self.base_url.removesuffix("/v1")
+        with self._engine_errors():
+            response = await self._http.post(
+                f"{root}/apply-template", json={"messages": messages}, headers=_trace_headers()
+            )
+        prompt = self._json(response).get("prompt")
+        if not isinstance(prompt, str):
+            raise EngineError("engine answered /apply-template without a prompt")
+        return prompt
 
     async def models(self) -> dict[str, Any]:
         return self._json(await self._send("GET", "models"))

@@ -65,11 +65,18 @@ _tracer = trace.get_tracer("conscience.server")
 _NOTHING: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
 _EXPORTERS = {"otlp", "console", "none"}
 _installed: Any = None  # the SDK TracerProvider that install_from_env set up, if any
+_recording = False  # a provider is installed: decided when the app starts (install_from_env)
 _PROBES = frozenset({"/health", "/ready", "/metrics"})
 
 
 def recording() -> bool:
-    """Whether a tracer provider is installed (the SDK's, or a host application's)."""
+    """Whether spans are recorded: a tracer provider (the SDK's, or that of an application that
+    embeds the proxy) was installed when the app started. A flag, not the API's provider lookup
+    (a microsecond and more, several times a request)."""
+    return _recording
+
+
+def _provider_installed() -> bool:
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
@@ -244,10 +251,11 @@ def install_from_env(environ: Mapping[str, str] | None = None) -> bool:
     ``conscience``) and batching (``OTEL_BSP_*``) are the SDK's, read from the same variables.
     ``ConfigError`` when tracing is asked for and the ``otel`` extra is not installed.
     """
-    global _installed
+    global _installed, _recording
     environ = os.environ if environ is None else environ
-    if recording():
-        return True  # ours, installed by an earlier app of this process, or the host's
+    if _provider_installed():
+        _recording = True  # ours, installed by an earlier app of this process, or the host's
+        return True
     if not tracing_requested(environ):
         return False
     try:
@@ -267,7 +275,7 @@ def install_from_env(environ: Mapping[str, str] | None = None) -> bool:
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    _installed = provider
+    _installed, _recording = provider, True
     log.info(
         "tracing: exporting spans (%s) as service %s",
         ", ".join(type(e).__name__ for e in exporters),
