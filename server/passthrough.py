@@ -17,11 +17,11 @@ What a forwarded request is:
   back byte for byte as it arrives (streamed: SSE stays SSE; gzip stays gzip, with its
   ``Content-Encoding`` and ``Content-Length``); a streamed request (``"stream": true``) is
   sent with ``Connection: close`` (llama.cpp closes such a connection without saying so);
-- the upstream's 4xx, 404 included, is its own answer (status, body, ``Content-Type`` and
-  ``Retry-After``) with the upstream key scrubbed from it. Its 401/403 (the proxy's key was
-  refused), 3xx and 5xx are a 502 envelope, unreachable is 502, a timeout 504 (the engine
-  client's timeout, between two reads), as for chat completions. A stream that breaks after
-  its headers went out is cut off, never ended cleanly.
+- the upstream's 4xx (404 included) and 501 are its own answer (status, body,
+  ``Content-Type`` and ``Retry-After``) with the upstream key scrubbed from it. Its 401/403
+  (the proxy's key was refused), 3xx and other 5xx are a 502 envelope, unreachable is 502,
+  a timeout 504 (the engine client's timeout, between two reads), as for chat completions.
+  A stream that breaks after its headers went out is cut off, never ended cleanly.
 
 Not forwarded, whatever the upstream offers: routes where the model writes text the proxy
 would pass unreviewed (``chat/*``, ``completions/*``, ``responses/*``, ``messages``,
@@ -216,8 +216,10 @@ async def _answer_error(
 ) -> None:
     await response.aread()
     status = response.status_code
-    if status in (401, 403) or not 400 <= status < 500:
-        # Not the client's fault, and no redirect to the upstream's own address: a 502.
+    if status in (401, 403) or not (400 <= status < 500 or status == 501):
+        # Not the client's fault, and no redirect to the upstream's own address: a 502. A 501
+        # is the upstream's answer, like its 404: it lacks the feature (llama.cpp's
+        # embeddings without --embeddings).
         raise EngineStatusError(status, response.text[:200] or response.reason_phrase)
     # The upstream's own answer, re-encoded (httpx decoded any gzip), without our key.
     headers = {name: response.headers[name] for name in _ERROR_HEADERS if name in response.headers}

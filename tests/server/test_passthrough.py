@@ -254,6 +254,8 @@ def test_the_upstreams_errors(proxy_url: str) -> None:
     assert "x-upstream-note" not in limited.headers
     assert limited.json()["error"]["message"] == "refused, key ***"
     assert httpx.get(proxy_url + "/v1/fail/422").status_code == 422
+    unsupported = httpx.get(proxy_url + "/v1/fail/501")  # it lacks the feature: its answer
+    assert unsupported.status_code == 501 and unsupported.json()["error"]["code"] == 501
     # Refusing the proxy's key, failing, or redirecting to itself is a broken upstream: 502.
     for path, code in (
         ("/v1/fail/401", "upstream_auth_failed"),
