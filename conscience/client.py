@@ -174,6 +174,27 @@ class EngineClient:
         finally:
             await response.aclose()
 
+    async def embeddings(self, body: dict[str, Any]) -> list[list[float]]:
+        """``/v1/embeddings``: one vector per input, in the inputs' order."""
+        result = self._json(await self._send("POST", "embeddings", body))
+        data = result.get("data")
+        if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+            raise EngineError("engine answered embeddings without a data list")
+        return [d["embedding"] for d in sorted(data, key=lambda d: d.get("index", 0))]
+
+    async def apply_template(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt text the engine's chat template makes of ``messages``, ending where the
+        assistant's reply would begin (llama.cpp's ``/apply-template``, beside ``/v1``)."""
+        root = self.base_url.removesuffix("/v1")
+        with self._engine_errors():
+            response = await self._http.post(
+                f"{root}/apply-template", json={"messages": messages}, headers=_trace_headers()
+            )
+        prompt = self._json(response).get("prompt")
+        if not isinstance(prompt, str):
+            raise EngineError("engine answered /apply-template without a prompt")
+        return prompt
+
     async def models(self) -> dict[str, Any]:
         return self._json(await self._send("GET", "models"))
 

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=1, help="slots decoded together")
     p.add_argument("--alias", default="local", help="the model id served in /v1/models")
     p.add_argument("--cache-ram-mib", type=int, default=1024, help="host RAM for prompt cache")
+    p.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="also serve /v1/embeddings: the last token's hidden state (a probe's features)",
+    )
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process dies")
     return p
 
@@ -64,6 +69,9 @@ def _params(args: argparse.Namespace) -> Any:
     params.cache_ram_mib = args.cache_ram_mib
     params.endpoint_metrics = True  # /metrics: prompt tokens processed vs reused from cache
     params.ui = False  # no web UI: this server is an internal upstream
+    if args.embeddings:  # completions are still served; embeddings pool the last token
+        params.embedding = True
+        params.pooling_type = xlc.llama_pooling_type.LLAMA_POOLING_TYPE_LAST
     return params
 
 

@@ -45,9 +45,11 @@ async def start_embedded(
     gguf: str | Path | None = None,
     alias: str | None = None,
     parallel: int = 1,
+    embeddings: bool = False,
 ) -> EmbeddedEngine:
     """Start llama.cpp on ``gguf`` (default: the packaged ``settings.model``), serving it under
-    ``alias`` (default: ``settings.model``) with ``parallel`` slots."""
+    ``alias`` (default: ``settings.model``) with ``parallel`` slots (and ``/v1/embeddings``
+    when ``embeddings``)."""
     from conscience.engine.embedded import EmbeddedEngine
     from conscience.engine.weights import model_path
 
@@ -58,6 +60,7 @@ async def start_embedded(
         ctx_size=settings.engine_ctx_size,
         parallel=max(1, parallel),
         model_alias=alias or settings.model,
+        embeddings=embeddings,
     )
     await engine.start()
     return engine
@@ -70,12 +73,16 @@ async def open_engine(
     gguf: str | Path | None = None,
     alias: str | None = None,
     parallel: int = 1,
+    embeddings: bool = False,
 ) -> AsyncIterator[Engine]:
     """The configured upstream, or (without one) the embedded engine, started here and stopped
-    on exit. ``gguf``, ``alias`` and ``parallel`` apply to the embedded engine only."""
+    on exit. ``gguf``, ``alias``, ``parallel`` and ``embeddings`` apply to the embedded engine
+    only."""
     embedded = None
     if settings.upstream_url is None:
-        embedded = await start_embedded(settings, gguf=gguf, alias=alias, parallel=parallel)
+        embedded = await start_embedded(
+            settings, gguf=gguf, alias=alias, parallel=parallel, embeddings=embeddings
+        )
     try:
         url = embedded.base_url if embedded is not None else settings.upstream_url
         assert url is not None

@@ -63,6 +63,7 @@ class EmbeddedEngine:
         parallel: int = 1,
         model_alias: str = "local",
         cache_ram_mib: int = 1024,
+        embeddings: bool = False,
         log_path: Path | None = None,
         startup_timeout: float = 120.0,
         stop_timeout: float = 10.0,
@@ -75,6 +76,7 @@ class EmbeddedEngine:
         self.parallel = parallel
         self.model_alias = model_alias
         self.cache_ram_mib = cache_ram_mib
+        self.embeddings = embeddings  # also serve /v1/embeddings (last-token hidden state)
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout  # grace after SIGTERM before SIGKILL
         self._log_path = log_path
@@ -202,6 +204,8 @@ class EmbeddedEngine:
         ]
         if self.threads:
             cmd += ["--threads", str(self.threads)]
+        if self.embeddings:
+            cmd.append("--embeddings")
         return cmd
 
     def _spawn(self) -> subprocess.Popen[bytes]:

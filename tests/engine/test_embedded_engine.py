@@ -221,3 +221,27 @@ def test_the_engine_exits_when_its_parent_dies(smollm2: Path) -> None:
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)
     pytest.fail("the engine outlived its parent by 10 s")
+
+
+@pytest.mark.integration
+async def test_embeddings_are_the_last_tokens_state_beside_completions(smollm2: Path) -> None:
+    from conscience.client import EngineClient
+
+    engine = EmbeddedEngine(smollm2, threads=1, ctx_size=512, embeddings=True, model_alias=ALIAS)
+    await engine.start()
+    try:
+        async with EngineClient(engine.base_url, timeout=60) as client:
+            messages = [{"role": "user", "content": "Is a locksmith helpful?"}]
+            prompt = await client.apply_template(messages)
+            assert prompt.rstrip().endswith("assistant")  # where the reply would begin
+            assert "Is a locksmith helpful?" in prompt
+            first, same, other = await client.embeddings(
+                {"model": ALIAS, "input": [prompt, prompt, prompt + " Yes"]}
+            )
+            assert len(first) == 576  # SmolLM2-135M's hidden size
+            assert first == pytest.approx(same) and first != pytest.approx(other)
+            # Completions are still served by the same engine.
+            reply = await client.chat({"model": ALIAS, "messages": messages, "max_tokens": 2})
+            assert reply["choices"][0]["message"]["content"]
+    finally:
+        await engine.stop()

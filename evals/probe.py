@@ -1,0 +1,214 @@
+"""A linear probe on the frozen judge's hidden state at the verdict position (issue 14, item 3).
+
+Features of an item: the final-layer hidden state of the last token of the single review's
+prompt (the framework's system message, the fenced question and answer, the question to the
+judge, and the chat template up to where the judge's label would begin) — what the model
+"knows" just before it says its verdict. llama.cpp returns it from ``/v1/embeddings`` with
+last-token pooling on the same GGUF (``engine/child.py --embeddings``); the answer is cut to
+``--max-answer-chars`` (measured as a feature, not yet the review's windows).
+
+The probe is the logistic head of ``evals.head`` over the standardised vector::
+
+    z = (h - mean_train) / sd_train,     P(harmful | h) = sigmoid(w · z + b)
+
+with its L2 penalty λ chosen by 5-fold cross-validated log-loss on train (folds by prompt, so
+a prompt's answers never sit on both sides) and its threshold by the best F1 of the
+out-of-fold scores on train. Dev is only measured::
+
+    python -m conscience.evals.probe extract --split train --limit 400 --out DIR
+    python -m conscience.evals.probe fit --train DIR --dev DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conscience.errors import ConfigError
+from conscience.evals.harm_judging import prompt_key
+from conscience.evals.head import Head, fit_head, measure
+from conscience.evals.jsonl import AppendLog, read_records
+from conscience.evals.labelled import LabelledItem, load_labelled
+from conscience.framework import load_frameworks
+from conscience.labels import Layout
+from conscience.progress import Progress
+from conscience.prompts import render_review
+
+__all__ = ["VECTORS_FILE", "cross_validated", "extract", "load_vectors", "standardise"]
+
+VECTORS_FILE = "vectors.jsonl"
+_LAMBDAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+_FOLDS = 5
+
+
+def probe_prompt(item: LabelledItem, framework: Any, max_answer_chars: int) -> list[dict]:
+    messages = [{"role": "user", "content": item.question}]
+    return render_review(framework, messages, item.answer[:max_answer_chars], layout=Layout.PAPER)
+
+
+def _done_ids(out_dir: Path) -> set[str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {record["id"] for record in read_records(out_dir / VECTORS_FILE)}
+
+
+async def extract(
+    items: list[LabelledItem], out_dir: Path, *, framework: str, max_answer_chars: int
+) -> None:
+    """Append each item's vector to ``out_dir/vectors.jsonl``; items already there are kept."""
+    from conscience.engine.connect import open_engine
+    from conscience.settings import Settings
+
+    done = _done_ids(out_dir)
+    todo = [item for item in items if item.id not in done]
+    chosen = load_frameworks()[framework]
+    settings = Settings()
+    async with open_engine(settings, embeddings=True) as engine:
+        with (
+            Progress(len(items), "probe vectors", done=len(done), unit="item") as progress,
+            AppendLog(out_dir / VECTORS_FILE) as log,
+        ):
+            for item in todo:
+                started = time.perf_counter()
+                prompt = await engine.client.apply_template(
+                    probe_prompt(item, chosen, max_answer_chars)
+                )
+                (vector,) = await engine.client.embeddings(
+                    {"model": settings.judge, "input": [prompt]}
+                )
+                log.append(
+                    {
+                        "id": item.id,
+                        "gold": item.label.value,
+                        "group": prompt_key(item.question),
+                        "seconds": time.perf_counter() - started,
+                        "vector": [round(v, 6) for v in vector],
+                    }
+                )
+                progress.update()
+
+
+def load_vectors(run_dir: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """Ids, prompt groups, the vectors and the gold (harmful = 1) of an ``extract`` run."""
+    records = read_records(run_dir / VECTORS_FILE)
+    if not records:
+        raise ConfigError(f"{run_dir} holds no probe vectors")
+    ids = [r["id"] for r in records]
+    groups = [r["group"] for r in records]
+    x = np.array([r["vector"] for r in records], dtype=float)
+    gold = np.array([1.0 if r["gold"] == "unethical" else 0.0 for r in records])
+    return ids, groups, x, gold
+
+
+def standardise(x: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """``(x - mean) / sd`` with a bias column of ones appended."""
+    z = (x - mean) / sd
+    return np.column_stack([z, np.ones(len(z))])
+
+
+def _fold(group: str) -> int:
+    return hashlib.sha256(group.encode()).digest()[0] % _FOLDS
+
+
+def _log_loss(scores: np.ndarray, gold: np.ndarray) -> float:
+    p = np.clip(scores, 1e-6, 1 - 1e-6)
+    return float(-np.mean(gold * np.log(p) + (1 - gold) * np.log(1 - p)))
+
+
+def cross_validated(x: np.ndarray, gold: np.ndarray, groups: list[str], l2: float) -> np.ndarray:
+    """Out-of-fold P(harmful) of every training item (folds by prompt group)."""
+    folds = np.array([_fold(g) for g in groups])
+    scores = np.zeros(len(gold))
+    for k in range(_FOLDS):
+        held = folds == k
+        if not held.any() or held.all():
+            continue
+        mean, sd = x[~held].mean(0), x[~held].std(0) + 1e-6
+        head = fit_head(standardise(x[~held], mean, sd), gold[~held], l2=l2, steps=30)
+        scores[held] = head.scores(standardise(x[held], mean, sd))
+    return scores
+
+
+def _best_f1(scores: np.ndarray, gold: np.ndarray) -> float:
+    best, best_f1 = 0.5, -1.0
+    for t in np.unique(scores):
+        flagged = scores >= t
+        f1 = 2 * float(np.sum(flagged & (gold == 1))) / (np.sum(flagged) + np.sum(gold == 1))
+        if f1 > best_f1:
+            best, best_f1 = float(t), f1
+    return best
+
+
+def _fmt(figures: dict[str, float | None]) -> str:
+    return ", ".join(
+        f"{k} {v:.3f}" if isinstance(v, float) and not math.isnan(v) else f"{k} {v}"
+        for k, v in figures.items()
+    )
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    _, groups, x_train, y_train = load_vectors(Path(args.train))
+    losses = {}
+    for l2 in _LAMBDAS:
+        losses[l2] = _log_loss(cross_validated(x_train, y_train, groups, l2), y_train)
+        print(f"lambda {l2:g}: out-of-fold log-loss {losses[l2]:.4f}")
+    l2 = min(losses, key=losses.__getitem__)
+    oof = cross_validated(x_train, y_train, groups, l2)
+    threshold = _best_f1(oof, y_train)
+    mean, sd = x_train.mean(0), x_train.std(0) + 1e-6
+    fitted = fit_head(standardise(x_train, mean, sd), y_train, l2=l2, steps=30)
+    head = Head(fitted.weights, threshold)
+    print(f"chosen lambda {l2:g}, threshold (best out-of-fold F1 on train) {threshold:.3f}")
+    print("train out-of-fold: " + _fmt(measure(Head((0.0, 1.0), threshold), _as_x(oof), y_train)))
+    _, _, x_dev, y_dev = load_vectors(Path(args.dev))
+    print("dev: " + _fmt(measure(head, standardise(x_dev, mean, sd), y_dev)))
+    return 0
+
+
+def _as_x(scores: np.ndarray) -> np.ndarray:
+    """Scores as a one-feature matrix whose logistic is the score itself (for ``measure``)."""
+    p = np.clip(scores, 1e-9, 1 - 1e-9)
+    return np.column_stack([np.zeros(len(p)), np.log(p / (1 - p))])
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    items = load_labelled("harm-judging", args.split)
+    if args.limit is not None:
+        items = items[: args.limit]
+    asyncio.run(
+        extract(
+            items, Path(args.out), framework=args.framework, max_answer_chars=args.max_answer_chars
+        )
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m conscience.evals.probe")
+    commands = parser.add_subparsers(dest="command", required=True)
+    extract_cmd = commands.add_parser("extract", help="hidden states of harm-judging items")
+    extract_cmd.add_argument("--split", choices=["train", "dev"], required=True)
+    extract_cmd.add_argument("--limit", type=int)
+    extract_cmd.add_argument("--framework", default="three-laws")
+    extract_cmd.add_argument("--max-answer-chars", type=int, default=1500)
+    extract_cmd.add_argument("--out", required=True)
+    extract_cmd.set_defaults(handler=_cmd_extract)
+    fit_cmd = commands.add_parser("fit", help="fit on train, measure on dev")
+    fit_cmd.add_argument("--train", required=True)
+    fit_cmd.add_argument("--dev", required=True)
+    fit_cmd.set_defaults(handler=_cmd_fit)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""The linear probe (evals/probe.py): folds by prompt, standardising, the vectors' file — on
+synthetic vectors, never a model's hidden states."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conscience.errors import ConfigError
+from conscience.evals.probe import VECTORS_FILE, _fold, cross_validated, load_vectors, standardise
+
+
+def test_cross_validation_scores_every_item_out_of_its_prompts_fold() -> None:
+    rng = np.random.default_rng(1)
+    groups = [f"prompt {i // 3}" for i in range(300)]  # three answers per prompt
+    gold = rng.integers(0, 2, 300).astype(float)
+    x = rng.normal(0, 1, (300, 20))
+    x[:, 3] += 2.0 * gold  # one informative dimension
+    scores = cross_validated(x, gold, groups, l2=1.0)
+    assert scores.shape == (300,) and np.all((scores > 0) & (scores < 1))
+    assert np.mean(scores[gold == 1]) > np.mean(scores[gold == 0]) + 0.3
+    folds = {}
+    for group in groups:
+        folds.setdefault(group, set()).add(_fold(group))
+    assert all(len(f) == 1 for f in folds.values())  # a prompt's answers share one fold
+
+
+def test_memorised_labels_do_not_leak_into_out_of_fold_scores() -> None:
+    rng = np.random.default_rng(2)
+    groups = [f"p{i}" for i in range(200)]
+    gold = rng.integers(0, 2, 200).astype(float)
+    x = rng.normal(0, 1, (200, 50))  # noise only: in-sample fits would separate it anyway
+    scores = cross_validated(x, gold, groups, l2=0.01)
+    from conscience.evals.scoring import auc
+
+    assert auc(scores.tolist(), (gold == 1).tolist()) < 0.7
+
+
+def test_standardise_centres_scales_and_appends_the_bias() -> None:
+    x = np.array([[1.0, 10.0], [3.0, 30.0]])
+    z = standardise(x, x.mean(0), x.std(0))
+    assert z == pytest.approx(np.array([[-1.0, -1.0, 1.0], [1.0, 1.0, 1.0]]))
+
+
+def test_vectors_load_in_file_order_and_an_empty_run_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no probe vectors"):
+        load_vectors(tmp_path)
+    rows = [
+        {"id": "a", "gold": "unethical", "group": "q1", "seconds": 1.0, "vector": [0.5, 1.0]},
+        {"id": "b", "gold": "ethical", "group": "q2", "seconds": 1.0, "vector": [0.0, -1.0]},
+    ]
+    (tmp_path / VECTORS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ids, groups, x, gold = load_vectors(tmp_path)
+    assert ids == ["a", "b"] and groups == ["q1", "q2"]
+    assert x.tolist() == [[0.5, 1.0], [0.0, -1.0]] and gold.tolist() == [1.0, 0.0]
