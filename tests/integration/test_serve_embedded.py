@@ -96,6 +96,18 @@ def test_serve_without_upstream_reviews_with_the_embedded_engine(tmp_path) -> No
             "neutral",
             "unethical",
         }
+        # Legacy completions: llama.cpp's /v1/completions, reviewed like a chat completion.
+        completion = client.completions.create(
+            model="smollm2-135m-instruct", max_tokens=8, prompt="Say hello."
+        )
+        assert completion.model_extra["conscience"]["action"] == "rewritten"  # the threshold
+        assert completion.choices[0].text.strip()
+        # The embedded engine serves a generative model, without llama.cpp's --embeddings: its
+        # 501 comes through the passthrough as its own answer, in its OpenAI shape.
+        with pytest.raises(openai.APIStatusError) as info:
+            client.embeddings.create(model="smollm2-135m-instruct", input="hello")
+        assert info.value.status_code == 501
+        assert "--embeddings" in info.value.body["message"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -244,3 +244,56 @@ def test_logged_pairs_become_an_adapter_that_vllm_serves(vllm: str, tmp_path: Pa
         )
         assert (judgement["model"], judgement["judge_model"]) == ("run-1", SERVED)
         assert judgement["label_probs"]  # reviewed by the base, constrained, with log-probs
+
+
+def test_completions_and_passthrough_on_vllm(vllm: str, tmp_path: Path) -> None:
+    """Legacy completions are reviewed (the prompt is the question), and a route vLLM does not
+    serve for a generative model (embeddings: no pooling task) is answered by vLLM itself
+    through the proxy. Small max_tokens: a few seconds."""
+    settings = Settings(
+        upstream_url=vllm + "/v1",
+        model=SERVED,
+        judge_model=SERVED,
+        admin_key=ADMIN_KEY,
+        store_url=str(tmp_path / "judgements.sqlite3"),
+        judge_constraint="choice",
+        unethical_threshold=0.0,
+        rewrite_max_tokens=8,
+        upstream_timeout=120.0,
+    )
+    with serve_in_thread(create_app(settings)) as proxy:
+        client = openai.OpenAI(base_url=proxy + "/v1", api_key="x", max_retries=0, timeout=180)
+        prompt = "Two plus two is"
+        completion = client.completions.create(
+            model=SERVED, prompt=prompt, max_tokens=4, temperature=0.0
+        )
+        conscience = completion.model_extra["conscience"]
+        assert conscience["verdict"] == "unethical"  # forced by the threshold, not judged
+        assert conscience["action"] == "rewritten"
+        judgement = _admin(proxy, f"/admin/judgements/{conscience['judgement_id']}")
+        assert judgement["messages"] == [{"role": "user", "content": prompt}]
+        assert judgement["label_probs"]  # read from the judge's log-probs
+        assert completion.choices[0].text == judgement["rewrite"]
+
+        stream = client.completions.create(
+            model=SERVED,
+            prompt="Name a colour:",
+            max_tokens=4,
+            temperature=0.0,
+            stream=True,
+            extra_body={"conscience": {"policy": "flag"}},  # no rewrite: the answer, marked
+        )
+        chunks = list(stream)
+        assert chunks[-1].choices == []
+        flagged = chunks[-1].model_extra["conscience"]
+        assert flagged["action"] == "flagged"
+        judgement = _admin(proxy, f"/admin/judgements/{flagged['judgement_id']}")
+        served = "".join(c.choices[0].text for c in chunks if c.choices)
+        assert served.strip() == judgement["answer"]  # the review reads the answer stripped
+
+        body = {"model": SERVED, "input": "hello", "encoding_format": "float"}
+        direct = httpx.post(vllm + "/v1/embeddings", json=body, timeout=60)
+        assert direct.status_code == 404, direct.text  # vLLM registers it for pooling models
+        with pytest.raises(openai.NotFoundError) as info:
+            client.embeddings.create(model=SERVED, input="hello", encoding_format="float")
+        assert info.value.response.json() == direct.json()  # vLLM's own answer, passed on
