@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import from_json
 
 from conscience.errors import EngineError
+from conscience.server import tracing
 from conscience.server.auth import require_client
 from conscience.server.errors import ApiError
 from conscience.server.pipeline import Decision, Options, Pipeline
@@ -145,11 +146,17 @@ async def _generate(pipeline: Pipeline, body: CompletionRequest) -> dict[str, An
     """The upstream's ``/v1/completions``, through the pipeline's client: its key, timeout and
     error mapping (an upstream 4xx passes through, 5xx is 502, a timeout 504)."""
     client = pipeline.client
+    model = pipeline.upstream_model(body.model)
+    # The same span as a chat generation (server.tracing), named for what it is.
+    attributes = {
+        **tracing.generation_attributes(model),
+        "gen_ai.operation.name": "text_completion",
+    }
     started = time.perf_counter()
-    response = await client._send(
-        "POST", "completions", body.upstream_body(pipeline.upstream_model(body.model))
-    )
-    completion = client._json(response)
+    with tracing.span("conscience.generate", tracing.SpanKind.CLIENT, attributes) as span:
+        response = await client._send("POST", "completions", body.upstream_body(model))
+        completion = client._json(response)
+        tracing.record_generation(span, completion)
     pipeline.metrics.upstream_seconds.observe(time.perf_counter() - started)
     choices = completion.get("choices")
     if (
