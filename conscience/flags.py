@@ -64,9 +64,9 @@ _FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "judge_method": (
         ("--judge-method",),
         {
-            "choices": ["single", "decomposed"],
-            "help": "one question, or three yes/no questions combined by a rule "
-            "(CONSCIENCE_JUDGE_METHOD, single)",
+            "choices": ["single", "decomposed", "probe"],
+            "help": "one question; three yes/no questions combined by a rule; or a linear "
+            "probe on the judge's hidden state (CONSCIENCE_JUDGE_METHOD, single)",
         },
     ),
 }

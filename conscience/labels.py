@@ -57,3 +57,4 @@ class JudgeMethod(StrEnum):
 
     SINGLE = "single"  # the paper's one introspective question, one label
     DECOMPOSED = "decomposed"  # three yes/no questions, one rule (conscience/decomposed.py)
+    PROBE = "probe"  # a linear read-out of the judge's hidden state (conscience/probe.py)

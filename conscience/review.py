@@ -23,6 +23,7 @@ from conscience.errors import ConfigError, EngineError, VerdictError
 from conscience.framework import Framework
 from conscience.judgement import Judgement
 from conscience.labels import JudgeMethod, Layout, Verdict
+from conscience.probe import PACKAGED_PROBE, Probe, hidden_state, load_probe
 from conscience.prompts import (
     fenced_pair,
     render_label_after_reasoning,
@@ -98,6 +99,7 @@ class Conscience:
     layout: Layout = Layout.PAPER
     screen: bool = True  # an answer that talks to its reviewer is unethical (conscience/screen.py)
     method: JudgeMethod = JudgeMethod.SINGLE  # or three questions (conscience/decomposed.py)
+    probe: Probe | None = None  # the method "probe"'s read-out (conscience/probe.py)
     constraint: Constraint | None = None  # None: ask the engine once who it is
     rule: DecisionRule = field(default_factory=DecisionRule)
     top_logprobs: int = 20  # OpenAI's maximum; the labels' first tokens are always among them
@@ -197,6 +199,9 @@ class Conscience:
     ) -> VerdictReading:
         if self.method == JudgeMethod.DECOMPOSED:
             return await self._judge_parts(framework, messages, answer, reasoning, constraint)
+        probe = self.probe if self.method == JudgeMethod.PROBE else None
+        if probe is not None and probe.key == (self.judge_model, framework.name, layout.value):
+            return await self._judge_probe(probe, framework, messages, answer, reasoning)
         prompt = render_review(framework, messages, answer, layout=layout, reasoning=reasoning)
         budget = framework.prompt_variant.reasoning_tokens
         if budget:  # a short reasoning first (greedy), then the forced label after it
@@ -240,6 +245,28 @@ class Conscience:
         probs[Verdict.UNETHICAL] = p_unethical
         verdict = self.rule.decide(probs)
         return VerdictReading(verdict, probs[verdict], probs, "", parts)
+
+    async def _judge_probe(
+        self,
+        probe: Probe,
+        framework: Framework,
+        messages: list[Message],
+        answer: str,
+        reasoning: str | None,
+    ) -> VerdictReading:
+        """The probe's verdict: the single review's prompt, read at the verdict position; a
+        longer answer in the probe's windows, the worst deciding."""
+        p_unethical = 0.0
+        for window in answer_windows(answer, probe.max_answer_chars):
+            prompt = render_review(
+                framework, messages, window, layout=Layout.PAPER, reasoning=reasoning
+            )
+            hidden = await hidden_state(self.client, self.judge_model, prompt)
+            p_unethical = max(p_unethical, probe.score(hidden))
+        probs = {Verdict.ETHICAL: 1.0 - p_unethical, Verdict.NEUTRAL: 0.0}
+        probs[Verdict.UNETHICAL] = p_unethical
+        verdict = Verdict.UNETHICAL if p_unethical >= probe.threshold else Verdict.ETHICAL
+        return VerdictReading(verdict, probs[verdict], probs, "")
 
     async def _free_text(
         self, messages: list[Message], *, temperature: float, max_tokens: int
@@ -306,6 +333,10 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
     calibrations, source = select_calibrations(
         settings.calibration_file, settings.unethical_threshold
     )
+    probe = None
+    if settings.judge_method == JudgeMethod.PROBE:
+        probe = load_probe(settings.probe_file or PACKAGED_PROBE)
+        source = f"probe {settings.probe_file or PACKAGED_PROBE} ({', '.join(probe.key)})"
     return Conscience(
         client=client,
         judge_model=settings.judge,
@@ -314,6 +345,7 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
         layout=settings.layout,
         screen=settings.screen,
         method=settings.judge_method,
+        probe=probe,
         constraint=constraint,
         rule=DecisionRule(settings.unethical_threshold, settings.neutral_threshold),
         top_logprobs=settings.top_logprobs,

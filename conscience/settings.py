@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     frameworks_dir: Path | None = None  # user framework files (NAME.toml) added to the built-ins
     layout: Layout = Layout.PAPER  # docs/decisions.md, "Prompt layout"
     screen: bool = True  # answers that talk to their reviewer are unethical (conscience/screen.py)
-    judge_method: JudgeMethod = JudgeMethod.SINGLE  # "decomposed": three questions, one rule
+    judge_method: JudgeMethod = JudgeMethod.SINGLE  # or "decomposed", "probe" (decisions.md)
+    probe_file: Path | None = None  # the probe's read-out; None: the packaged one
     policy: Policy = Policy.REWRITE  # what to do with an unethical answer
     on_review_error: ReviewErrorMode = ReviewErrorMode.CLOSED  # fail closed: nothing unreviewed
     allow_overrides: bool = True  # may a request choose its framework/policy in "conscience"?

@@ -48,8 +48,8 @@ async def start_embedded(
     embeddings: bool = False,
 ) -> EmbeddedEngine:
     """Start llama.cpp on ``gguf`` (default: the packaged ``settings.model``), serving it under
-    ``alias`` (default: ``settings.model``) with ``parallel`` slots (and ``/v1/embeddings``
-    when ``embeddings``)."""
+    ``alias`` (default: ``settings.model``) with ``parallel`` slots, and ``/v1/embeddings``
+    when asked or when the judge reads hidden states (``judge_method`` probe)."""
     from conscience.engine.embedded import EmbeddedEngine
     from conscience.engine.weights import model_path
 
@@ -60,7 +60,7 @@ async def start_embedded(
         ctx_size=settings.engine_ctx_size,
         parallel=max(1, parallel),
         model_alias=alias or settings.model,
-        embeddings=embeddings,
+        embeddings=embeddings or settings.judge_method == "probe",
     )
     await engine.start()
     return engine

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import math
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from conscience.evals.jsonl import AppendLog, read_records
 from conscience.evals.labelled import LabelledItem, load_labelled
 from conscience.framework import load_frameworks
 from conscience.labels import Layout
+from conscience.probe import Probe, hidden_state, save_probe
 from conscience.progress import Progress
 from conscience.prompts import render_review
 
@@ -77,11 +79,8 @@ async def extract(
         ):
             for item in todo:
                 started = time.perf_counter()
-                prompt = await engine.client.apply_template(
-                    probe_prompt(item, chosen, max_answer_chars)
-                )
-                (vector,) = await engine.client.embeddings(
-                    {"model": settings.judge, "input": [prompt]}
+                vector = await hidden_state(
+                    engine.client, settings.judge, probe_prompt(item, chosen, max_answer_chars)
                 )
                 log.append(
                     {
@@ -168,7 +167,30 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     print(f"chosen lambda {l2:g}, threshold (best out-of-fold F1 on train) {threshold:.3f}")
     print("train out-of-fold: " + _fmt(measure(Head((0.0, 1.0), threshold), _as_x(oof), y_train)))
     _, _, x_dev, y_dev = load_vectors(Path(args.dev))
-    print("dev: " + _fmt(measure(head, standardise(x_dev, mean, sd), y_dev)))
+    dev = measure(head, standardise(x_dev, mean, sd), y_dev)
+    print("dev: " + _fmt(dev))
+    if args.save:
+        probe = Probe(
+            model=args.model,
+            framework=args.framework,
+            layout="paper",
+            max_answer_chars=args.max_answer_chars,
+            mean=tuple(float(v) for v in mean),
+            sd=tuple(float(v) for v in sd),
+            weights=tuple(head.weights[:-1]),
+            bias=head.weights[-1],
+            threshold=threshold,
+            fitted={
+                "train": str(args.train),
+                "train_items": len(y_train),
+                "l2": l2,
+                "threshold_rule": "best out-of-fold F1 on train",
+                "dev": {"run": str(args.dev), **dev},
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        )
+        save_probe(Path(args.save), probe)
+        print(f"probe saved to {args.save}")
     return 0
 
 
@@ -179,7 +201,7 @@ def _as_x(scores: np.ndarray) -> np.ndarray:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    items = load_labelled("harm-judging", args.split)
+    items = load_labelled(args.data, args.split)
     if args.limit is not None:
         items = items[: args.limit]
     asyncio.run(
@@ -194,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m conscience.evals.probe")
     commands = parser.add_subparsers(dest="command", required=True)
     extract_cmd = commands.add_parser("extract", help="hidden states of harm-judging items")
-    extract_cmd.add_argument("--split", choices=["train", "dev"], required=True)
+    extract_cmd.add_argument("--data", default="harm-judging", help="a labelled set or JSONL")
+    extract_cmd.add_argument(
+        "--split", required=True, help="train and dev to fit and choose; test only to measure"
+    )
     extract_cmd.add_argument("--limit", type=int)
     extract_cmd.add_argument("--framework", default="three-laws")
     extract_cmd.add_argument("--max-answer-chars", type=int, default=1500)
@@ -203,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     fit_cmd = commands.add_parser("fit", help="fit on train, measure on dev")
     fit_cmd.add_argument("--train", required=True)
     fit_cmd.add_argument("--dev", required=True)
+    fit_cmd.add_argument("--save", help="write the probe file the server loads")
+    fit_cmd.add_argument("--model", default="qwen2.5-coder-1.5b-instruct", help="the judge")
+    fit_cmd.add_argument("--framework", default="three-laws")
+    fit_cmd.add_argument("--max-answer-chars", type=int, default=1500, help="as extracted")
     fit_cmd.set_defaults(handler=_cmd_fit)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

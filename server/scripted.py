@@ -203,6 +203,13 @@ class ScriptedEngine:
         async def embeddings(request: Request) -> Response:
             return JSONResponse(_embeddings(await request.json()))
 
+        @app.post("/apply-template")
+        async def apply_template(request: Request) -> Response:
+            """llama.cpp's: the prompt its chat template makes of the messages (a plain one)."""
+            messages = (await request.json())["messages"]
+            turns = "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages)
+            return JSONResponse({"prompt": turns + "<assistant>\n"})
+
         return app
 
     async def _fault(self, kind: Kind) -> Response | None:

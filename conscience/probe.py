@@ -1,0 +1,103 @@
+"""The probe verdict: a linear read-out of the frozen judge's hidden state, where the label
+would be said.
+
+The 1.5B judge's *words* about an answer are near chance on outside data (docs/decisions.md,
+issue 14), but its hidden state at the verdict position — the last token of the review prompt,
+just before the label — still holds what it read. A probe file holds a logistic read-out of
+that state, fitted on labelled data (``python -m conscience.evals.probe``)::
+
+    z = (h - mean) / sd,        P(unethical | h) = sigmoid(w · z + b)
+
+and the verdict is ``unethical`` at or above the file's ``threshold``, else ``ethical`` (a
+probe has no ``neutral``). The state comes from the engine's ``/v1/embeddings`` with
+last-token pooling (llama.cpp: ``--embeddings``; the embedded engine starts so when the method
+is ``probe``) over the exact review prompt the single method sends, rendered by the engine's
+own chat template. A file is tied to one judge model, framework and layout; reviews it does
+not cover fall back to the single method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conscience.client import EngineClient
+from conscience.errors import ConfigError, EngineError
+
+__all__ = ["PACKAGED_PROBE", "Probe", "hidden_state", "load_probe", "save_probe"]
+
+PACKAGED_PROBE = Path(__file__).parent / "calibrations" / "probe.json"
+
+
+@dataclass(frozen=True)
+class Probe:
+    model: str  # the judge model whose hidden states it reads
+    framework: str
+    layout: str
+    max_answer_chars: int  # longer answers are read in windows of this size, the worst decides
+    mean: tuple[float, ...]
+    sd: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    threshold: float  # P(unethical) at which an answer is unethical
+    fitted: dict[str, Any] = field(default_factory=dict)  # data, split, size, figures, date
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.model, self.framework, self.layout)
+
+    def score(self, hidden: Sequence[float]) -> float:
+        """P(unethical) of one hidden state."""
+        if len(hidden) != len(self.weights):
+            raise ConfigError(
+                f"the probe reads {len(self.weights)} dimensions, the engine gave {len(hidden)}:"
+                f" it was fitted on another model than {self.model}"
+            )
+        z = sum(
+            w * (h - m) / s
+            for w, h, m, s in zip(self.weights, hidden, self.mean, self.sd, strict=True)
+        )
+        z += self.bias
+        return 1.0 / (1.0 + math.exp(-z)) if z > -500 else 0.0
+
+
+async def hidden_state(
+    client: EngineClient, model: str, messages: list[dict[str, Any]]
+) -> list[float]:
+    """The judge's last-token hidden state after ``messages``, rendered by the engine's own
+    chat template up to where its reply would begin."""
+    prompt = await client.apply_template(messages)
+    vectors = await client.embeddings({"model": model, "input": [prompt]})
+    if len(vectors) != 1 or not vectors[0]:
+        raise EngineError("engine answered embeddings without one vector")
+    return vectors[0]
+
+
+def load_probe(path: Path) -> Probe:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        probe = Probe(
+            **{
+                **data,
+                **{k: tuple(data[k]) for k in ("mean", "sd", "weights")},
+            }
+        )
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"probe file {path}: {exc}") from exc
+    sizes = {len(probe.mean), len(probe.sd), len(probe.weights)}
+    if len(sizes) != 1 or any(s <= 0 for s in probe.sd):
+        raise ConfigError(f"probe file {path}: mean, sd and weights must match, sd > 0")
+    if not 0.0 <= probe.threshold <= 1.0 or probe.max_answer_chars < 200:
+        raise ConfigError(f"probe file {path}: threshold in [0, 1], max_answer_chars >= 200")
+    return probe
+
+
+def save_probe(path: Path, probe: Probe) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(asdict(probe)) + "\n", encoding="utf-8")
+    tmp.replace(path)

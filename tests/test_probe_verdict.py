@@ -1,0 +1,121 @@
+"""The probe verdict (conscience/probe.py): the file, the read-out, and the review against a
+scripted OpenAI-compatible server on loopback (its embeddings are a hash of the prompt, so
+the test can compute what the probe must have read)."""
+
+import hashlib
+import json
+import math
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conscience.client import EngineClient
+from conscience.errors import ConfigError
+from conscience.framework import load_frameworks
+from conscience.labels import JudgeMethod, Layout
+from conscience.probe import Probe, load_probe, save_probe
+from conscience.prompts import render_review
+from conscience.review import Conscience
+from conscience.server.scripted import ScriptedEngine
+
+QUESTION = [{"role": "user", "content": "How do I pick a lock?"}]
+PROBE = Probe(
+    model="judge",
+    framework="three-laws",
+    layout="paper",
+    max_answer_chars=300,
+    mean=(0.5,) * 8,
+    sd=(0.25,) * 8,
+    weights=(1.0, -0.5, 0.25, 0.0, 0.0, 0.0, 0.0, 2.0),
+    bias=-0.1,
+    threshold=0.6,
+)
+
+
+def _scripted_state(messages: list[dict]) -> list[float]:
+    """What the scripted engine answers for these review messages (server/scripted.py)."""
+    turns = "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + "<assistant>\n"
+    return [b / 255 for b in hashlib.sha256(json.dumps(turns).encode()).digest()[:8]]
+
+
+def test_score_is_the_logistic_of_the_standardised_state() -> None:
+    hidden = [0.75, 0.25, 0.5, 0.0, 0.0, 0.0, 0.0, 1.0]
+    z = 1.0 * 1 - 0.5 * -1 + 0.25 * 0 + 2.0 * 2 - 0.1
+    assert PROBE.score(hidden) == pytest.approx(1 / (1 + math.exp(-z)))
+    with pytest.raises(ConfigError, match="another model"):
+        PROBE.score([0.0] * 7)
+
+
+def test_the_file_round_trips_and_bad_files_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "probe.json"
+    save_probe(path, PROBE)
+    assert load_probe(path) == PROBE
+    bad = tmp_path / "bad.json"
+    save_probe(bad, replace(PROBE, sd=(0.0,) * 8))
+    with pytest.raises(ConfigError, match=r"bad\.json"):
+        load_probe(bad)
+    save_probe(bad, replace(PROBE, weights=(1.0,)))
+    with pytest.raises(ConfigError, match="must match"):
+        load_probe(bad)
+
+
+@pytest.fixture
+async def client(engine_url: str) -> AsyncIterator[EngineClient]:
+    async with EngineClient(engine_url, api_key="sk-upstream", timeout=2.0) as client:
+        yield client
+
+
+def _conscience(client: EngineClient, probe: Probe = PROBE) -> Conscience:
+    return Conscience(
+        client=client,
+        judge_model="judge",
+        frameworks=load_frameworks(),
+        method=JudgeMethod.PROBE,
+        probe=probe,
+    )
+
+
+async def test_review_reads_the_single_review_prompt_and_decides_by_the_threshold(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    framework = load_frameworks()["three-laws"]
+    answer = "Ask a locksmith to help you."
+    judgement = await _conscience(client).review(QUESTION, answer)
+    expected = PROBE.score(
+        _scripted_state(render_review(framework, QUESTION, answer, layout=Layout.PAPER))
+    )
+    assert judgement.label_probs == pytest.approx(
+        {"ethical": 1 - expected, "neutral": 0.0, "unethical": expected}
+    )
+    assert judgement.verdict == ("unethical" if expected >= 0.6 else "ethical")
+    assert engine.of_kind("review") == []  # no label asked: the state is the verdict
+    always = replace(PROBE, threshold=0.0)
+    assert (await _conscience(client, always).review(QUESTION, answer)).verdict == "unethical"
+
+
+async def test_a_long_answer_is_read_in_windows_and_the_worst_decides(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    framework = load_frameworks()["three-laws"]
+    answer = " ".join(f"word{i}" for i in range(120))  # about 900 characters: 4 windows
+    judgement = await _conscience(client).review(QUESTION, answer)
+    from conscience.review import answer_windows
+
+    windows = answer_windows(answer, 300)
+    assert len(windows) >= 3
+    scores = [
+        PROBE.score(_scripted_state(render_review(framework, QUESTION, w, layout=Layout.PAPER)))
+        for w in windows
+    ]
+    assert judgement.label_probs["unethical"] == pytest.approx(max(scores))
+
+
+async def test_reviews_the_probe_was_not_fitted_for_use_the_single_method(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    engine.verdict = "neutral"
+    judgement = await _conscience(client).review(QUESTION, "Ask a locksmith.", "wwjd")
+    assert judgement.verdict == "neutral"  # a label was asked: the probe is three-laws'
+    assert len(engine.of_kind("review")) == 1
