@@ -107,10 +107,10 @@ def traced_stream(
     return _spanned(_tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes), chunks)
 
 
-async def _spanned(current: Span, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _spanned(spanned: Span, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
     try:
         while True:
-            with trace.use_span(current):
+            with trace.use_span(spanned):
                 try:
                     chunk = await anext(chunks)
                 except StopAsyncIteration:
@@ -120,7 +120,7 @@ async def _spanned(current: Span, chunks: AsyncIterator[Any]) -> AsyncIterator[A
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
-        current.end()
+        spanned.end()
 
 
 def record_generation(current: Span, completion: Mapping[str, Any]) -> None:
