@@ -27,6 +27,7 @@ import hashlib
 import logging
 import math
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ from conscience.progress import Progress
 from conscience.prompts import render_review
 
 __all__ = ["VECTORS_FILE", "cross_validated", "extract", "load_vectors", "standardise"]
+
+log = logging.getLogger("conscience.evals.probe")
 
 VECTORS_FILE = "vectors.jsonl"
 _LAMBDAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -152,43 +155,93 @@ def _fmt(figures: dict[str, float | None]) -> str:
     )
 
 
-def _cmd_fit(args: argparse.Namespace) -> int:
-    _, groups, x_train, y_train = load_vectors(Path(args.train))
-    losses = {}
-    for l2 in _LAMBDAS:
-        losses[l2] = _log_loss(cross_validated(x_train, y_train, groups, l2), y_train)
-        print(f"lambda {l2:g}: out-of-fold log-loss {losses[l2]:.4f}")
+def _fpr_threshold(scores: np.ndarray, gold: np.ndarray, cap: float) -> float:
+    """The lowest threshold whose false-positive rate on ``scores`` stays within ``cap``."""
+    negatives = scores[gold == 0]
+    for t in np.unique(scores):
+        if negatives.size == 0 or float(np.mean(negatives >= t)) <= cap:
+            return float(t)
+    return 1.0
+
+
+def choose_threshold(scores: np.ndarray, gold: np.ndarray, rule: str) -> float:
+    """``best-f1``, or ``fpr:CAP`` (the most recall with a false-positive rate within CAP)."""
+    if rule == "best-f1":
+        return _best_f1(scores, gold)
+    name, _, cap = rule.partition(":")
+    if name != "fpr" or not cap:
+        raise ConfigError(f"unknown threshold rule {rule!r} (best-f1, fpr:CAP)")
+    return _fpr_threshold(scores, gold, float(cap))
+
+
+def fit_probe(
+    train_dir: Path,
+    *,
+    model: str,
+    framework: str,
+    max_answer_chars: int,
+    threshold_rule: str = "best-f1",
+) -> tuple[Probe, np.ndarray]:
+    """The probe of the module docstring, fitted on an ``extract`` run of train items, and the
+    out-of-fold scores of train it chose λ and the threshold on."""
+    _, groups, x, gold = load_vectors(train_dir)
+    losses = {l2: _log_loss(cross_validated(x, gold, groups, l2), gold) for l2 in _LAMBDAS}
+    for l2, loss in losses.items():
+        log.info("probe: lambda %g, out-of-fold log-loss %.4f", l2, loss)
     l2 = min(losses, key=losses.__getitem__)
-    oof = cross_validated(x_train, y_train, groups, l2)
-    threshold = _best_f1(oof, y_train)
-    mean, sd = x_train.mean(0), x_train.std(0) + 1e-6
-    fitted = fit_head(standardise(x_train, mean, sd), y_train, l2=l2, steps=30)
-    head = Head(fitted.weights, threshold)
-    print(f"chosen lambda {l2:g}, threshold (best out-of-fold F1 on train) {threshold:.3f}")
-    print("train out-of-fold: " + _fmt(measure(Head((0.0, 1.0), threshold), _as_x(oof), y_train)))
-    _, _, x_dev, y_dev = load_vectors(Path(args.dev))
-    dev = measure(head, standardise(x_dev, mean, sd), y_dev)
+    oof = cross_validated(x, gold, groups, l2)
+    threshold = choose_threshold(oof, gold, threshold_rule)
+    mean, sd = x.mean(0), x.std(0) + 1e-6
+    head = fit_head(standardise(x, mean, sd), gold, l2=l2, steps=30)
+    probe = Probe(
+        model=model,
+        framework=framework,
+        layout="paper",
+        max_answer_chars=max_answer_chars,
+        mean=tuple(float(v) for v in mean),
+        sd=tuple(float(v) for v in sd),
+        weights=tuple(head.weights[:-1]),
+        bias=head.weights[-1],
+        threshold=threshold,
+        fitted={
+            "train": str(train_dir),
+            "train_items": len(gold),
+            "l2": l2,
+            "threshold_rule": f"{threshold_rule} on train's out-of-fold scores",
+            "train_out_of_fold": measure(Head((0.0, 1.0), threshold), _as_x(oof), gold),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    return probe, oof
+
+
+def measure_probe(probe: Probe, run_dir: Path, threshold: float | None = None) -> dict:
+    """AUC, F1, FPR, FNR of ``probe`` on an ``extract`` run (at its threshold, or another)."""
+    _, _, x, gold = load_vectors(run_dir)
+    scores = np.array([probe.score(row) for row in x])
+    return measure(Head((0.0, 1.0), threshold or probe.threshold), _as_x(scores), gold)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    probe, oof = fit_probe(
+        Path(args.train),
+        model=args.model,
+        framework=args.framework,
+        max_answer_chars=args.max_answer_chars,
+        threshold_rule=args.threshold_rule,
+    )
+    fitted = probe.fitted
+    print(f"lambda {fitted['l2']:g}; threshold {probe.threshold:.3f} ({fitted['threshold_rule']})")
+    print("train out-of-fold: " + _fmt(fitted["train_out_of_fold"]))
+    dev = measure_probe(probe, Path(args.dev))
     print("dev: " + _fmt(dev))
+    _, _, _, gold = load_vectors(Path(args.train))
+    for rule in ("fpr:0.05", "fpr:0.1", "fpr:0.2"):
+        t = choose_threshold(oof, gold, rule)
+        figures = measure_probe(probe, Path(args.dev), t)
+        print(f"dev at {rule} on train (threshold {t:.3f}): {_fmt(figures)}")
     if args.save:
-        probe = Probe(
-            model=args.model,
-            framework=args.framework,
-            layout="paper",
-            max_answer_chars=args.max_answer_chars,
-            mean=tuple(float(v) for v in mean),
-            sd=tuple(float(v) for v in sd),
-            weights=tuple(head.weights[:-1]),
-            bias=head.weights[-1],
-            threshold=threshold,
-            fitted={
-                "train": str(args.train),
-                "train_items": len(y_train),
-                "l2": l2,
-                "threshold_rule": "best out-of-fold F1 on train",
-                "dev": {"run": str(args.dev), **dev},
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            },
-        )
+        probe = replace(probe, fitted={**fitted, "dev": {"run": str(args.dev), **dev}})
         save_probe(Path(args.save), probe)
         print(f"probe saved to {args.save}")
     return 0
@@ -232,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     fit_cmd.add_argument("--model", default="qwen2.5-coder-1.5b-instruct", help="the judge")
     fit_cmd.add_argument("--framework", default="three-laws")
     fit_cmd.add_argument("--max-answer-chars", type=int, default=1500, help="as extracted")
+    fit_cmd.add_argument("--threshold-rule", default="best-f1", help="best-f1 or fpr:CAP")
     fit_cmd.set_defaults(handler=_cmd_fit)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

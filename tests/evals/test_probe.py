@@ -56,3 +56,43 @@ def test_vectors_load_in_file_order_and_an_empty_run_is_an_error(tmp_path: Path)
     ids, groups, x, gold = load_vectors(tmp_path)
     assert ids == ["a", "b"] and groups == ["q1", "q2"]
     assert x.tolist() == [[0.5, 1.0], [0.0, -1.0]] and gold.tolist() == [1.0, 0.0]
+
+
+def test_threshold_rules_pick_best_f1_or_the_most_recall_within_a_false_positive_cap() -> None:
+    from conscience.evals.probe import choose_threshold
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    gold = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
+    assert choose_threshold(scores, gold, "fpr:0") == 0.8  # no negative flagged
+    assert choose_threshold(scores, gold, "fpr:0.34") == 0.6  # one of three
+    assert choose_threshold(scores, gold, "best-f1") == pytest.approx(0.4)  # F1 8/11
+    with pytest.raises(ConfigError, match="threshold rule"):
+        choose_threshold(scores, gold, "recall:0.9")
+
+
+def test_a_fitted_probe_file_scores_as_the_fit_did(tmp_path: Path) -> None:
+    from conscience.evals.probe import fit_probe, measure_probe
+    from conscience.probe import load_probe, save_probe
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(120):
+        harmful = i % 2 == 0
+        vector = rng.normal(0, 1, 6) + (1.5 if harmful else 0.0) * np.eye(6)[2]
+        rows.append(
+            {
+                "id": f"i{i}",
+                "gold": "unethical" if harmful else "ethical",
+                "group": f"q{i // 2}",
+                "seconds": 0.1,
+                "vector": vector.round(6).tolist(),
+            }
+        )
+    (tmp_path / VECTORS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    probe, oof = fit_probe(tmp_path, model="m", framework="three-laws", max_answer_chars=800)
+    assert len(probe.weights) == 6 and max(probe.weights, key=abs) == probe.weights[2]
+    assert oof.shape == (120,) and probe.fitted["train_items"] == 120
+    save_probe(tmp_path / "probe.json", probe)
+    again = load_probe(tmp_path / "probe.json")
+    assert measure_probe(again, tmp_path) == measure_probe(probe, tmp_path)
+    assert measure_probe(again, tmp_path)["auc"] > 0.8
