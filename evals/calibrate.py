@@ -167,7 +167,19 @@ def samples_from_rows(
     return out
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from conscience.evals.probe import calibrate_probe
+    from conscience.settings import Settings
+
+    probe = calibrate_probe(args, Settings(**engine_fields(args)))
+    summary = {"file": args.out, "key": probe.key, "threshold": probe.threshold, **probe.fitted}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.probe:
+        return _cmd_probe(args)
     source = args.data or "evals/data/verdicts.jsonl"
     if args.from_rows:
         from conscience.evals.labelled import DEFAULT_SET, load_labelled
@@ -206,4 +218,16 @@ def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
         "(calibration-split items only) instead of running the judge",
     )
     parser.add_argument("--out", required=True, help="calibration file (JSON; entries merged)")
+    probe = parser.add_argument_group(
+        "a probe (CONSCIENCE_JUDGE_METHOD=probe): --out is the probe file; the judge's hidden "
+        "states of --data's train and dev splits are kept beside it (a killed run resumes)"
+    )
+    probe.add_argument("--probe", action="store_true", help="fit a linear probe instead")
+    probe.add_argument("--train-split", default="train", help="fitted on (train)")
+    probe.add_argument("--dev-split", default="dev", help="measured on (dev)")
+    probe.add_argument("--limit", type=int, help="the first N items of each split")
+    probe.add_argument("--max-answer-chars", type=int, default=1500, help="answer window")
+    probe.add_argument(
+        "--threshold-rule", default="best-f1", help="best-f1, or fpr:CAP (e.g. fpr:0.1)"
+    )
     parser.set_defaults(handler=_cmd_calibrate)

@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,11 +46,25 @@ from conscience.probe import Probe, hidden_state, save_probe
 from conscience.progress import Progress
 from conscience.prompts import render_review
 
-__all__ = ["VECTORS_FILE", "cross_validated", "extract", "load_vectors", "standardise"]
+if TYPE_CHECKING:
+    from conscience.settings import Settings
+
+__all__ = [
+    "VECTORS_FILE",
+    "calibrate_probe",
+    "choose_threshold",
+    "cross_validated",
+    "extract",
+    "fit_probe",
+    "load_vectors",
+    "measure_probe",
+    "standardise",
+]
 
 log = logging.getLogger("conscience.evals.probe")
 
 VECTORS_FILE = "vectors.jsonl"
+RUN_FILE = "run.json"  # what the vectors were extracted with
 _LAMBDAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 _FOLDS = 5
 
@@ -59,33 +74,51 @@ def probe_prompt(item: LabelledItem, framework: Any, max_answer_chars: int) -> l
     return render_review(framework, messages, item.answer[:max_answer_chars], layout=Layout.PAPER)
 
 
-def _done_ids(out_dir: Path) -> set[str]:
+def _done_ids(out_dir: Path, identity: dict[str, Any]) -> set[str]:
+    """The ids already extracted into ``out_dir``; a directory of another extraction (another
+    judge, framework or answer length) is an error, never a mixed set of vectors."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    run_file = out_dir / RUN_FILE
+    if run_file.exists():
+        earlier = json.loads(run_file.read_text(encoding="utf-8"))
+        if earlier != identity:
+            raise ConfigError(f"{out_dir} holds vectors of {earlier}, not {identity}")
+    else:
+        run_file.write_text(json.dumps(identity) + "\n", encoding="utf-8")
     return {record["id"] for record in read_records(out_dir / VECTORS_FILE)}
 
 
 async def extract(
-    items: list[LabelledItem], out_dir: Path, *, framework: str, max_answer_chars: int
+    settings: Settings,
+    items: list[LabelledItem],
+    out_dir: Path,
+    *,
+    framework: str,
+    max_answer_chars: int,
 ) -> None:
-    """Append each item's vector to ``out_dir/vectors.jsonl``; items already there are kept."""
+    """Append each item's vector to ``out_dir/vectors.jsonl``; items already there are kept
+    (a killed extraction resumes). The engine is the settings' (embedded: with embeddings)."""
     from conscience.engine.connect import open_engine
-    from conscience.settings import Settings
 
-    done = _done_ids(out_dir)
+    identity = {
+        "judge": settings.judge,
+        "framework": framework,
+        "max_answer_chars": max_answer_chars,
+    }
+    done = _done_ids(out_dir, identity)
     todo = [item for item in items if item.id not in done]
-    chosen = load_frameworks()[framework]
-    settings = Settings()
+    chosen = load_frameworks(settings.frameworks_dir)[framework]
     async with open_engine(settings, embeddings=True) as engine:
         with (
-            Progress(len(items), "probe vectors", done=len(done), unit="item") as progress,
-            AppendLog(out_dir / VECTORS_FILE) as log,
+            Progress(len(items), "probe vectors", done=len(items) - len(todo), unit="item") as bar,
+            AppendLog(out_dir / VECTORS_FILE) as rows,
         ):
             for item in todo:
                 started = time.perf_counter()
                 vector = await hidden_state(
                     engine.client, settings.judge, probe_prompt(item, chosen, max_answer_chars)
                 )
-                log.append(
+                rows.append(
                     {
                         "id": item.id,
                         "gold": item.label.value,
@@ -94,7 +127,7 @@ async def extract(
                         "vector": [round(v, 6) for v in vector],
                     }
                 )
-                progress.update()
+                bar.update()
 
 
 def load_vectors(run_dir: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
@@ -254,15 +287,57 @@ def _as_x(scores: np.ndarray) -> np.ndarray:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    from conscience.settings import Settings
+
     items = load_labelled(args.data, args.split)
     if args.limit is not None:
         items = items[: args.limit]
     asyncio.run(
         extract(
-            items, Path(args.out), framework=args.framework, max_answer_chars=args.max_answer_chars
+            Settings(),
+            items,
+            Path(args.out),
+            framework=args.framework,
+            max_answer_chars=args.max_answer_chars,
         )
     )
     return 0
+
+
+def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
+    """``conscience calibrate --probe``: extract train and dev vectors of a labelled set beside
+    the output (resumable), fit on train, measure on dev, write the probe file."""
+    out = Path(args.out)
+    runs = {}
+    for split in (args.train_split, args.dev_split):
+        items = load_labelled(args.data or "harm-judging", split)
+        if args.limit is not None:
+            items = items[: args.limit]
+        if not items:
+            raise ConfigError(f"no items in split {split!r} of {args.data or 'harm-judging'}")
+        runs[split] = out.with_name(f"{out.name}.vectors") / split
+        asyncio.run(
+            extract(
+                settings,
+                items,
+                runs[split],
+                framework=settings.framework,
+                max_answer_chars=args.max_answer_chars,
+            )
+        )
+    probe, _ = fit_probe(
+        runs[args.train_split],
+        model=settings.judge,
+        framework=settings.framework,
+        max_answer_chars=args.max_answer_chars,
+        threshold_rule=args.threshold_rule,
+    )
+    dev = measure_probe(probe, runs[args.dev_split])
+    probe = replace(
+        probe, fitted={**probe.fitted, "dev": {"run": str(runs[args.dev_split]), **dev}}
+    )
+    save_probe(out, probe)
+    return probe
 
 
 def main(argv: list[str] | None = None) -> int:

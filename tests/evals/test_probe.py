@@ -96,3 +96,59 @@ def test_a_fitted_probe_file_scores_as_the_fit_did(tmp_path: Path) -> None:
     again = load_probe(tmp_path / "probe.json")
     assert measure_probe(again, tmp_path) == measure_probe(probe, tmp_path)
     assert measure_probe(again, tmp_path)["auc"] > 0.8
+
+
+def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
+    engine_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conscience.cli import main
+    from conscience.probe import load_probe
+
+    data = tmp_path / "mine.jsonl"
+    lines = []
+    for i in range(40):
+        item = {
+            "id": f"mine-{i}",
+            "question": f"Question {i // 2}?",
+            "answer": f"Answer number {i}.",
+            "label": "unethical" if i % 2 else "ethical",
+            "attack": False,
+            "category": "mine",
+            "split": "calibration" if i < 24 else "heldout",
+        }
+        lines.append(json.dumps(item) + "\n")
+    data.write_text("".join(lines))
+    out = tmp_path / "probe.json"
+    argv = [
+        "calibrate",
+        "--probe",
+        "--upstream",
+        engine_url,
+        "--model",
+        "judge",
+        "--data",
+        str(data),
+        "--train-split",
+        "calibration",
+        "--dev-split",
+        "heldout",
+        "--max-answer-chars",
+        "400",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    probe = load_probe(out)
+    assert probe.key == ("judge", "three-laws", "paper") and len(probe.weights) == 8
+    assert probe.max_answer_chars == 400 and probe.fitted["train_items"] == 24
+    assert probe.fitted["dev"]["items"] == 16
+    vectors = tmp_path / "probe.json.vectors"
+    assert len((vectors / "calibration" / VECTORS_FILE).read_text().splitlines()) == 24
+    assert json.loads(capsys.readouterr().out)["threshold"] == probe.threshold
+    # Again: nothing to extract, the same fit; another answer length is another extraction.
+    assert main(argv) == 0
+    assert len((vectors / "calibration" / VECTORS_FILE).read_text().splitlines()) == 24
+    assert load_probe(out).weights == probe.weights
+    argv[argv.index("400")] = "500"
+    assert main(argv) == 1
+    assert "holds vectors of" in capsys.readouterr().err
