@@ -19,7 +19,7 @@ from typing import Any
 from conscience.calibration import Calibration, select_calibrations
 from conscience.client import Constraint, EngineClient
 from conscience.decomposed import ANSWER_FORMS, PARTS, combine, render_part, yes_probability
-from conscience.errors import ConfigError, EngineError, VerdictError
+from conscience.errors import ConfigError, EngineError, EngineStatusError, VerdictError
 from conscience.framework import Framework
 from conscience.judgement import Judgement
 from conscience.labels import JudgeMethod, Layout, Verdict
@@ -201,7 +201,15 @@ class Conscience:
             return await self._judge_parts(framework, messages, answer, reasoning, constraint)
         probe = self.probe if self.method == JudgeMethod.PROBE else None
         if probe is not None and probe.key == (self.judge_model, framework.name, layout.value):
-            return await self._judge_probe(probe, framework, messages, answer, reasoning)
+            try:
+                return await self._judge_probe(probe, framework, messages, answer, reasoning)
+            except EngineStatusError as exc:
+                if exc.status_code not in (404, 405, 501):
+                    raise
+                # This engine cannot return hidden states (vLLM serving a generative model,
+                # llama-server without --embeddings): the single method, said once.
+                log.warning("the probe needs the engine's embeddings (%s): single method", exc)
+                self.probe = None
         prompt = render_review(framework, messages, answer, layout=layout, reasoning=reasoning)
         budget = framework.prompt_variant.reasoning_tokens
         if budget:  # a short reasoning first (greedy), then the forced label after it

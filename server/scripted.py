@@ -60,6 +60,7 @@ class ScriptedEngine:
     requests: list[tuple[Kind, dict[str, Any]]] = field(default_factory=list)
     headers: list[tuple[Kind, dict[str, str]]] = field(default_factory=list)  # of each request
     adapters: dict[str, str] = field(default_factory=dict)  # vLLM-style runtime LoRA: name → path
+    hidden_states: bool = True  # False: embeddings and /apply-template answer 501 (no --embeddings)
 
     def kind(self, body: dict[str, Any]) -> Kind:
         if body.get("model") != self.judge_model:
@@ -201,11 +202,15 @@ class ScriptedEngine:
 
         @app.post("/v1/embeddings")
         async def embeddings(request: Request) -> Response:
+            if not self.hidden_states:
+                return _not_supported()
             return JSONResponse(_embeddings(await request.json()))
 
         @app.post("/apply-template")
         async def apply_template(request: Request) -> Response:
             """llama.cpp's: the prompt its chat template makes of the messages (a plain one)."""
+            if not self.hidden_states:
+                return _not_supported()
             messages = (await request.json())["messages"]
             turns = "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages)
             return JSONResponse({"prompt": turns + "<assistant>\n"})
@@ -249,6 +254,16 @@ class ScriptedEngine:
             "choices": choices,
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
         }
+
+
+def _not_supported() -> Response:
+    """llama.cpp's answer when it was started without ``--embeddings``."""
+    error = {
+        "code": 501,
+        "message": "start the server with --embeddings",
+        "type": "not_supported_error",
+    }
+    return JSONResponse({"error": error}, status_code=501)
 
 
 def _embeddings(body: dict[str, Any]) -> dict[str, Any]:

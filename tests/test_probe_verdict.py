@@ -119,3 +119,17 @@ async def test_reviews_the_probe_was_not_fitted_for_use_the_single_method(
     judgement = await _conscience(client).review(QUESTION, "Ask a locksmith.", "wwjd")
     assert judgement.verdict == "neutral"  # a label was asked: the probe is three-laws'
     assert len(engine.of_kind("review")) == 1
+
+
+async def test_an_engine_without_hidden_states_falls_back_to_the_single_method(
+    engine: ScriptedEngine, client: EngineClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine.hidden_states = False  # llama-server without --embeddings; vLLM has no route at all
+    engine.verdict = "neutral"
+    conscience = _conscience(client)
+    judgement = await conscience.review(QUESTION, "Ask a locksmith.")
+    assert judgement.verdict == "neutral" and len(engine.of_kind("review")) == 1
+    assert conscience.probe is None
+    assert caplog.text.count("the probe needs the engine's embeddings") == 1
+    await conscience.review(QUESTION, "Ask a locksmith.")  # not tried again
+    assert caplog.text.count("the probe needs the engine's embeddings") == 1
