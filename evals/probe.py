@@ -65,7 +65,7 @@ log = logging.getLogger("conscience.evals.probe")
 
 VECTORS_FILE = "vectors.jsonl"
 RUN_FILE = "run.json"  # what the vectors were extracted with
-_LAMBDAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+_LAMBDAS = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 _FOLDS = 5
 
 
