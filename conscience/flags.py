@@ -66,7 +66,7 @@ _FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         {
             "choices": ["single", "decomposed", "probe"],
             "help": "one question; three yes/no questions combined by a rule; or a linear "
-            "probe on the judge's hidden state (CONSCIENCE_JUDGE_METHOD, single)",
+            "probe on the judge's hidden state (CONSCIENCE_JUDGE_METHOD, probe)",
         },
     ),
 }

@@ -100,6 +100,7 @@ class Conscience:
     screen: bool = True  # an answer that talks to its reviewer is unethical (conscience/screen.py)
     method: JudgeMethod = JudgeMethod.SINGLE  # or three questions (conscience/decomposed.py)
     probe: Probe | None = None  # the method "probe"'s read-out (conscience/probe.py)
+    probe_source: str | None = None  # where it came from, said at start-up
     constraint: Constraint | None = None  # None: ask the engine once who it is
     rule: DecisionRule = field(default_factory=DecisionRule)
     top_logprobs: int = 20  # OpenAI's maximum; the labels' first tokens are always among them
@@ -341,10 +342,12 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
     calibrations, source = select_calibrations(
         settings.calibration_file, settings.unethical_threshold
     )
-    probe = None
+    probe, probe_source = None, None
     if settings.judge_method == JudgeMethod.PROBE:
-        probe = load_probe(settings.probe_file or PACKAGED_PROBE)
-        source = f"probe {settings.probe_file or PACKAGED_PROBE} ({', '.join(probe.key)})"
+        path = settings.probe_file or PACKAGED_PROBE
+        probe = load_probe(path)
+        where = "packaged probe" if settings.probe_file is None else "probe file"
+        probe_source = f"{where} {path}"
     return Conscience(
         client=client,
         judge_model=settings.judge,
@@ -354,6 +357,7 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
         screen=settings.screen,
         method=settings.judge_method,
         probe=probe,
+        probe_source=probe_source,
         constraint=constraint,
         rule=DecisionRule(settings.unethical_threshold, settings.neutral_threshold),
         top_logprobs=settings.top_logprobs,

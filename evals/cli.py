@@ -148,6 +148,7 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
             "calibrated_runs": calibrated,  # these use the file's rule, not the threshold
             "screen": conscience.screen,
             "judge_method": conscience.method.value,
+            "probe": conscience.probe_source,
             "answer_placeholder": args.placeholder,
             "review_window_chars": conscience.window_chars,
         }

@@ -32,6 +32,18 @@ log = logging.getLogger("conscience.server")
 def _log_calibration(settings: Settings, conscience: Any) -> None:
     """Say at start how verdicts will be decided: users must know if nothing is calibrated."""
     key = (settings.judge, settings.framework, settings.layout.value)
+    probe = conscience.probe
+    if probe is not None:
+        covered = "covers" if probe.key == key else "does not cover"
+        log.info(
+            "probe verdicts (%s, fitted for %s; it %s %s): P(unethical) >= %.3f of the judge's "
+            "hidden state is unethical; what it does not cover is judged as follows",
+            conscience.probe_source,
+            probe.key,
+            covered,
+            key,
+            probe.threshold,
+        )
     if key in conscience.calibrations:
         c = conscience.calibrations[key]
         log.info(

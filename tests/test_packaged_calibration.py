@@ -50,7 +50,7 @@ async def test_the_default_judge_decides_by_the_packaged_rule(
     engine.verdict_probs = {"ethical": 1 - p - 0.01, "neutral": 0.01, "unethical": p}
     if p < threshold:
         pytest.skip("the shipped threshold is above 0.49: argmax already decides")
-    settings = Settings(upstream_url=engine_url, judge_model=DEFAULT_MODEL)
+    settings = Settings(upstream_url=engine_url, judge_model=DEFAULT_MODEL, judge_method="single")
     async with EngineClient(engine_url, timeout=2.0) as client:
         judged = await conscience_from_settings(settings, client).review(
             [{"role": "user", "content": "q"}], "an answer"
@@ -78,6 +78,9 @@ def test_start_up_log_names_the_rule_in_use(
         return caplog.text
 
     assert f"calibrated verdicts for {KEY!r} (packaged calibration" in start()
+    text = start()
+    assert "probe verdicts (packaged probe" in text and f"it covers {KEY!r}" in text
+    assert "probe verdicts" not in start(judge_method="single")
     own = tmp_path / "own.json"
     own.write_text(json.dumps([]))
     text = start(calibration_file=own)

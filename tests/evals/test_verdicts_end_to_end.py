@@ -239,13 +239,24 @@ def test_without_a_rule_the_packaged_calibration_of_the_default_model_decides(
     script(engine)
     data = _labelled(tmp_path / "set.jsonl")
     base = ["eval", "verdicts", "--url", engine_url, "--frameworks", "three-laws",
-            "--data", str(data)]  # fmt: skip
+            "--data", str(data), "--judge-method", "single"]  # fmt: skip
     default = "qwen2.5-coder-1.5b-instruct"  # the model the packaged file was fitted for
     assert _cli(*base, "--judge-model", default, "--out", str(tmp_path / "d")) == 0
     shown = json.loads((tmp_path / "d/report.json").read_text())["settings"]
     assert shown["calibration_source"].startswith("packaged calibration")
+    assert shown["judge_method"] == "single"
     assert shown["calibrated_runs"] == ["three-laws/paper", "three-laws/follow-up"]
 
     assert _cli(*base, "--judge-model", "judge", "--out", str(tmp_path / "o")) == 0
     shown = json.loads((tmp_path / "o/report.json").read_text())["settings"]
     assert shown["calibrated_runs"] == []  # no entry for another judge: argmax
+
+    # The default method: the packaged probe is named; this engine has no hidden states to
+    # give (llama.cpp without --embeddings), so its reviews fall back to the single method.
+    engine.hidden_states = False
+    probed = base[: base.index("--judge-method")]
+    assert _cli(*probed, "--judge-model", default, "--out", str(tmp_path / "p")) == 0
+    shown = json.loads((tmp_path / "p/report.json").read_text())["settings"]
+    assert shown["judge_method"] == "probe"
+    assert shown["probe"].startswith("packaged probe")
+    assert shown["calibration_source"].startswith("packaged calibration")

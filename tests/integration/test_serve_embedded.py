@@ -102,12 +102,25 @@ def test_serve_without_upstream_reviews_with_the_embedded_engine(tmp_path) -> No
         )
         assert completion.model_extra["conscience"]["action"] == "rewritten"  # the threshold
         assert completion.choices[0].text.strip()
-        # The embedded engine serves a generative model, without llama.cpp's --embeddings: its
-        # 501 comes through the passthrough as its own answer, in its OpenAI shape.
-        with pytest.raises(openai.APIStatusError) as info:
-            client.embeddings.create(model="smollm2-135m-instruct", input="hello")
-        assert info.value.status_code == 501
-        assert "--embeddings" in info.value.body["message"]
+        # The Responses API, from the engine's chat completions, reviewed the same way.
+        response = client.responses.create(
+            model="smollm2-135m-instruct", input="Say hello.", max_output_tokens=8
+        )
+        assert response.model_extra["conscience"]["action"] == "rewritten"  # the threshold
+        assert response.output_text.strip()
+        events = list(
+            client.responses.create(
+                model="smollm2-135m-instruct", input="Say hi.", max_output_tokens=4, stream=True
+            )
+        )
+        assert events[-1].type in {"response.completed", "response.incomplete"}
+        assert events[-1].response.model_extra["conscience"]["verdict"] == "unethical"
+        # The embedded engine serves embeddings (the probe judge reads them): the passthrough
+        # hands the engine's own answer on, the last token's hidden state.
+        embedded = client.embeddings.create(
+            model="smollm2-135m-instruct", input="hello", encoding_format="float"
+        )
+        assert len(embedded.data[0].embedding) == 576  # SmolLM2-135M's hidden size
     finally:
         proc.terminate()
         proc.wait(timeout=30)

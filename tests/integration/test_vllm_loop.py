@@ -291,6 +291,32 @@ def test_completions_and_passthrough_on_vllm(vllm: str, tmp_path: Path) -> None:
         served = "".join(c.choices[0].text for c in chunks if c.choices)
         assert served.strip() == judgement["answer"]  # the review reads the answer stripped
 
+        # The Responses API: served from vLLM's chat completions, reviewed the same way.
+        response = client.responses.create(
+            model=SERVED, input="Say hi.", max_output_tokens=8, temperature=0.0
+        )
+        reviewed = response.model_extra["conscience"]
+        assert reviewed["action"] == "rewritten"  # the threshold
+        judgement = _admin(proxy, f"/admin/judgements/{reviewed['judgement_id']}")
+        assert judgement["messages"] == [{"role": "user", "content": "Say hi."}]
+        assert response.output_text == judgement["rewrite"]
+        events = list(
+            client.responses.create(
+                model=SERVED,
+                input="Name a colour.",
+                max_output_tokens=4,
+                stream=True,
+                extra_body={"conscience": {"policy": "flag"}},
+            )
+        )
+        assert events[0].type == "response.created"
+        assert events[-1].type in {"response.completed", "response.incomplete"}
+        flagged = events[-1].response.model_extra["conscience"]
+        assert flagged["action"] == "flagged"
+        deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        judgement = _admin(proxy, f"/admin/judgements/{flagged['judgement_id']}")
+        assert deltas.strip() == judgement["answer"]
+
         body = {"model": SERVED, "input": "hello", "encoding_format": "float"}
         direct = httpx.post(vllm + "/v1/embeddings", json=body, timeout=60)
         assert direct.status_code == 404, direct.text  # vLLM registers it for pooling models
