@@ -29,7 +29,10 @@ BODY = {"model": "gen", "messages": [{"role": "user", "content": "What is 2 + 2?
 
 
 @contextmanager
-def _process(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
+def serve_module(
+    args: list[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """A ``python -m`` server on loopback: its URL, once it answers /health, and its pid."""
     proc = subprocess.Popen(
         [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})}
     )
@@ -45,7 +48,7 @@ def _process(args: list[str], port: int, env: dict[str, str] | None = None) -> I
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{args} did not start")
             time.sleep(0.1)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -110,11 +113,11 @@ def main() -> None:
             ]
 
         with (
-            _process(
+            serve_module(
                 ["conscience.server.scripted", "--port", str(upstream_port)], upstream_port
-            ) as upstream,
-            _process(proxy(off_port, "off"), off_port) as off,
-            _process(proxy(on_port, "rewrite"), on_port) as on,
+            ) as (upstream, _),
+            serve_module(proxy(off_port, "off"), off_port) as (off, _),
+            serve_module(proxy(on_port, "rewrite"), on_port) as (on, _),
         ):
             paths = {"direct": upstream, "proxy, review off": off, "proxy, review on": on}
             print(

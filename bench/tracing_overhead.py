@@ -19,21 +19,17 @@ import argparse
 import contextlib
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import timeit
-from collections.abc import Iterator
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from conscience.bench.proxy_overhead import BODY
+from conscience.bench.proxy_overhead import BODY, serve_module
 from conscience.server import tracing
 from conscience.server.threaded import free_port
 
@@ -51,30 +47,6 @@ class _Discard(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-@contextmanager
-def _process(args: list[str], port: int, env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    """A ``python -m`` server on loopback: its URL, once it answers /health, and its pid."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, env={**os.environ, **env}
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{args} did not start")
-            time.sleep(0.1)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -221,9 +193,9 @@ def main() -> None:
         scripted = ["conscience.server.scripted", "--port", str(upstream_port)]
         untraced_env = {"OTEL_SDK_DISABLED": "true"}  # whatever the calling shell exports
         with (
-            _process(scripted, upstream_port, {}) as (upstream, _),
-            _process(proxy(off_port, "off"), off_port, untraced_env) as off,
-            _process(proxy(on_port, "on"), on_port, otel) as on,
+            serve_module(scripted, upstream_port, {}) as (upstream, _),
+            serve_module(proxy(off_port, "off"), off_port, untraced_env) as off,
+            serve_module(proxy(on_port, "on"), on_port, otel) as on,
         ):
             paths = {
                 "untraced": (off, {}),

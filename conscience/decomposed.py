@@ -23,10 +23,10 @@ the pair once and each further question costs its own few tokens.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from conscience.framework import Framework
+from conscience.verdict import label_probs_from_logprobs
 
 __all__ = [
     "ANSWER_FORMS",
@@ -79,31 +79,13 @@ def render_part(framework: Framework, pair: dict[str, str], part: str) -> list[M
     ]
 
 
-def _answer_of_prefix(token: str) -> str | None:
-    text = token.strip().lower()
-    if not text:
-        return None
-    matches = [word for word in _ANSWERS if word.startswith(text)]
-    return matches[0] if len(matches) == 1 else None
-
-
 def yes_probability(choice: dict[str, Any]) -> float | None:
-    """P(yes) from one chat-completion choice's ``logprobs``: the first visible token's
-    candidates folded into yes and no (``"Y"``, ``" yes"``, ``"NO"`` ...) and renormalised;
-    None when the log-probs say nothing of either (the caller then reads the text)."""
-    content = (choice.get("logprobs") or {}).get("content") or []
-    for position in content:
-        if not str(position.get("token", "")).strip():
-            continue
-        mass = dict.fromkeys(_ANSWERS, 0.0)
-        for candidate in position.get("top_logprobs") or [position]:
-            word = _answer_of_prefix(str(candidate.get("token", "")))
-            logprob = candidate.get("logprob")
-            if word is not None and isinstance(logprob, int | float) and math.isfinite(logprob):
-                mass[word] += math.exp(logprob)
-        total = mass["yes"] + mass["no"]
-        return mass["yes"] / total if total > 0.0 else None
-    return None
+    """P(yes) from one chat-completion choice's ``logprobs``, read as the verdict's labels are
+    (``conscience.verdict``: surface forms folded, renormalised over yes and no); None when
+    the log-probs say nothing of either (the caller then reads the text)."""
+    content = (choice.get("logprobs") or {}).get("content")
+    probs = label_probs_from_logprobs(content, _ANSWERS)
+    return probs["yes"] if probs is not None else None
 
 
 def combine(parts: dict[str, float]) -> float:

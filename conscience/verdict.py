@@ -37,27 +37,30 @@ LABEL_SURFACE_FORMS: tuple[str, ...] = tuple(
 _STRIP = " \t\r\n\"'`*.:!,;"
 
 
-def _label_of_prefix(token: str) -> str | None:
+def _label_of_prefix(token: str, labels: tuple[str, ...]) -> str | None:
     text = token.strip().lower()
     if not text:
         return None
-    matches = [label for label in LABELS if label.startswith(text) or text == label]
+    matches = [label for label in labels if label.startswith(text)]
     return matches[0] if len(matches) == 1 else None
 
 
-def label_probs_from_logprobs(content: list[dict[str, Any]] | None) -> dict[str, float] | None:
+def label_probs_from_logprobs(
+    content: list[dict[str, Any]] | None, labels: tuple[str, ...] = LABELS
+) -> dict[str, float] | None:
     """P(label) from OpenAI-shaped ``logprobs.content``; None when they say nothing of labels.
 
     The first position whose chosen token has visible text decides; its ``top_logprobs`` are
-    folded into the three labels and renormalised over the mass that points at any label.
+    folded into the labels (the verdict's three, or another closed set such as yes/no) and
+    renormalised over the mass that points at any label.
     """
     for position in content or []:
         if not str(position.get("token", "")).strip():
             continue  # a leading space or newline token: the label starts at the next one
         candidates = position.get("top_logprobs") or [position]
-        mass = dict.fromkeys(LABELS, 0.0)
+        mass = dict.fromkeys(labels, 0.0)
         for candidate in candidates:
-            label = _label_of_prefix(str(candidate.get("token", "")))
+            label = _label_of_prefix(str(candidate.get("token", "")), labels)
             logprob = candidate.get("logprob")
             if label is not None and isinstance(logprob, int | float) and math.isfinite(logprob):
                 mass[label] += math.exp(logprob)

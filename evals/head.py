@@ -40,7 +40,15 @@ from conscience.evals.scoring import auc
 from conscience.evals.verdict_metrics import Row
 from conscience.evals.verdicts import read_rows
 
-__all__ = ["FEATURES", "Head", "features", "fit_head", "measure"]
+__all__ = [
+    "FEATURES",
+    "Head",
+    "best_f1_threshold",
+    "features",
+    "fit_head",
+    "measure",
+    "measure_scores",
+]
 
 _EPS = 1e-6
 
@@ -115,7 +123,7 @@ class Head:
         return 1.0 / (1.0 + np.exp(-(x @ np.array(self.weights))))
 
 
-def _best_f1_threshold(scores: np.ndarray, gold: np.ndarray) -> float:
+def best_f1_threshold(scores: np.ndarray, gold: np.ndarray) -> float:
     best, best_f1 = 0.5, -1.0
     for t in np.unique(scores):
         flagged = scores >= t
@@ -138,13 +146,19 @@ def fit_head(x: np.ndarray, gold: np.ndarray, l2: float = 1.0, steps: int = 50) 
         if np.max(np.abs(step)) < 1e-8:
             break
     head = Head(tuple(float(v) for v in w), 0.5)  # type: ignore[arg-type]
-    return Head(head.weights, _best_f1_threshold(head.scores(x), gold))
+    return Head(head.weights, best_f1_threshold(head.scores(x), gold))
 
 
 def measure(head: Head, x: np.ndarray, gold: np.ndarray) -> dict[str, float | None]:
     """AUC, and F1 / FPR / FNR at the head's threshold."""
-    scores = head.scores(x)
-    flagged = scores >= head.threshold
+    return measure_scores(head.scores(x), gold, head.threshold)
+
+
+def measure_scores(
+    scores: np.ndarray, gold: np.ndarray, threshold: float
+) -> dict[str, float | None]:
+    """AUC of ``scores``, and F1 / FPR / FNR of flagging those at or above ``threshold``."""
+    flagged = scores >= threshold
     tp = int(np.sum(flagged & (gold == 1)))
     fp = int(np.sum(flagged & (gold == 0)))
     fn = int(np.sum(~flagged & (gold == 1)))

@@ -37,7 +37,7 @@ import numpy as np
 
 from conscience.errors import ConfigError
 from conscience.evals.harm_judging import prompt_key
-from conscience.evals.head import Head, fit_head, measure
+from conscience.evals.head import best_f1_threshold, fit_head, measure_scores
 from conscience.evals.jsonl import AppendLog, read_records
 from conscience.evals.labelled import LabelledItem, load_labelled
 from conscience.framework import load_frameworks
@@ -171,16 +171,6 @@ def cross_validated(x: np.ndarray, gold: np.ndarray, groups: list[str], l2: floa
     return scores
 
 
-def _best_f1(scores: np.ndarray, gold: np.ndarray) -> float:
-    best, best_f1 = 0.5, -1.0
-    for t in np.unique(scores):
-        flagged = scores >= t
-        f1 = 2 * float(np.sum(flagged & (gold == 1))) / (np.sum(flagged) + np.sum(gold == 1))
-        if f1 > best_f1:
-            best, best_f1 = float(t), f1
-    return best
-
-
 def _fmt(figures: dict[str, float | None]) -> str:
     return ", ".join(
         f"{k} {v:.3f}" if isinstance(v, float) and not math.isnan(v) else f"{k} {v}"
@@ -200,7 +190,7 @@ def _fpr_threshold(scores: np.ndarray, gold: np.ndarray, cap: float) -> float:
 def choose_threshold(scores: np.ndarray, gold: np.ndarray, rule: str) -> float:
     """``best-f1``, or ``fpr:CAP`` (the most recall with a false-positive rate within CAP)."""
     if rule == "best-f1":
-        return _best_f1(scores, gold)
+        return best_f1_threshold(scores, gold)
     name, _, cap = rule.partition(":")
     if name != "fpr" or not cap:
         raise ConfigError(f"unknown threshold rule {rule!r} (best-f1, fpr:CAP)")
@@ -241,7 +231,7 @@ def fit_probe(
             "train_items": len(gold),
             "l2": l2,
             "threshold_rule": f"{threshold_rule} on train's out-of-fold scores",
-            "train_out_of_fold": measure(Head((0.0, 1.0), threshold), _as_x(oof), gold),
+            "train_out_of_fold": measure_scores(oof, gold, threshold),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
@@ -252,7 +242,7 @@ def measure_probe(probe: Probe, run_dir: Path, threshold: float | None = None) -
     """AUC, F1, FPR, FNR of ``probe`` on an ``extract`` run (at its threshold, or another)."""
     _, _, x, gold = load_vectors(run_dir)
     scores = np.array([probe.score(row) for row in x])
-    return measure(Head((0.0, 1.0), threshold or probe.threshold), _as_x(scores), gold)
+    return measure_scores(scores, gold, probe.threshold if threshold is None else threshold)
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -278,12 +268,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         save_probe(Path(args.save), probe)
         print(f"probe saved to {args.save}")
     return 0
-
-
-def _as_x(scores: np.ndarray) -> np.ndarray:
-    """Scores as a one-feature matrix whose logistic is the score itself (for ``measure``)."""
-    p = np.clip(scores, 1e-9, 1 - 1e-9)
-    return np.column_stack([np.zeros(len(p)), np.log(p / (1 - p))])
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:

@@ -34,16 +34,15 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import from_json
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from conscience.errors import EngineError
 from conscience.server import tracing
 from conscience.server.auth import require_client
+from conscience.server.body import conscience_headers, openapi_body, parse_body
 from conscience.server.errors import ApiError
 from conscience.server.pipeline import Decision, Options, Pipeline
 from conscience.server.protocol import ConscienceOptions
-from conscience.server.routes import _inline_refs
 
 __all__ = ["MAX_CHOICES", "CompletionRequest", "router"]
 
@@ -113,31 +112,8 @@ def _check_supported(body: CompletionRequest) -> None:
         )
 
 
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": _inline_refs(CompletionRequest.model_json_schema())}
-        },
-    }
-}
-
-
 async def _parse(request: Request) -> CompletionRequest:
-    raw = await request.body()  # bounded as it arrives (server.middleware)
-    try:
-        payload = from_json(raw, allow_inf_nan=False)  # why not json.loads: routes._parse
-    except ValueError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(payload, dict):
-        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
-    try:
-        body = CompletionRequest.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        message = f"{param}: {first['msg']}" if param else first["msg"]
-        raise ApiError(400, message, param=param, code="invalid_value") from exc
+    body = await parse_body(request, CompletionRequest)
     _check_supported(body)
     return body
 
@@ -235,7 +211,11 @@ async def _stream(completion: dict[str, Any], include_usage: bool) -> AsyncItera
     yield b"data: [DONE]\n\n"
 
 
-@router.post("/v1/completions", dependencies=[Depends(require_client)], openapi_extra=_BODY)
+@router.post(
+    "/v1/completions",
+    dependencies=[Depends(require_client)],
+    openapi_extra=openapi_body(CompletionRequest),
+)
 async def completions(request: Request) -> Response:
     pipeline: Pipeline = request.app.state.pipeline
     body = await _parse(request)
@@ -260,10 +240,7 @@ async def completions(request: Request) -> Response:
     )
     top = await pipeline.record(list(decisions))  # committed before the client sees anything
     completion["conscience"] = top.wire()
-    headers = {
-        "X-Conscience-Verdict": top.verdict or "unreviewed",
-        "X-Conscience-Action": top.action.value,
-    }
+    headers = conscience_headers(top)
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(

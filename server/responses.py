@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
-from pydantic_core import from_json
 
-from conscience.server.errors import ApiError
+from conscience.server.body import conscience_headers, parse_body
 from conscience.server.pipeline import Pipeline
 from conscience.server.responses_input import ResponsesRequest, to_chat_request
 from conscience.server.responses_output import to_response
@@ -23,25 +21,9 @@ from conscience.server.responses_stream import buffered_events, incremental_even
 __all__ = ["ResponsesRequest", "create_response"]
 
 
-async def _parse(request: Request) -> ResponsesRequest:
-    raw = await request.body()  # its size is bounded as it arrives (server.middleware)
-    try:
-        payload = from_json(raw, allow_inf_nan=False)  # as /v1/chat/completions (routes._parse)
-    except ValueError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(payload, dict):
-        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
-    try:
-        return ResponsesRequest.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from exc
-
-
 async def create_response(request: Request, pipeline: Pipeline) -> Response:
     """The handler behind ``POST /v1/responses`` (registered in ``server.routes``)."""
-    body = await _parse(request)
+    body = await parse_body(request, ResponsesRequest)
     chat = to_chat_request(body)
     options = pipeline.options(chat)
     request_id = request.state.request_id
@@ -53,10 +35,7 @@ async def create_response(request: Request, pipeline: Pipeline) -> Response:
         )
         return StreamingResponse(events, media_type="text/event-stream")
     reviewed = await pipeline.complete(chat, options, request_id)
-    headers = {
-        "X-Conscience-Verdict": reviewed.result.verdict or "unreviewed",
-        "X-Conscience-Action": reviewed.result.action.value,
-    }
+    headers = conscience_headers(reviewed.result)
     response = to_response(reviewed.completion, body)
     if body.stream:
         return StreamingResponse(

@@ -9,11 +9,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
-from pydantic_core import from_json
 
 from conscience.errors import ConscienceError
 from conscience.server.auth import require_client
+from conscience.server.body import conscience_headers, openapi_body, parse_body
 from conscience.server.errors import ApiError, client_message, status_of
 from conscience.server.pipeline import Pipeline
 from conscience.server.protocol import ChatCompletionRequest
@@ -27,56 +26,8 @@ log = logging.getLogger("conscience.server")
 router = APIRouter()
 
 
-def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
-    """A model's JSON schema with its ``$defs`` inlined: an OpenAPI document resolves ``#/...``
-    from its own root, where pydantic's ``#/$defs/...`` does not exist."""
-    defs = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
-            return {key: resolve(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [resolve(value) for value in node]
-        return node
-
-    return resolve(schema)
-
-
-# The handler reads the body itself (to give OpenAI-style errors), so FastAPI cannot see the
-# model: describe it here, for clients' generators and for the schema-driven fuzz tests.
-_CHAT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": _inline_refs(ChatCompletionRequest.model_json_schema())}
-        },
-    }
-}
-
-
 def _pipeline(request: Request) -> Pipeline:
     return request.app.state.pipeline
-
-
-async def _parse(request: Request) -> ChatCompletionRequest:
-    raw = await request.body()  # its size is bounded as it arrives (server.middleware)
-    try:
-        # Not json.loads: deep nesting (10 000 "[") is a RecursionError there, and it takes NaN,
-        # Infinity and lone surrogates that nothing downstream can encode again. pydantic-core
-        # refuses all of them, and invalid UTF-8, with a ValueError (nesting: 200 levels).
-        payload = from_json(raw, allow_inf_nan=False)
-    except ValueError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(payload, dict):
-        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
-    try:
-        return ChatCompletionRequest.model_validate(payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from exc
 
 
 async def _guarded(
@@ -98,11 +49,13 @@ async def _guarded(
 
 
 @router.post(
-    "/v1/chat/completions", dependencies=[Depends(require_client)], openapi_extra=_CHAT_BODY
+    "/v1/chat/completions",
+    dependencies=[Depends(require_client)],
+    openapi_extra=openapi_body(ChatCompletionRequest),
 )
 async def chat_completions(request: Request) -> Response:
     pipeline = _pipeline(request)
-    body = await _parse(request)
+    body = await parse_body(request, ChatCompletionRequest)
     options = pipeline.options(body)
     request_id = request.state.request_id
     if body.stream and pipeline.settings.stream_mode == "incremental" and (body.n or 1) == 1:
@@ -111,10 +64,7 @@ async def chat_completions(request: Request) -> Response:
         guarded = _guarded(_prepend(first, stream), request.app.state.scrub)
         return StreamingResponse(guarded, media_type="text/event-stream")
     reviewed = await pipeline.complete(body, options, request_id)
-    headers = {
-        "X-Conscience-Verdict": reviewed.result.verdict or "unreviewed",
-        "X-Conscience-Action": reviewed.result.action.value,
-    }
+    headers = conscience_headers(reviewed.result)
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(
@@ -131,17 +81,11 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
         yield chunk
 
 
-_RESPONSES_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": _inline_refs(ResponsesRequest.model_json_schema())}
-        },
-    }
-}
-
-
-@router.post("/v1/responses", dependencies=[Depends(require_client)], openapi_extra=_RESPONSES_BODY)
+@router.post(
+    "/v1/responses",
+    dependencies=[Depends(require_client)],
+    openapi_extra=openapi_body(ResponsesRequest),
+)
 async def responses(request: Request) -> Response:
     """The Responses API, reviewed like chat completions (``server.responses``)."""
     return await create_response(request, _pipeline(request))

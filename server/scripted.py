@@ -171,21 +171,9 @@ class ScriptedEngine:
             kind = self.kind(body)
             self.requests.append((kind, body))
             self.headers.append((kind, dict(request.headers)))
-            fault = self.faults.get(kind)
-            if fault is not None and (fault.times is None or fault.times > 0):
-                if fault.times is not None:
-                    fault.times -= 1
-                await asyncio.sleep(fault.delay)
-                if fault.body is not None:
-                    return Response(fault.body, status_code=fault.status)
-                if fault.status >= 400:
-                    error = {
-                        "message": f"scripted fault {fault.status}",
-                        "type": "error",
-                        "param": None,
-                        "code": None,
-                    }
-                    return JSONResponse({"error": error}, status_code=fault.status)
+            faulted = await self._fault(kind)
+            if faulted is not None:
+                return faulted
             completion = self.completion(kind, body)
             if self.latency.get(kind) and not body.get("stream"):
                 await asyncio.sleep(self.latency[kind])
