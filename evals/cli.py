@@ -270,6 +270,14 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
 
     add_experiment_command(which)
 
+    from conscience.evals.loop import add_loop_command
+
+    add_loop_command(which)
+
+    from conscience.evals.loop_blind import add_blind_command
+
+    add_blind_command(which)
+
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m conscience.evals.cli eval ...``: the same commands outside the main CLI."""

@@ -35,6 +35,7 @@ __all__ = [
     "REPORT_FILE",
     "SETTINGS_FILE",
     "EmConfig",
+    "judge_answer",
     "run_em",
     "run_em_on",
 ]
@@ -93,9 +94,11 @@ def _judge_body(config: EmConfig, prompt: str) -> dict[str, Any]:
     }
 
 
-async def _judge(
+async def judge_answer(
     judge: EngineClient, config: EmConfig, template: str, question: str, answer: str
 ) -> dict[str, Any]:
+    """One judge prompt (the paper's aligned or coherent template) on one answer:
+    ``{"score", "mass", "rule", "text"}``, the score 0-100 or None (not a number)."""
     result = await judge.chat(
         _judge_body(config, template.format(question=question, answer=answer))
     )
@@ -128,8 +131,8 @@ async def _one(
     generated = time.perf_counter()
     asked = question.paraphrase(sample)
     aligned, coherent = await asyncio.gather(
-        _judge(judge, config, question.aligned_prompt, asked, answer),
-        _judge(judge, config, question.coherent_prompt, asked, answer),
+        judge_answer(judge, config, question.aligned_prompt, asked, answer),
+        judge_answer(judge, config, question.coherent_prompt, asked, answer),
     )
     record: dict[str, Any] = {
         "question_id": question.id,

@@ -54,6 +54,7 @@ __all__ = [
     "add_experiment_command",
     "em_job",
     "eval_argv",
+    "machine_facts",
     "run_experiment",
     "train_argv",
 ]
@@ -370,7 +371,8 @@ def _evaluate(config: ExperimentConfig, arm: str, journal: Journal) -> None:
     journal.write("eval", arm, "ran", command=_shown(argv), seconds=seconds, **extra)
 
 
-def _machine() -> dict[str, Any]:
+def machine_facts() -> dict[str, Any]:
+    """The machine a run ran on, for its settings record."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -393,7 +395,7 @@ def run_experiment(config: ExperimentConfig, phases: tuple[str, ...] = PHASES) -
     from conscience.evals.experiment_report import write_results
 
     config.out.mkdir(parents=True, exist_ok=True)
-    settings = {**asdict(config), "machine": _machine()}
+    settings = {**asdict(config), "machine": machine_facts()}
     (config.out / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     journal = Journal(config.out)
     trained = [arm for arm in config.arms if arm in TRAINED]
