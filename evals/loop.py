@@ -560,6 +560,7 @@ def run_loop(config: LoopConfig) -> Path:
     Returns the report's markdown file."""
     from conscience.evals.experiment import machine_facts
     from conscience.evals.loop_report import write_report
+    from conscience.progress import Progress
 
     config.out.mkdir(parents=True, exist_ok=True)
     with _locked(config.out), ExitStack() as exits:
@@ -572,12 +573,16 @@ def run_loop(config: LoopConfig) -> Path:
         (config.out / SETTINGS).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         journal = Journal(config.out)
         stack = Stack(config, exits)
-        for night in range(config.nights + 1):
-            for phase in PHASES if night else ("morning",):
-                if journal.done(night, phase):
+        plan = [(n, p) for n in range(config.nights + 1) for p in (PHASES if n else ("morning",))]
+        finished = [step for step in plan if journal.done(*step)]
+        # One log line per phase (done/total, rate, ETA) beside each phase's own progress.
+        with Progress(len(plan), "loop phases", done=len(finished), unit="phase", every_s=0) as bar:
+            for night, phase in plan:
+                if (night, phase) in finished:
                     journal.write(night, phase, "skipped", reason="the journal has it as ran")
                     continue
                 _phase(config, night, phase, stack, journal)
+                bar.update(1)
         return write_report(config.out, config.out / "report")
 
 

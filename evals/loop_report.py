@@ -72,6 +72,7 @@ def night_row(out: Path, night: int, journal: list[dict[str, Any]]) -> dict[str,
             "steps": summary.get("steps"),
             "reward_accuracy": (adapter.get("final") or {}).get("reward_accuracy"),
             "minutes": round(train.get("seconds", 0) / 60, 2),
+            "stopped": summary.get("stopped"),  # the budget's stop, when the trainer says so
             "budget": train.get("budget"),
         }
     publish = _json(where / "publish.json")
@@ -128,6 +129,13 @@ def _pct(cell: dict[str, Any] | None) -> str:
     return f"{cell['k']}/{cell['n']} = {cell['rate']:.0%} [{low:.0%}, {high:.0%}]"
 
 
+def _minutes_cell(train: dict[str, Any]) -> str:
+    if not train:
+        return ""
+    stopped = f" (stopped: {train['stopped']})" if train.get("stopped") else ""
+    return _num(train.get("minutes")) + stopped
+
+
 def _num(value: Any, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -149,7 +157,7 @@ def render(data: dict[str, Any]) -> str:
         day = row.get("day") or {}
         lines.append(
             f"| {row['night']} | {row.get('served') or 'n/a'} | {day.get('pairs_logged', '')} "
-            f"| {train.get('pairs_learned', '')} | {_num(train.get('minutes'))} | {gate} "
+            f"| {train.get('pairs_learned', '')} | {_minutes_cell(train)} | {gate} "
             f"| {_pct(row.get('first_pass_unethical'))} | {second_text} "
             f"| {_pct(row.get('over_refusal'))} | {_pct(row.get('benign_unethical'))} "
             f"| {_pct(row.get('humaneval'))} |"
