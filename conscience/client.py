@@ -82,6 +82,10 @@ class EngineClient:
         max_connections: int = 256,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Model names served by a LoRA adapter of a llama.cpp engine, with the adapter's index
+        # (set by the engine layer when the embedded engine loads adapters); other names, the
+        # judge's among them, get the base model with every adapter off.
+        self.adapters: dict[str, int] = {}
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(
@@ -93,6 +97,22 @@ class EngineClient:
                 keepalive_expiry=4.0,  # below llama.cpp's 5 s, so no reuse of a closed socket
             ),
         )
+
+    def _routed(self, body: Any) -> Any:
+        """``body`` with llama.cpp's per-request adapter scales when adapters are loaded: the
+        embedded engine serves every name from one model, so the name alone selects nothing.
+
+        The scales are always sent, every adapter at 0 but the one the model names: a request
+        without ``lora`` gets the base model too, but llama.cpp (2026.10) then reuses a prompt
+        cache computed with an adapter on — the judge would read the adapter's keys and values.
+        """
+        if not self.adapters or not isinstance(body, dict):
+            return body
+        chosen = self.adapters.get(body.get("model"))
+        scales = [
+            {"id": i, "scale": float(i == chosen)} for i in sorted(set(self.adapters.values()))
+        ]
+        return {**body, "lora": scales}
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -122,7 +142,7 @@ class EngineClient:
     async def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
         with self._engine_errors():
             return await self._http.request(
-                method, self._url(path), json=body, headers=_trace_headers()
+                method, self._url(path), json=self._routed(body), headers=_trace_headers()
             )
 
     @staticmethod
@@ -151,7 +171,7 @@ class EngineClient:
         request = self._http.build_request(
             "POST",
             self._url("chat/completions"),
-            json={**body, "stream": True},
+            json=self._routed({**body, "stream": True}),
             headers={"Connection": "close", **_trace_headers()},
         )
         with self._engine_errors():
@@ -196,7 +216,17 @@ class EngineClient:
         return prompt
 
     async def models(self) -> dict[str, Any]:
-        return self._json(await self._send("GET", "models"))
+        """``/v1/models``, plus an entry for each adapter name the engine serves by index."""
+        listing = self._json(await self._send("GET", "models"))
+        if self.adapters and isinstance(listing.get("data"), list):
+            owner = next((m.get("owned_by") for m in listing["data"] if isinstance(m, dict)), None)
+            listed = {m.get("id") for m in listing["data"] if isinstance(m, dict)}
+            listing["data"] += [
+                {"id": name, "object": "model", "owned_by": owner, "created": 0}
+                for name in self.adapters
+                if name not in listed
+            ]
+        return listing
 
     async def detect_constraint(self, model: str) -> Constraint:
         """Ask ``/v1/models`` who serves ``model`` and pick the constraint it supports."""

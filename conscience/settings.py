@@ -74,8 +74,18 @@ class Settings(BaseSettings):
     model_cache_dir: Path = Field(default_factory=_default_model_cache)
     engine_threads: int | None = None  # llama.cpp threads; None = all cores
     engine_ctx_size: int = Field(8192, gt=0)  # context of the embedded engine
+    # Trained adapters (NAME/ directories in peft's format, and CURRENT): the embedded engine
+    # serves the one published (POST /admin/adapter), and the one in CURRENT from its start.
+    adapters_dir: Path | None = None
 
-    @field_validator("upstream_url", "judge_model", "admin_key", "upstream_api_key", mode="before")
+    @field_validator(
+        "upstream_url",
+        "judge_model",
+        "admin_key",
+        "upstream_api_key",
+        "adapters_dir",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -9,6 +9,7 @@ engine's lifetime is the block's, so no caller can leave a model resident in mem
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ class Engine:
 
     client: EngineClient
     embedded: EmbeddedEngine | None
+    # The adapter the embedded engine serves from its start (CONSCIENCE_ADAPTERS_DIR/CURRENT):
+    # the generator's name until another is published; None: the base model generates.
+    adapter: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -46,10 +50,12 @@ async def start_embedded(
     alias: str | None = None,
     parallel: int = 1,
     embeddings: bool = False,
+    adapters: tuple[Path, ...] = (),
 ) -> EmbeddedEngine:
     """Start llama.cpp on ``gguf`` (default: the packaged ``settings.model``), serving it under
-    ``alias`` (default: ``settings.model``) with ``parallel`` slots, and ``/v1/embeddings``
-    when asked or when the judge reads hidden states (``judge_method`` probe)."""
+    ``alias`` (default: ``settings.model``) with ``parallel`` slots, ``/v1/embeddings``
+    when asked or when the judge reads hidden states (``judge_method`` probe), and the GGUF LoRA
+    ``adapters`` loaded off (a request turns one on by its index)."""
     from conscience.engine.embedded import EmbeddedEngine
     from conscience.engine.weights import model_path
 
@@ -61,6 +67,7 @@ async def start_embedded(
         parallel=max(1, parallel),
         model_alias=alias or settings.model,
         embeddings=embeddings or settings.judge_method == "probe",
+        adapters=adapters,
     )
     await engine.start()
     return engine
@@ -78,10 +85,27 @@ async def open_engine(
     """The configured upstream, or (without one) the embedded engine, started here and stopped
     on exit. ``gguf``, ``alias``, ``parallel`` and ``embeddings`` apply to the embedded engine
     only."""
-    embedded = None
+    embedded, adapter, adapters = None, None, ()
     if settings.upstream_url is None:
+        from conscience.engine.adapters import adapter_gguf, current_adapter
+        from conscience.engine.weights import model_path
+
+        base = (
+            Path(gguf) if gguf is not None else model_path(settings.model, settings.model_cache_dir)
+        )
+        adapter = current_adapter(settings.adapters_dir)
+        if adapter is not None:
+            assert settings.adapters_dir is not None
+            adapters = (
+                await asyncio.to_thread(adapter_gguf, settings.adapters_dir / adapter, base),
+            )
         embedded = await start_embedded(
-            settings, gguf=gguf, alias=alias, parallel=parallel, embeddings=embeddings
+            settings,
+            gguf=base,
+            alias=alias,
+            parallel=parallel,
+            embeddings=embeddings,
+            adapters=adapters,
         )
     try:
         url = embedded.base_url if embedded is not None else settings.upstream_url
@@ -92,7 +116,9 @@ async def open_engine(
             api_key=key.get_secret_value() if key else None,
             timeout=settings.upstream_timeout,
         ) as client:
-            yield Engine(client, embedded)
+            if adapter is not None:
+                client.adapters = {adapter: 0}
+            yield Engine(client, embedded, adapter)
     finally:
         if embedded is not None:
             await embedded.stop()

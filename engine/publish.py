@@ -44,6 +44,7 @@ import httpx
 from conscience.errors import ConscienceError
 
 __all__ = [
+    "ADAPTER_NAME",
     "AdapterError",
     "list_adapters",
     "main",
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 # A directory name under the adapters volume: no slash, no leading dot (so never "..").
-_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class AdapterError(ConscienceError):
@@ -131,7 +132,7 @@ def publish(
     client: httpx.Client,
     name: str,
     *,
-    vllm: str,
+    vllm: str | None,
     proxy: str,
     adapters: Path,
     admin_key: str,
@@ -140,13 +141,25 @@ def publish(
     """Make ``name`` the generating model: load it into vLLM unless vLLM already serves it (the
     base model, an adapter loaded before), switch the proxy to it, then record it in CURRENT.
 
-    Returns what was done, in words. Nothing is recorded unless both calls succeeded.
+    A proxy that runs the embedded engine (its ``GET /admin/adapter`` says ``"engine":
+    "embedded"``), or ``vllm=None``, loads the adapter itself from its CONSCIENCE_ADAPTERS_DIR:
+    the switch alone publishes. Returns what was done, in words. Nothing is recorded unless
+    every call succeeded.
     """
+    if vllm is None or _engine(client, proxy, admin_key) == "embedded":
+        if name != Path(name).name or name.startswith("."):
+            raise AdapterError(f"{name!r} is not an adapter directory name")
+        _switch(client, proxy, admin_key, name)
+        write_current(adapters, name)
+        return (
+            f"the proxy's embedded engine serves {name} and generates with it; "
+            f"recorded in {adapters / 'CURRENT'}"
+        )
     vllm_headers = _bearer(vllm_key)
     served = _served(client, vllm, vllm_headers)
     done = f"vLLM already serves {name}"
     if name not in served:
-        if not _ADAPTER_NAME.fullmatch(name):
+        if not ADAPTER_NAME.fullmatch(name):
             raise AdapterError(f"{name!r} is not served by vLLM nor an adapter directory name")
         path = adapters / name
         if not (path / "adapter_config.json").is_file():
@@ -162,11 +175,21 @@ def publish(
     return f"{done}; the proxy generates with it; recorded in {adapters / 'CURRENT'}"
 
 
-def _generator(client: httpx.Client, proxy: str, admin_key: str) -> str:
-    answer = _check(
+def _adapter_state(client: httpx.Client, proxy: str, admin_key: str) -> Any:
+    return _check(
         client.get(f"{proxy}/admin/adapter", headers=_bearer(admin_key)),
         f"GET {proxy}/admin/adapter",
     )
+
+
+def _engine(client: httpx.Client, proxy: str, admin_key: str) -> str | None:
+    """``embedded`` when the proxy runs its own engine (and loads adapters itself)."""
+    answer = _adapter_state(client, proxy, admin_key)
+    return answer.get("engine") if isinstance(answer, dict) else None
+
+
+def _generator(client: httpx.Client, proxy: str, admin_key: str) -> str:
+    answer = _adapter_state(client, proxy, admin_key)
     name = answer.get("model") if isinstance(answer, dict) else None
     if not isinstance(name, str) or not name:
         raise AdapterError(f"GET {proxy}/admin/adapter gave no model: {answer!r}")

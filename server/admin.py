@@ -9,6 +9,7 @@ is not plain chat or not valid Unicode (docs/decisions.md, "Poisoned rows in the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import Counter
@@ -20,6 +21,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from conscience.engine.adapters import serve_adapter
+from conscience.engine.lora_gguf import LoraExportError
+from conscience.engine.publish import ADAPTER_NAME
+from conscience.errors import EngineError
 from conscience.labels import Verdict
 from conscience.pairs import PairError, to_trl_line
 from conscience.server.auth import require_admin
@@ -179,10 +184,49 @@ async def purge(request: Request, body: PurgeBody) -> dict[str, Any]:
     return {"deleted": deleted, "cutoff": cutoff.isoformat()}
 
 
+async def _load_adapter(request: Request, name: str) -> None:
+    """Have the embedded engine serve the adapter directory ``name`` (the upstream's engines
+    load their own: on vLLM the publisher calls ``/v1/load_lora_adapter`` first)."""
+    engine = request.app.state.engine
+    adapters_dir = request.app.state.settings.adapters_dir
+    found = (
+        engine is not None
+        and adapters_dir is not None
+        and ADAPTER_NAME.fullmatch(name) is not None
+        and await asyncio.to_thread((adapters_dir / name / "adapter_config.json").is_file)
+    )
+    if not found:
+        where = "the upstream does not serve" if engine is None else "no adapter is named"
+        raise ApiError(404, f"{where} {name!r}", param="model", code="model_not_found")
+    try:
+        await serve_adapter(engine, _pipeline(request).client, name, adapters_dir)
+    except LoraExportError as exc:
+        raise ApiError(422, str(exc), param="model", code="adapter_not_servable") from exc
+    except EngineError as exc:
+        log.error("admin: the engine with adapter %s did not start: %s", name, exc)
+        raise ApiError(
+            502,
+            f"the engine with adapter {name!r} did not start",
+            param="model",
+            code="adapter_not_servable",
+        ) from exc
+
+
 @router.get("/adapter")
 async def current_adapter(request: Request) -> dict[str, str]:
     pipeline = _pipeline(request)
-    return {"model": pipeline.generator, "judge_model": pipeline.conscience.judge_model}
+    return _adapter_answer(request, pipeline)
+
+
+def _adapter_answer(request: Request, pipeline: Pipeline) -> dict[str, str]:
+    """The generator, the judge, and who loads adapters: ``embedded`` (this proxy's engine,
+    from CONSCIENCE_ADAPTERS_DIR) or ``upstream`` (the publisher loads them into vLLM)."""
+    engine = "embedded" if request.app.state.engine is not None else "upstream"
+    return {
+        "model": pipeline.generator,
+        "judge_model": pipeline.conscience.judge_model,
+        "engine": engine,
+    }
 
 
 @router.post("/adapter")
@@ -192,11 +236,6 @@ async def switch_adapter(request: Request, body: AdapterBody) -> dict[str, str]:
     listing = await pipeline.client.models()
     served = {m.get("id") for m in listing.get("data", []) if isinstance(m, dict)}
     if body.model not in served:
-        raise ApiError(
-            404,
-            f"the upstream does not serve {body.model!r}",
-            param="model",
-            code="model_not_found",
-        )
+        await _load_adapter(request, body.model)
     pipeline.generator = body.model
-    return {"model": pipeline.generator, "judge_model": pipeline.conscience.judge_model}
+    return _adapter_answer(request, pipeline)

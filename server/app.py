@@ -95,6 +95,9 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.pipeline = Pipeline(
                 settings, client, conscience, store, Metrics.create(), app.state.scrub
             )
+            if engine.adapter is not None:  # the embedded engine serves CURRENT's adapter
+                app.state.pipeline.generator = engine.adapter
+                log.info("generating with adapter %s (recorded in CURRENT)", engine.adapter)
             log.info(
                 "conscience proxy ready: upstream %s, model %s, judge %s, framework %s, policy %s",
                 redact(client.base_url),

@@ -230,7 +230,11 @@ def test_logged_pairs_become_an_adapter_that_vllm_serves(vllm: str, tmp_path: Pa
 
         served = {m["id"] for m in httpx.get(vllm + "/v1/models", timeout=30).json()["data"]}
         assert {"run-1", SERVED} <= served
-        assert _admin(proxy, "/admin/adapter") == {"model": "run-1", "judge_model": SERVED}
+        assert _admin(proxy, "/admin/adapter") == {
+            "model": "run-1",
+            "judge_model": SERVED,
+            "engine": "upstream",
+        }
 
         completion = client.chat.completions.create(
             model=SERVED,

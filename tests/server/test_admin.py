@@ -59,6 +59,7 @@ def test_adapter_switch_changes_generator_not_judge(engine: ScriptedEngine, make
     assert httpx.get(url + "/admin/adapter", headers=admin).json() == {
         "model": "gen",
         "judge_model": "judge",
+        "engine": "upstream",  # the publisher loads adapters into the upstream, not the proxy
     }
     unknown = httpx.post(url + "/admin/adapter", json={"model": "conscience-v9"}, headers=admin)
     assert unknown.status_code == 404

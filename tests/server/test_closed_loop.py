@@ -89,6 +89,7 @@ def test_logged_pairs_become_a_published_adapter(engine, engine_url, make_proxy,
     assert httpx.get(proxy + "/admin/adapter", headers=admin).json() == {
         "model": "run-3",
         "judge_model": "judge",
+        "engine": "upstream",
     }
     engine.verdict = "ethical"
     client.chat.completions.create(model="gen", messages=ASK)

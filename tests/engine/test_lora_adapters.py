@@ -1,0 +1,236 @@
+"""LoRA adapters on the embedded engine: the GGUF export against peft, and the hot swap.
+
+The export test writes a tiny random model twice — as a torch model and as an f32 GGUF — wraps
+the torch one in a random peft adapter, exports the adapter, and compares llama.cpp's
+log-probabilities of the next token (the adapter on, then off) with transformers + peft on the
+same token ids. The swap test serves a random adapter for SmolLM2 under its own name beside
+the base model and checks that the name alone decides which weights answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import tiny_gguf  # tests/engine/tiny_gguf.py
+
+from conscience.client import EngineClient
+from conscience.engine.adapters import adapter_gguf, serve_adapter
+from conscience.engine.embedded import EmbeddedEngine
+from conscience.engine.lora_gguf import LoraExportError, export_lora, gguf_adapter
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+
+IDS = [5, 100, 2000, 40, 77, 9, 31000, 12]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
+
+
+def _random_adapter(model: Any, out: Path, *, r: int = 4, rslora: bool = False) -> Any:
+    """A peft adapter on ``model`` whose B matrices are not zero (peft starts them at zero)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    config = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=TARGETS, use_rslora=rslora, init_lora_weights=False
+    )
+    wrapped = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    wrapped.save_pretrained(out)
+    return wrapped
+
+
+def _torch_logprobs(model: Any, adapter_on: bool) -> Any:
+    with torch.no_grad():
+        if adapter_on:
+            return model(torch.tensor([IDS])).logits[0, -1].log_softmax(-1)
+        with model.disable_adapter():
+            return model(torch.tensor([IDS])).logits[0, -1].log_softmax(-1)
+
+
+async def _engine_logprobs(engine: EmbeddedEngine, adapter_on: bool) -> dict[int, float]:
+    # The adapter's scale is always sent, 0 when off, as EngineClient does: a request without
+    # "lora" reuses a prompt cache computed with the adapter on (llama.cpp 2026.10).
+    lora = [{"id": 0, "scale": 1.0 if adapter_on else 0.0}]
+    body = {"prompt": IDS, "n_predict": 1, "n_probs": 8, "temperature": 0, "lora": lora}
+    async with httpx.AsyncClient(timeout=60) as client:
+        answer = (await client.post(f"{engine.url}/completion", json=body)).json()
+    top = answer["completion_probabilities"][0]["top_logprobs"]
+    return {t["id"]: t["logprob"] for t in top}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_exported_adapter_gives_pefts_logits_on_llama_cpp(
+    arch: str, smollm2: Path, tmp_path: Path
+) -> None:
+    base = tmp_path / f"tiny-{arch}.gguf"
+    model = tiny_gguf.write_tiny_gguf(arch, smollm2, base)
+    wrapped = _random_adapter(model, tmp_path / "adapter")
+    gguf = export_lora(tmp_path / "adapter", base)
+    expected = {on: _torch_logprobs(wrapped, on) for on in (False, True)}
+    shift = (expected[True] - expected[False]).abs().max().item()
+    assert shift > 0.5  # the adapter matters, so agreeing with both sides means something
+
+    async def run() -> list[dict[int, float]]:
+        async with EmbeddedEngine(base, threads=2, ctx_size=512, adapters=[gguf]) as engine:
+            # Off, on, off again on the same prompt: the prompt cache must not carry the
+            # adapter's keys and values into the base model's answer, nor the other way.
+            return [await _engine_logprobs(engine, on) for on in (False, True, False)]
+
+    for got, on in zip(asyncio.run(run()), (False, True, False), strict=True):
+        ranked = expected[on].topk(len(got)).indices.tolist()
+        assert list(got) == ranked, f"adapter {'on' if on else 'off'}: another top-k"
+        for token, logprob in got.items():
+            assert logprob == pytest.approx(expected[on][token].item(), abs=2e-3)
+
+
+def test_rslora_alpha_gives_llama_cpp_the_same_scale(smollm2: Path, tmp_path: Path) -> None:
+    base = tmp_path / "tiny.gguf"
+    model = tiny_gguf.write_tiny_gguf("qwen2", smollm2, base)
+    _random_adapter(model, tmp_path / "plain", r=4)
+    _, alpha, pairs = gguf_adapter(tmp_path / "plain", base)
+    assert alpha == 8.0 and len(pairs) == tiny_gguf.LAYERS * len(TARGETS)
+    model = tiny_gguf.tiny_model("qwen2", 49152)
+    _random_adapter(model, tmp_path / "rs", r=4, rslora=True)
+    _, alpha, _ = gguf_adapter(tmp_path / "rs", base)
+    assert alpha / 4 == pytest.approx(8 / math.sqrt(4))  # llama.cpp's alpha/r = peft's alpha/√r
+
+
+def test_an_adapter_for_another_model_is_refused_by_name(smollm2: Path, tmp_path: Path) -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    base = tmp_path / "tiny.gguf"
+    tiny_gguf.write_tiny_gguf("qwen2", smollm2, base)
+    wider = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=49152,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            tie_word_embeddings=True,
+        )
+    )
+    _random_adapter(wider, tmp_path / "other")
+    with pytest.raises(LoraExportError, match="trained on another model"):
+        export_lora(tmp_path / "other", base)
+    assert not (tmp_path / "other" / "adapter.gguf").exists()  # nothing half-written
+
+
+def test_an_adapter_on_the_embeddings_cannot_be_exported(smollm2: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    base = tmp_path / "tiny.gguf"
+    model = tiny_gguf.write_tiny_gguf("llama", smollm2, base)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["lm_head"])).save_pretrained(
+        tmp_path / "head"
+    )
+    with pytest.raises(LoraExportError, match="only the projections"):
+        export_lora(tmp_path / "head", base)
+
+
+def test_a_directory_without_peft_files_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(LoraExportError, match="not a peft adapter"):
+        export_lora(tmp_path, tmp_path / "base.gguf")
+
+
+# -- the hot swap on SmolLM2 --------------------------------------------------------------------
+
+SMOL = "smollm2-135m-instruct"
+
+
+def _smollm2_adapter(out: Path) -> None:
+    """A random adapter with SmolLM2-135M's shapes (the base weights need not be SmolLM2's:
+    only the adapter is saved)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
+    )
+    _random_adapter(LlamaForCausalLM(config), out, r=8)
+
+
+async def _say(client: EngineClient, model: str) -> str:
+    answer = await client.chat(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Name three colours."}],
+            "max_tokens": 12,
+            "temperature": 0,
+        }
+    )
+    return answer["choices"][0]["message"]["content"]
+
+
+def test_a_published_adapter_is_served_by_its_name_and_the_base_by_any_other(
+    smollm2: Path, tmp_path: Path
+) -> None:
+    adapters = tmp_path / "adapters"
+    _smollm2_adapter(adapters / "night-1")
+
+    async def run() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        engine = EmbeddedEngine(smollm2, model_alias=SMOL, threads=2, ctx_size=1024)
+        async with engine, EngineClient(engine.base_url) as client:
+            seen["base"] = await _say(client, SMOL)
+            old_pid, old_url = engine.pid, engine.url
+            await serve_adapter(engine, client, "night-1", adapters)
+            seen["moved"] = (engine.pid != old_pid, client.base_url == engine.base_url)
+            seen["adapter"] = await _say(client, "night-1")
+            seen["judge"] = await _say(client, SMOL)  # the judge's name: every adapter off
+            seen["listed"] = [m["id"] for m in (await client.models())["data"]]
+            for _ in range(100):  # the old child drains (it holds nothing) and exits
+                if old_url == engine.url or not await _answers(old_url):
+                    break
+                await asyncio.sleep(0.1)
+            seen["old_gone"] = not await _answers(old_url)
+        return seen
+
+    seen = asyncio.run(run())
+    assert seen["moved"] == (True, True)
+    assert seen["judge"] == seen["base"]
+    assert seen["adapter"] != seen["base"]
+    assert "night-1" in seen["listed"] and SMOL in seen["listed"]
+    assert seen["old_gone"]
+
+
+async def _answers(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            return (await client.get(f"{url}/health")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_the_gguf_is_exported_once_and_again_when_the_adapter_changes(
+    smollm2: Path, tmp_path: Path
+) -> None:
+    base = tmp_path / "tiny.gguf"
+    model = tiny_gguf.write_tiny_gguf("llama", smollm2, base)
+    _random_adapter(model, tmp_path / "a")
+    first = adapter_gguf(tmp_path / "a", base)
+    stamp = first.stat().st_mtime_ns
+    assert adapter_gguf(tmp_path / "a", base).stat().st_mtime_ns == stamp  # reused
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    later = stamp + 10**9
+    import os
+
+    os.utime(weights, ns=(later, later))
+    assert adapter_gguf(tmp_path / "a", base).stat().st_mtime_ns != stamp  # re-exported
+    assert json.loads((tmp_path / "a" / ".adapter.gguf.base").read_text())["base"] == base.name
