@@ -178,10 +178,14 @@ class Progress:
     ) -> None:
         """Checkpoint every ``every`` steps; not after the last, whose result is the adapter."""
         if self.every and done % self.every == 0 and done < len(self.plan):
-            save_checkpoint(
-                self.out_dir, model, optimizer, step=done, plan=self.plan,
-                fingerprint=self.fingerprint, ref=self.ref,
-            )  # fmt: skip
+            self.save(done, model, optimizer)
+
+    def save(self, done: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Checkpoint now, after ``done`` steps (a run that stops before its plan's end)."""
+        save_checkpoint(
+            self.out_dir, model, optimizer, step=done, plan=self.plan,
+            fingerprint=self.fingerprint, ref=self.ref,
+        )  # fmt: skip
 
 
 def start_or_resume(

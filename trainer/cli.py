@@ -40,6 +40,7 @@ _CONFIG_FLAGS: dict[str, tuple[type, str]] = {
     "lora_targets": (str, "modules the adapter wraps: comma-separated names, or all-linear"),
     "weight_decay": (float, "AdamW weight decay"),
     "max_length": (int, "longest pair in tokens; longer pairs are skipped"),
+    "max_minutes": (float, "wall-clock budget: stop at the last step that fits (pairs left wait)"),
     "dtype": (str, "auto, float32 or bfloat16"),
     "device": (str, "auto, cpu or cuda"),
     "seed": (int, "seed of LoRA init and data order"),
@@ -168,7 +169,7 @@ def _publish(args: argparse.Namespace, report: dict[str, Any]) -> str:
         return publish(
             client,
             out.name,
-            vllm=args.publish.rstrip("/"),
+            vllm=None if args.publish == "embedded" else args.publish.rstrip("/"),
             proxy=args.proxy_admin.rstrip("/"),
             adapters=out.parent,
             admin_key=settings.admin_key.get_secret_value(),
@@ -196,6 +197,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "pairs_total",
             "pairs_used",
             "steps",
+            "stopped",
             "consumed",
             "skipped",
             "final",
@@ -229,7 +231,12 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--limit", type=int, help="at most this many pairs from the store")
     train.add_argument("--run-id", help="name the pairs are consumed under (default: --out's)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    train.add_argument("--publish", metavar="VLLM_URL", help="publish to this vLLM (no /v1)")
+    train.add_argument(
+        "--publish",
+        metavar="VLLM_URL",
+        help="publish to this vLLM (no /v1), or `embedded`: the proxy's own engine loads it "
+        "from its CONSCIENCE_ADAPTERS_DIR (which must be --out's parent)",
+    )
     train.add_argument("--proxy-admin", metavar="PROXY_URL", help="the proxy to switch")
     train.add_argument(
         "--min-reward-accuracy",

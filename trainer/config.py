@@ -22,7 +22,7 @@ _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 class TrainConfig:
     """One DPO (+ SFT) run on a LoRA adapter. ``model`` and ``out_dir`` are required."""
 
-    model: str  # an HF model directory, or a .gguf file (dequantized to dense weights on load)
+    model: str  # an HF model directory, or a .gguf file (dequantized once, cached: dense.py)
     out_dir: str  # where the adapter, report.json, metrics.jsonl, loss.png and checkpoints go
     # --- the objective: L = sft_weight·L_SFT + λ·L_DPO, per pair, averaged over the step
     beta: float = 0.1  # DPO temperature: the usual 0.1 keeps the policy near the frozen copy
@@ -45,11 +45,13 @@ class TrainConfig:
     epochs: int = 1  # nightly pairs are few and fresh: one pass avoids memorising them
     max_steps: int | None = None  # cap on optimizer steps (the lr schedule spans the cap)
     max_length: int = 1024  # prompt + answer tokens; longer pairs are skipped, never truncated
+    max_minutes: float | None = None  # wall-clock budget: stop at the step boundary that fits it
     # --- reference, precision, memory
     precompute_ref: bool = True  # reference log-probs once per run: a forward saved every step
-    dtype: str = "auto"  # "auto" = bfloat16 on CUDA, float32 on CPU; or "float32"/"bfloat16"
+    dtype: str = "auto"  # "auto" = bf16 on CUDA and on CPUs with native bf16, else fp32
     device: str = "auto"  # "auto" = cuda if available, else cpu
     gradient_checkpointing: bool = False  # trade compute for memory on long pairs / big models
+    dense_cache: str | None = None  # where a GGUF's dense checkpoint is kept (None: model cache)
     # --- bookkeeping
     seed: int = 0  # seeds LoRA init and the data order: the same seed, the same adapter
     checkpoint_every: int = 50  # optimizer steps between checkpoints; 0 = never
@@ -63,6 +65,8 @@ class TrainConfig:
             raise ConfigError("batch_size, grad_accum and epochs must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if isinstance(self.lora_targets, list):

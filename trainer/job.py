@@ -2,6 +2,9 @@
 
 The order is the promise: the adapter is written first, and only then are its pairs marked, so
 a run that dies, is cancelled or fails consumes nothing and the next run sees the same pairs.
+A run that stops for its time budget (``max_minutes``) marks only the pairs of the steps it
+trained; the others stay unconsumed for the next night (or for ``resume``, which finishes the
+stopped run's plan from its checkpoint and its ``pairs.jsonl``).
 
 Bad rows never stop the run. A row the store cannot read, a conversation that is not plain
 text and a pair that fails the trainer's checks are skipped, counted by reason in the report
@@ -126,8 +129,14 @@ async def train_from_store(
         # A duplicate was learned with the pair it repeats: the next night must not learn it.
         repeats = [d for row in rows if row.get("id") in used for d in row.get("duplicates", [])]
         report["consumed"] = await store.mark_consumed([*report["used_ids"], *repeats], run_id)
-    # Marked (or nothing to mark): the conversations need not outlive the store's retention here.
-    snapshot.unlink(missing_ok=True)
+    if report.get("stopped") and report["status"] == "trained":
+        # Stopped for the budget: the checkpoint's plan indexes these rows, so `--resume` can
+        # finish it; the pairs it did not reach stay unconsumed for the next night either way.
+        pass
+    else:
+        # Marked (or nothing to mark): the conversations need not outlive the store's
+        # retention here.
+        snapshot.unlink(missing_ok=True)
     write_report(config.out_path, report)
     _warn(report)
     return report

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from conscience.progress import Progress
+from conscience.trainer.budget import Budget
 from conscience.trainer.checkpoint import fingerprint, remove_checkpoint, start_or_resume
 from conscience.trainer.config import TrainConfig
 from conscience.trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
@@ -107,19 +108,29 @@ def pair_terms(
     return PairTerms(dpo, chosen_rewards, rejected_rewards, policy_chosen, policy_rejected)
 
 
-def _precompute_reference(
-    model: Any, pairs: list[EncodedPair], config: TrainConfig, pad: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference log-probs of every pair, once: no reference forward inside the loop."""
-    chosen, rejected = [], []
-    for start in tqdm(
-        range(0, len(pairs), config.batch_size), desc="reference", disable=not config.progress
-    ):
-        batch = collate(pairs[start : start + config.batch_size], pad).to(device)
-        c, r = reference_logps(model, batch)
-        chosen.append(c.cpu())
-        rejected.append(r.cpu())
-    return torch.cat(chosen), torch.cat(rejected)
+def _fill_reference(
+    model: Any,
+    pairs: list[EncodedPair],
+    indices: Sequence[int],
+    ref: tuple[torch.Tensor, torch.Tensor],
+    config: TrainConfig,
+    pad: int,
+    device: torch.device,
+    *,
+    progress: bool = False,
+) -> None:
+    """Reference log-probs of the pairs among ``indices`` that have none yet (NaN), in place.
+
+    Run over every pair before the loop (the default), or over each micro-batch when it first
+    comes up (a run with a budget: no reference pass for pairs it may never reach).
+    """
+    missing = [i for i in indices if torch.isnan(ref[0][i])]
+    starts = range(0, len(missing), config.batch_size)
+    for start in tqdm(starts, desc="reference", disable=not progress):
+        chunk = missing[start : start + config.batch_size]
+        c, r = reference_logps(model, collate([pairs[i] for i in chunk], pad).to(device))
+        ref[0][chunk] = c.float().cpu()
+        ref[1][chunk] = r.float().cpu()
 
 
 def train(
@@ -133,8 +144,14 @@ def train(
     ``pairs`` are TRL-style rows (a list of dicts, or the path of a JSONL file). Returns the
     report, also written as ``report.json``. With no usable pair it trains nothing and says so
     (``status: "nothing_to_learn"``).
+
+    With ``max_minutes``, the run stops at the first step boundary where the next step would
+    not fit (``stopped: "max_minutes"``): it saves the adapter of the steps done, and a
+    checkpoint from which ``resume=True`` finishes the plan. ``used_ids`` are the pairs of the
+    steps done, whatever the plan held (a budget or ``max_steps`` leaves the rest unlearned).
     """
     started = time.perf_counter()
+    budget = Budget(config.max_minutes * 60 if config.max_minutes else None)
     out = config.out_path
     out.mkdir(parents=True, exist_ok=True)
     rows = read_jsonl(pairs) if isinstance(pairs, str | Path) else list(pairs)
@@ -148,7 +165,6 @@ def train(
         pairs_used=len(dataset),
         skipped=data_report["skipped"],
         skipped_ids=data_report["skipped_ids"],
-        used_ids=[p.id for p in dataset if p.id is not None],
     )
     if not dataset:
         report.update(status="nothing_to_learn", steps=0, seconds=time.perf_counter() - started)
@@ -167,16 +183,27 @@ def train(
     plan, start_step = progress.plan, progress.start
     ref_seconds = 0.0
     if config.precompute_ref and progress.ref is None:
-        t0 = time.perf_counter()
-        progress.ref = _precompute_reference(model, dataset, config, pad, device)
-        ref_seconds = time.perf_counter() - t0
+        progress.ref = (
+            torch.full((len(dataset),), torch.nan),
+            torch.full((len(dataset),), torch.nan),
+        )
     ref = progress.ref
+    if ref is not None and config.max_minutes is None:  # all at once, before the loop
+        t0 = time.perf_counter()
+        _fill_reference(
+            model, dataset, range(len(dataset)), ref, config, pad, device,
+            progress=config.progress,
+        )  # fmt: skip
+        ref_seconds = time.perf_counter() - t0
     log = MetricsLog(out / "metrics.jsonl", keep_through=start_step)
 
     # --- the loop
     terminal = None if config.progress else False  # off: log lines only
     bar = Progress(len(plan), "dpo", done=start_step, unit="step", terminal=terminal)
+    done = start_step
     for step in range(start_step, len(plan)):
+        if not budget.allows_step():
+            break
         t0 = time.perf_counter()
         lr = lr_at(step, len(plan), config)
         for group in optimizer.param_groups:
@@ -192,6 +219,9 @@ def train(
             batch = collate([dataset[i] for i in indices], pad).to(device)
             given = None  # None: pair_terms runs the reference (adapter off) now
             if ref is not None:
+                t1 = time.perf_counter()
+                _fill_reference(model, dataset, indices, ref, config, pad, device)
+                ref_seconds += time.perf_counter() - t1
                 given = (ref[0][indices].to(device), ref[1][indices].to(device))
             terms = pair_terms(model, batch, config.beta, given)
             chosen_tokens = batch.loss_mask[: batch.n_pairs, 1:].sum(dim=-1)
@@ -231,18 +261,33 @@ def train(
         if on_step is not None:
             on_step(done, record)
     bar.close()
+    trained = sorted({i for micro in plan[:done] for indices in micro for i in indices})
+    report.update(
+        pairs_used=len(trained),
+        used_ids=[dataset[i].id for i in trained if dataset[i].id is not None],
+    )
+    if done < len(plan):
+        report.update(stopped="max_minutes", steps_planned=len(plan))
+    if done == 0:  # the budget was gone before the first step: nothing to save
+        report.update(status="out_of_time", steps=0, seconds=time.perf_counter() - started)
+        write_report(out, report)
+        return report
 
     # --- the result: the adapter first (vLLM loads it as it is), then the plot and the report
     model.save_pretrained(str(out))
-    remove_checkpoint(out)
+    if done < len(plan):  # stopped for the budget: resume=True finishes the plan from here
+        progress.save(done, model, optimizer)
+    else:
+        remove_checkpoint(out)
     records = log.read()
     plot_metrics(records, out / "loss.png")
     report.update(
-        steps=len(plan),
+        steps=done,
         resumed_from=start_step or None,
         first=records[0],
         final=records[-1],
-        reference_seconds=ref_seconds,  # the one-off reference pass, when precomputed
+        reference_seconds=ref_seconds,  # the reference passes, when precomputed
+        budget_seconds_used=budget.used() if config.max_minutes else None,
         device=str(device),
         dtype=str(resolve_dtype(config, device)).removeprefix("torch."),
         adapter=str(out),

@@ -69,3 +69,12 @@ def pair_texts():
 def tokenizer_factory():
     """Builds a fresh chat tokenizer (a test may change its template)."""
     return build_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def fp32_on_any_cpu(monkeypatch):
+    """``dtype="auto"`` picks bf16 on CPUs that multiply it natively; the tests expect the same
+    numbers on every machine, so "auto" means fp32 on CPU here (bf16 tests ask for it)."""
+    from conscience.trainer import model
+
+    monkeypatch.setattr(model, "cpu_has_fast_bf16", lambda: False)

@@ -14,32 +14,15 @@ transformers = pytest.importorskip("transformers")
 from conscience.trainer import loop  # noqa: E402
 from conscience.trainer import model as trainer_model  # noqa: E402
 from conscience.trainer.config import TrainConfig  # noqa: E402
-from conscience.trainer.model import load_model, resolve_dtype  # noqa: E402
+from conscience.trainer.model import resolve_dtype  # noqa: E402
 
 
-def test_gguf_file_is_dequantized_from_its_directory(tiny_model_dir, tmp_path, monkeypatch):
-    calls = []
-    real = transformers.AutoModelForCausalLM.from_pretrained
-
-    def spy(directory, **kwargs):
-        calls.append((directory, kwargs))
-        return real(tiny_model_dir, dtype=kwargs["dtype"])  # a real model, whatever was asked
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
-    config = TrainConfig(model=str(tmp_path / "models" / "m.Q4_K_M.gguf"), out_dir=str(tmp_path))
-    model = load_model(config, torch.device("cpu"), torch.float32)
-    ((directory, kwargs),) = calls
-    assert directory == str(tmp_path / "models")
-    assert kwargs["gguf_file"] == "m.Q4_K_M.gguf"
-    if hasattr(transformers, "GgufConfig"):
-        assert kwargs["quantization_config"].dequantize is True
-    assert any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
-
-
-def test_dtype_follows_the_device(tmp_path):
+def test_dtype_follows_the_device(tmp_path, monkeypatch):
     config = TrainConfig(model="m", out_dir=str(tmp_path))
-    assert resolve_dtype(config, torch.device("cpu")) == torch.float32
+    assert resolve_dtype(config, torch.device("cpu")) == torch.float32  # conftest: no fast bf16
     assert resolve_dtype(config, torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(trainer_model, "cpu_has_fast_bf16", lambda: True)
+    assert resolve_dtype(config, torch.device("cpu")) == torch.bfloat16
     config = TrainConfig(model="m", out_dir=str(tmp_path), dtype="bfloat16")
     assert resolve_dtype(config, torch.device("cpu")) == torch.bfloat16
 
@@ -87,14 +70,27 @@ def test_one_step_on_the_real_smollm2_gguf(tmp_path):
         }
     ]
     config = TrainConfig(
-        model=str(gguf), out_dir=str(tmp_path), batch_size=1, max_steps=1, progress=False
-    )
+        model=str(gguf), out_dir=str(tmp_path / "out"), batch_size=1, max_steps=1,
+        dense_cache=str(tmp_path / "cache"), progress=False,
+    )  # fmt: skip
     report = loop.train(config, rows)
     assert report["status"] == "trained"
     assert report["first"]["dpo_loss"] == pytest.approx(0.6931, abs=1e-3)
-    adapter_config = json.loads((tmp_path / "adapter_config.json").read_text())
+    adapter_config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert adapter_config["peft_type"] == "LORA"
-    assert (tmp_path / "adapter_model.safetensors").stat().st_size > 0
+    assert (tmp_path / "out" / "adapter_model.safetensors").stat().st_size > 0
+    # The dense checkpoint computes what transformers' own GGUF loading computes.
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    (dense,) = (tmp_path / "cache" / "dense").iterdir()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    direct = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True),
+    )  # fmt: skip
+    cached = AutoModelForCausalLM.from_pretrained(str(dense), dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(direct(ids).logits, cached(ids).logits)
 
 
 def test_gradient_checkpointing_gives_the_same_steps(tiny_model_dir, tmp_path, rows, monkeypatch):
