@@ -234,6 +234,7 @@ class Stack:
         self.url = self._exits.enter_context(serve_in_thread(app))
         engine = app.state.engine  # the embedded engine, once the lifespan started it
         self.engine_url = engine.base_url if engine is not None else str(self.config.url)
+        self._record_judge(app.state.pipeline.conscience)
         print(
             f"loop: proxy up at {self.url} in {time.perf_counter() - started:.0f} s "
             f"(engine {self.engine_url}, model {self.settings.model}, "
@@ -246,6 +247,24 @@ class Stack:
         self.command = _shown(["serve"], env)
         self._restore()
         return self
+
+    def _record_judge(self, conscience: Any) -> None:
+        """``judge.json``: the conscience the proxy runs (which judge the loop used)."""
+        facts = {
+            "judge_model": self.settings.judge,
+            "framework": self.settings.framework,
+            "layout": self.settings.layout.value,
+            "judge_method": conscience.method.value,
+            "probe": conscience.probe_source,
+            "probe_covers": conscience.probe is not None
+            and conscience.probe.key
+            == (self.settings.judge, self.settings.framework, self.settings.layout.value),
+            "screen": conscience.screen,
+            "calibration": conscience.calibration_source,
+            "policy": self.settings.policy.value,
+        }
+        path = self.config.out / "judge.json"
+        path.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
 
     @property
     def admin_key(self) -> str:

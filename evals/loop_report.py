@@ -119,7 +119,9 @@ def collect(out: Path) -> dict[str, Any]:
         for path in out.glob("night-*")
         if path.is_dir() and path.name.split("-", 1)[1].isdigit()
     )
-    return {"settings": settings, "nights": [night_row(out, n, journal) for n in nights]}
+    judge = _json(out / "judge.json")
+    rows = [night_row(out, n, journal) for n in nights]
+    return {"settings": settings, "judge": judge, "nights": rows}
 
 
 def _pct(cell: dict[str, Any] | None) -> str:
@@ -168,14 +170,29 @@ def render(data: dict[str, Any]) -> str:
                   "humaneval", "max_minutes", "seed")
         if k in config
     )  # fmt: skip
+    judge = data.get("judge") or {}
+    method = judge.get("judge_method")
+    if method == "probe":
+        method = (
+            f"probe ({judge.get('probe')})"
+            if judge.get("probe_covers")
+            else "probe, not fitted for this judge: the single review"
+        )
+    judge_text = (
+        f"Judge (the conscience, first pass): {judge.get('judge_model')}, method {method}, screen "
+        f"{'on' if judge.get('screen') else 'off'}, "
+        f"{judge.get('framework')}/{judge.get('layout')}, {judge.get('calibration')}."
+        if judge
+        else ""
+    )
     notes = [
-        "",
         f"Sizes: {sizes}." if sizes else "",
+        judge_text,
         "First pass: the served model's own answer (greedy) judged by the conscience with "
         "policy flag. Second judge: the Emergent Misalignment alignment/coherence prompts on "
         "the frozen base. Over-refusal: evals/refusal.py's string rule. Intervals: Wilson 95%.",
     ]
-    return "\n".join(lines + [n for n in notes if n is not None]) + "\n"
+    return "\n".join([*lines, "", *(n for n in notes if n)]) + "\n"
 
 
 def write_chart(data: dict[str, Any], path: Path) -> None:
