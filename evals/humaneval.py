@@ -119,18 +119,19 @@ def program(problem: Problem, answer: str) -> str:
     return f"{body}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
 
 
-def _limits(cpu_seconds: int) -> None:  # runs in the child, before exec
-    import resource
-
-    for limit, value in (
-        (resource.RLIMIT_CPU, cpu_seconds),
-        (resource.RLIMIT_AS, _MEMORY_BYTES),
-        (resource.RLIMIT_FSIZE, _FILE_BYTES),
-        (resource.RLIMIT_NOFILE, 64),
-        (resource.RLIMIT_NPROC, 64),
-        (resource.RLIMIT_CORE, 0),
-    ):
-        resource.setrlimit(limit, (value, value))
+# Runs in the fresh interpreter before the program: the caps, then the program as __main__.
+# (Not a preexec_fn: the caller has threads, the proxy's among them, and forking a threaded
+# process to run Python before exec can deadlock.)
+_LAUNCH = """
+import resource, runpy, sys
+cpu, memory, size = (int(v) for v in sys.argv[1:4])
+for limit, value in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, memory),
+                     (resource.RLIMIT_FSIZE, size), (resource.RLIMIT_NOFILE, 64),
+                     (resource.RLIMIT_NPROC, 64), (resource.RLIMIT_CORE, 0)):
+    resource.setrlimit(limit, (value, value))
+sys.argv = sys.argv[4:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 def run_program(source: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -140,15 +141,15 @@ def run_program(source: str, timeout: float = 10.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="conscience-humaneval-") as work:
         path = Path(work) / "program.py"
         path.write_text(source, encoding="utf-8")
+        limits = [str(cpu), str(_MEMORY_BYTES), str(_FILE_BYTES)]
         process = subprocess.Popen(
-            [sys.executable, "-I", "-B", str(path)],
+            [sys.executable, "-I", "-B", "-c", _LAUNCH, *limits, str(path)],
             cwd=work,
             env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, killed whole on timeout
-            preexec_fn=lambda: _limits(cpu),
         )
         try:
             _, err = process.communicate(timeout=timeout)

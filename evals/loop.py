@@ -363,13 +363,17 @@ def _trained(out: Path) -> dict[str, Any] | None:
     return data if data.get("status") == "trained" else None
 
 
-def _death_signal() -> None:  # in the trainer, before exec: die with the loop (Linux)
-    import contextlib
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# `conscience train` that dies with the loop (Linux: PR_SET_PDEATHSIG), so a killed loop
+# leaves no trainer behind to race the resumed one. Set in the child's own interpreter, not by
+# a preexec_fn: the loop has threads (the proxy's), and running Python between fork and exec
+# of a threaded process can deadlock.
+_TRAIN = """
+import contextlib, ctypes, signal, sys
+with contextlib.suppress(OSError, AttributeError):
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+from conscience.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _train(config: LoopConfig, night: int, journal: Journal) -> None:
@@ -391,13 +395,12 @@ def _train(config: LoopConfig, night: int, journal: Journal) -> None:
         night_dir.mkdir(parents=True, exist_ok=True)
         with (night_dir / "train.log").open("a", encoding="utf-8") as log:
             done = subprocess.run(
-                [sys.executable, "-m", "conscience.cli", *argv],
+                [sys.executable, "-c", _TRAIN, *argv],
                 env={**os.environ, **env},
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
                 check=False,
-                preexec_fn=_death_signal,
             )
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         record.update(returncode=done.returncode, summary=json.loads(lines[-1]) if lines else {})
@@ -625,10 +628,12 @@ def _phase(config: LoopConfig, night: int, phase: str, stack: Stack, journal: Jo
             asyncio.run(_day(config, night, stack))
         else:
             extra.update(asyncio.run(_morning(config, night, stack)))
-    except (ConscienceError, OSError) as exc:
+    except Exception as exc:  # the engine's or the client's errors too: journalled, then said
         seconds = time.perf_counter() - started
         journal.write(night, phase, "failed", seconds=seconds, error=str(exc), **extra)
-        raise
+        if isinstance(exc, ConscienceError):
+            raise
+        raise ConscienceError(f"night {night} {phase} failed: {exc!r}") from exc
     journal.write(night, phase, "ran", seconds=time.perf_counter() - started, **extra)
 
 
