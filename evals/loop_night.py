@@ -81,6 +81,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def train_night(config: LoopConfig, night: int, journal: Journal) -> None:
+    """Train the night's adapter on the store's unconsumed pairs; ``night-N/train.json``."""
     out = config.adapters / adapter_name(night)
     flags = _trainer_flags()
     argv = train_argv(config, night, flags)
@@ -93,7 +94,8 @@ def train_night(config: LoopConfig, night: int, journal: Journal) -> None:
     started = time.perf_counter()
     finished = _trained(out)
     if finished is not None:  # trained before a kill took the journal line
-        record.update(returncode=0, summary={k: finished.get(k) for k in ("status", "steps")})
+        kept = ("status", "steps", "pairs_used", "stopped")
+        record.update(returncode=0, summary={k: finished.get(k) for k in kept})
     else:
         night_dir = config.night_dir(night)
         night_dir.mkdir(parents=True, exist_ok=True)
@@ -122,6 +124,7 @@ def train_night(config: LoopConfig, night: int, journal: Journal) -> None:
 
 
 def publish_night(config: LoopConfig, night: int, stack: Stack, journal: Journal) -> None:
+    """The gate on the night's adapter, then publish it; ``night-N/publish.json``."""
     from conscience.trainer.cli import gate
 
     name = adapter_name(night)

@@ -140,11 +140,12 @@ class Stack:
                 return publish(
                     client, name, vllm=None, proxy=self.url, adapters=adapters,
                     admin_key=self.admin_key,
-                )  # type: ignore[arg-type]  # fmt: skip
+                )  # fmt: skip
             root = str(self.config.url).rstrip("/").removesuffix("/v1")
+            key = self.settings.upstream_api_key
             return publish(
                 client, name, vllm=root, proxy=self.url, adapters=adapters,
-                admin_key=self.admin_key,
+                admin_key=self.admin_key, vllm_key=key.get_secret_value() if key else None,
             )  # fmt: skip
 
     def generator(self) -> str:
