@@ -154,7 +154,6 @@ def heldout_prompts(config: LoopConfig) -> list[Any]:
 
 
 async def _morning(config: LoopConfig, night: int, stack: Stack) -> dict[str, Any]:
-    from conscience.client import EngineClient
     from conscience.evals.em import EmConfig
     from conscience.evals.loop_phases import SecondJudge, measure_humaneval, measure_morning
 
@@ -162,15 +161,7 @@ async def _morning(config: LoopConfig, night: int, stack: Stack) -> dict[str, An
     asker = _asker(stack)
     settings = stack.settings
     generator = stack.generator()
-    key = settings.upstream_api_key
-    async with (
-        asker.client,
-        EngineClient(
-            stack.engine_url,
-            api_key=key.get_secret_value() if key else None,
-            timeout=config.timeout,
-        ) as engine,
-    ):
+    async with asker.client, stack.engine_client() as engine:
         judge = None
         if config.second_judge:
             from conscience.evals.questions import em_data_dir, load_questions

@@ -19,10 +19,13 @@ import secrets
 import sys
 import time
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conscience.errors import ConfigError
 from conscience.evals.loop_config import LoopConfig, shown
+
+if TYPE_CHECKING:
+    from conscience.client import EngineClient
 
 __all__ = ["Stack"]
 
@@ -63,7 +66,7 @@ class Stack:
         self._exits = exits
         self.settings: Any = None
         self.url = ""  # the proxy's base URL (no /v1)
-        self.engine_url = ""  # the engine's OpenAI URL: the second judge asks it directly
+        self._app: Any = None
         self.command = ""
 
     def up(self) -> Stack:
@@ -76,12 +79,11 @@ class Stack:
         app = create_app(self.settings)
         started = time.perf_counter()
         self.url = self._exits.enter_context(serve_in_thread(app))
-        engine = app.state.engine  # the embedded engine, once the lifespan started it
-        self.engine_url = engine.base_url if engine is not None else str(self.config.url)
+        self._app = app
         self._record_judge(app.state.pipeline.conscience)
         print(
             f"loop: proxy up at {self.url} in {time.perf_counter() - started:.0f} s "
-            f"(engine {self.engine_url}, model {self.settings.model}, "
+            f"(engine {app.state.pipeline.client.base_url}, model {self.settings.model}, "
             f"judge {self.settings.judge})",
             file=sys.stderr,
         )
@@ -109,6 +111,23 @@ class Stack:
         }
         path = self.config.out / "judge.json"
         path.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+
+    def engine_client(self) -> EngineClient:
+        """A client of the engine itself, for the second judge: at the address the proxy uses
+        now (publishing on the embedded engine starts a new child on a new port) and with the
+        proxy's adapter routing, so the judge's requests get the frozen base with every adapter
+        off (llama.cpp would otherwise reuse a prompt cache computed with an adapter on)."""
+        from conscience.client import EngineClient
+
+        proxies = self._app.state.pipeline.client
+        key = self.settings.upstream_api_key
+        client = EngineClient(
+            proxies.base_url,
+            api_key=key.get_secret_value() if key else None,
+            timeout=self.config.timeout,
+        )
+        client.adapters = dict(getattr(proxies, "adapters", {}))
+        return client
 
     @property
     def admin_key(self) -> str:
