@@ -142,8 +142,12 @@ class Stack:
         from conscience.engine.publish import read_current
 
         name = read_current(self.config.adapters) if self.config.adapters.is_dir() else None
-        if name and (self.config.adapters / name).is_dir():
-            print(f"loop: {self.publish(name)} (restored from CURRENT)", file=sys.stderr)
+        if not name or not (self.config.adapters / name).is_dir():
+            return
+        if self.generator() == name:  # the embedded engine loads CURRENT at its start
+            print(f"loop: the proxy generates with {name} (from CURRENT)", file=sys.stderr)
+            return
+        print(f"loop: {self.publish(name)} (restored from CURRENT)", file=sys.stderr)
 
     def publish(self, name: str) -> str:
         """Make ``name`` the generating model (the two paths of ``engine.publish.publish``)."""
