@@ -212,6 +212,23 @@ def test_nights_resume_after_a_kill_and_report(tmp_path: Path, em_data_dir: Path
         assert len(engine.requests) == asked
         assert {r["status"] for r in _journal(out)[len(killed) + len(journal) :]} == {"skipped"}
 
+        # Had the morning been cut short (its journal line and a HumanEval answer lost), a
+        # fresh proxy is switched back to CURRENT's adapter and asks only the lost problem.
+        kept = [
+            r
+            for r in _journal(out)
+            if (r["night"], r["phase"], r["status"]) != (1, "morning", "ran")
+        ]
+        (out / JOURNAL).write_text("".join(json.dumps(r) + "\n" for r in kept))
+        problems = out / "night-1" / "morning" / "humaneval.jsonl"
+        problems.write_text(problems.read_text().splitlines()[0] + "\n")
+        generated = len(engine.of_kind("generate"))
+        run_loop(config)
+        again = engine.of_kind("generate")[generated:]
+        assert [b["model"] for b in again] == ["loop-night-1"]
+        assert [r["model"] for r in _lines(problems)] == ["loop-night-1"] * 2
+        assert _journal(out)[-1]["phase"] == "morning" and _journal(out)[-1]["status"] == "ran"
+
     # The blinded reading: 2 prompts x (base, adapter), labelled, then unblinded.
     items_path = export_blind(out, tmp_path / "blind", prompts=2, seed=3)
     items = _lines(items_path)
