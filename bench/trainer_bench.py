@@ -10,6 +10,9 @@ lower is better).
     python -m conscience.bench.trainer_bench                         # SmolLM2-135M's shape
     python -m conscience.bench.trainer_bench --model path/model.gguf # a real model (HF/GGUF)
     python -m conscience.bench.trainer_bench --shape tiny --steps 3  # a smoke run in seconds
+    python -m conscience.bench.trainer_bench --only trl ours ours-full   # chunked vs whole logits
+
+"x TRL" columns are against the first run listed when TRL is not among them.
 
 Needs trl (and its datasets) beside the train extra.
 """
@@ -95,9 +98,15 @@ def _child_trl(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str
     }
 
 
-def _child_ours(args: argparse.Namespace, rows: list[dict[str, Any]], precompute: bool) -> dict:
+def _child_ours(
+    args: argparse.Namespace, rows: list[dict[str, Any]], precompute: bool, chunked: bool = True
+) -> dict:
+    from conscience.trainer import loop
     from conscience.trainer.config import TrainConfig
     from conscience.trainer.loop import train
+
+    if not chunked:  # the answer log-probs as before issue 16: the whole logits at once
+        loop._plain_head = lambda base: None
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
@@ -111,7 +120,7 @@ def _child_ours(args: argparse.Namespace, rows: list[dict[str, Any]], precompute
             batch_size=args.pairs_per_step,
             max_steps=args.steps + 1,
             precompute_ref=precompute,
-            dtype="float32",  # TRL's precision on CPU (bf16 on CUDA would favour us unfairly)
+            dtype=args.dtype,  # TRL's precision: fp32 (bf16 on CUDA would favour us unfairly)
             checkpoint_every=0,
             progress=False,
         )
@@ -142,6 +151,7 @@ RUNS = {
     "trl": "TRL DPOTrainer, PEFT reference",
     "ours-live": "ours, live reference",
     "ours": "ours, precomputed reference",
+    "ours-full": "ours, precomputed, full logits",
 }
 
 
@@ -150,6 +160,7 @@ def _run_child(name: str, args: argparse.Namespace, pairs_file: Path) -> dict[st
         sys.executable, "-m", "conscience.bench.trainer_bench", "--child", name,
         "--model-dir", args.model_dir, "--pairs-file", str(pairs_file),
         "--steps", str(args.steps), "--pairs-per-step", str(args.pairs_per_step),
+        "--dtype", args.dtype,
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -164,7 +175,7 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
-    base = results["trl"]
+    base = results.get("trl") or next(iter(results.values()))
     head = (
         f"{'run':30} {'s/step':>7} {'ref once':>9} {'all-in':>7} {'steps/s':>8} {'x TRL':>6}"
         f" {'peak RSS':>9} {'x TRL':>6} {'DPO loss first→last':>20}"
@@ -189,8 +200,8 @@ def _table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     )
     lines.append(
         f"model {args.model_label}, {args.pairs_per_step} pairs/step, ~{args.tokens} tokens per"
-        f" sequence, {args.steps} timed steps after 1 warm-up, fp32 on {args.device}, torch threads"
-        f" {args.threads}, median of {args.repeats} round(s), load average"
+        f" sequence, {args.steps} timed steps after 1 warm-up, {args.dtype} on {args.device},"
+        f" torch threads {args.threads}, median of {args.repeats} round(s), load average"
         f" {args.load[0]:.2f} before, {args.load[1]:.2f} after"
     )
     return "\n".join(lines)
@@ -205,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs-per-step", type=int, default=4)
     parser.add_argument("--words", type=int, default=45, help="prompt and answer words each")
     parser.add_argument("--only", nargs="*", choices=list(RUNS), help="run only these")
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="ours (TRL: fp32)"
+    )
     parser.add_argument("--child", choices=list(RUNS), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
@@ -215,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.child == "trl":
             result = _child_trl(args, rows)
         else:
-            result = _child_ours(args, rows, precompute=args.child == "ours")
+            result = _child_ours(
+                args, rows, precompute=args.child != "ours-live", chunked=args.child != "ours-full"
+            )
         result["peak_rss_mib"] = _peak_rss_mib()
         import torch
 
@@ -254,10 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {result['s_per_step']:.3f} s/step", file=sys.stderr)
         results = {name: _median(runs) for name, runs in rounds.items()}
         args.load = (load_before, os.getloadavg()[0])
-    if "trl" in results:
-        print(_table(results, args))
-    else:
-        print(json.dumps(results, indent=1))
+    print(_table(results, args))
     return 0
 
 

@@ -182,6 +182,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.publish and not args.proxy_admin:
         raise ConscienceError("--publish needs --proxy-admin (the proxy to switch)")
     report = asyncio.run(_train(args))
+    if not args.online:
+        from conscience.trainer.distributed import leave
+
+        if not leave().main:  # under torchrun: rank 0 alone reports and publishes
+            return 0
     if args.online:
         keys = ("status", "run_id", "task_used", "steps", "samples_reviewed", "judge_failures",
                 "verdicts", "pairs_total", "task_loss", "dpo_loss_mean", "adapter")  # fmt: skip

@@ -120,6 +120,7 @@ def _build(gguf: Path, sha: str, folder: Path) -> None:
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the cache from the other users of the model
         try:
             os.rename(tmp, folder)
         except OSError:

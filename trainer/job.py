@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from conscience.trainer.config import TrainConfig
 from conscience.trainer.data import check_pair, drop_duplicates, read_jsonl
+from conscience.trainer.distributed import join
 from conscience.trainer.loop import train
 from conscience.trainer.metrics import write_report
 
@@ -72,12 +73,18 @@ async def train_from_store(
     loop (the proxy's, maybe) keeps serving.
     """
     snapshot = config.out_path / _SNAPSHOT
-    if config.resume and snapshot.exists():
+    ranks = join()  # several training processes: rank 0 reads, marks and writes for them all
+    fresh = not (config.resume and snapshot.exists())
+    if not ranks.main:
+        rows, skipped = [], _Skipped()
+    elif not fresh:
         # The interrupted run's own pairs, whatever was logged since: the checkpoint's data order
         # indexes exactly these.
         rows, skipped = read_jsonl(snapshot), _Skipped()
     else:
         rows, skipped = await _fetch(store, config.max_length, limit)
+    rows, skipped = ranks.broadcast((rows, skipped))
+    if fresh:
         if not rows:
             report = {
                 "status": "nothing_to_learn",
@@ -89,11 +96,12 @@ async def train_from_store(
                 "steps": 0,
                 "consumed": 0,
             }
-            if skipped.counts:  # bad rows and nothing else: the report says which
+            if skipped.counts and ranks.main:  # bad rows and nothing else: the report says which
                 write_report(config.out_path, report)
                 _warn(report)
             return report
-        _write_snapshot(snapshot, rows)
+        if ranks.main:
+            _write_snapshot(snapshot, rows)
 
     stop = threading.Event()
 
@@ -115,6 +123,8 @@ async def train_from_store(
         raise
 
     report["run_id"] = run_id
+    if not ranks.main:  # rank 0 marks the pairs and writes the report
+        return report
     if skipped.counts:
         counts = Counter(report.get("skipped", {})) + skipped.counts
         report["skipped"] = dict(counts)

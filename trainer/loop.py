@@ -14,7 +14,7 @@ import functools
 import inspect
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,20 @@ from conscience.trainer.budget import Budget
 from conscience.trainer.checkpoint import fingerprint, remove_checkpoint, start_or_resume
 from conscience.trainer.config import TrainConfig
 from conscience.trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
-from conscience.trainer.loss import combined_loss, dpo_loss, sequence_logps, sft_loss
+from conscience.trainer.distributed import join
+from conscience.trainer.loss import (
+    chunked_sequence_logps,
+    combined_loss,
+    dpo_loss,
+    sequence_logps,
+    sft_loss,
+)
 from conscience.trainer.metrics import MetricsLog, plot_metrics, write_report
 from conscience.trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
 from conscience.trainer.schedule import lr_at, plan_steps
 
 __all__ = [
+    "LOGITS_PER_CHUNK",
     "PairTerms",
     "StepCallback",
     "answer_logps",
@@ -46,23 +54,65 @@ __all__ = [
 StepCallback = Callable[[int, dict[str, Any]], None]
 
 
+# Logits elements (rows x positions x vocabulary) per chunk of the answer log-probs: 64 MB in
+# fp32, whatever the vocabulary; the full (2B, T, vocab) logits never exist at once.
+LOGITS_PER_CHUNK = 1 << 24
+
+
 @functools.cache
 def _keeps_logits(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
-def batch_logps(model: Any, batch: Batch) -> torch.Tensor:
+def _plain_head(base: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The LM head, when the model's logits are just ``head(decoder(...).last_hidden_state)``.
+
+    None for models that change the logits after the head (Gemma 2's soft-capping, Cohere's and
+    Granite's scaling): those take the full forward.
+    """
+    config = base.config
+    for attribute in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(config, attribute, None) not in (None, 1, 1.0):
+            return None
+    head = base.get_output_embeddings()
+    return head if isinstance(head, torch.nn.Module) else None
+
+
+def batch_logps(model: Any, batch: Batch, chunk: int | None = None) -> torch.Tensor:
     """Summed log-probs of every row's answer tokens, (rows,): pairs or single conversations.
 
-    Only positions that predict an answer token need the LM head: with a 50-150k vocabulary the
-    head over the prompt is a large share of the step's compute and of its biggest tensor, the
-    (2B, T, vocab) logits. Models that take ``logits_to_keep`` (Llama, Qwen2, Mistral, GPT-2 in
-    transformers 5) compute logits from the shortest prompt's end on; others compute them all.
+    Only positions that predict an answer token need the LM head, and never all at once: the
+    decoder gives the hidden states, and the head, log-softmax and gather run over chunks of
+    positions from the shortest prompt's end on (``chunked_sequence_logps``; ``chunk``
+    positions, by default as many as make ``LOGITS_PER_CHUNK`` logits). With a 50-150k
+    vocabulary the (2B, T, vocab) logits would be the step's biggest tensor, and their gradient
+    another as big; a chunk's are freed before the next chunk's exist.
     """
-    start, kwargs = 0, {}
+    base = model.get_base_model()
+    start = max(batch.answer_start - 1, 0)  # the position that predicts the first answer token
+    head = _plain_head(base)
+    if head is None:
+        return _full_logps(model, batch, start)
+    hidden = base.get_decoder()(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+    ).last_hidden_state[:, start:]
+    if chunk is None:
+        chunk = max(1, LOGITS_PER_CHUNK // (hidden.shape[0] * base.config.vocab_size))
+    labels, mask = batch.input_ids[:, start:], batch.loss_mask[:, start:]
+    return chunked_sequence_logps(hidden, head, labels, mask, chunk)
+
+
+def _full_logps(model: Any, batch: Batch, start: int) -> torch.Tensor:
+    """The answer log-probs through the model's own forward: the whole logits at once.
+
+    Models that take ``logits_to_keep`` (Llama, Qwen2, Mistral, GPT-2 in transformers 5)
+    compute them from ``start`` on; others compute them all.
+    """
+    kwargs = {}
     if _keeps_logits(type(model.get_base_model())):
-        start = max(batch.answer_start - 1, 0)  # the position that predicts the first answer token
         kwargs["logits_to_keep"] = batch.input_ids.shape[1] - start
+    else:
+        start = 0
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
     return sequence_logps(logits, batch.input_ids[:, start:], batch.loss_mask[:, start:])
 
@@ -149,15 +199,26 @@ def train(
     not fit (``stopped: "max_minutes"``): it saves the adapter of the steps done, and a
     checkpoint from which ``resume=True`` finishes the plan. ``used_ids`` are the pairs of the
     steps done, whatever the plan held (a budget or ``max_steps`` leaves the rest unlearned).
+
+    Under ``torchrun`` / ``accelerate launch`` every process runs this with its share of each
+    step (``trainer/distributed.py``); only rank 0 writes anything.
     """
     started = time.perf_counter()
     budget = Budget(config.max_minutes * 60 if config.max_minutes else None)
+    ranks = join()
     out = config.out_path
     out.mkdir(parents=True, exist_ok=True)
     rows = read_jsonl(pairs) if isinstance(pairs, str | Path) else list(pairs)
+    rows = ranks.broadcast(rows)  # rank 0's pairs, whatever the others read
     report: dict[str, Any] = {"status": "trained", "config": config.to_dict()}
+    if ranks.world > 1:
+        report["processes"] = ranks.world
 
     # --- data: the tokenizer first, so an empty run never loads the model
+    if ranks.world > 1:  # one rank builds a GGUF's dense checkpoint, the others then read it
+        if ranks.main:
+            load_tokenizer(config)
+        ranks.barrier()
     tokenizer = load_tokenizer(config)
     dataset, data_report = encode_pairs(rows, tokenizer, config.max_length)
     report.update(
@@ -168,17 +229,21 @@ def train(
     )
     if not dataset:
         report.update(status="nothing_to_learn", steps=0, seconds=time.perf_counter() - started)
-        write_report(out, report)
+        if ranks.main:
+            write_report(out, report)
         return report
 
-    # --- model: base weights frozen, a fresh seeded LoRA adapter on top
-    model, params, optimizer, device = prepare_training(config)
+    # --- model: base weights frozen, a fresh seeded LoRA adapter on top (the same on every rank)
+    model, params, optimizer, device = prepare_training(config, ranks.device(config.device))
+    ranks.sync_params(params)
     pad = pad_id(tokenizer)
 
-    # --- the data order and the reference, fresh or from the last checkpoint
+    # --- the data order and the reference, fresh or from the last checkpoint. A step of
+    # grad_accum micro-batches on each of `world` ranks is one of grad_accum x world in the plan.
     keys = [(p.id, p.prompt_len, p.chosen_ids, p.rejected_ids) for p in dataset]
+    shape = replace(config, grad_accum=config.grad_accum * ranks.world)
     progress = start_or_resume(
-        out, config, fingerprint(keys, config), plan_steps(len(dataset), config), model, optimizer
+        out, shape, fingerprint(keys, shape), plan_steps(len(dataset), shape), model, optimizer
     )
     plan, start_step = progress.plan, progress.start
     ref_seconds = 0.0
@@ -190,19 +255,19 @@ def train(
     ref = progress.ref
     if ref is not None and config.max_minutes is None:  # all at once, before the loop
         t0 = time.perf_counter()
+        mine = sorted({i for step in plan[start_step:] for b in ranks.share(step) for i in b})
         _fill_reference(
-            model, dataset, range(len(dataset)), ref, config, pad, device,
-            progress=config.progress,
-        )  # fmt: skip
+            model, dataset, mine, ref, config, pad, device, progress=config.progress and ranks.main
+        )
         ref_seconds = time.perf_counter() - t0
-    log = MetricsLog(out / "metrics.jsonl", keep_through=start_step)
+    log = MetricsLog(out / "metrics.jsonl", keep_through=start_step) if ranks.main else None
 
     # --- the loop
-    terminal = None if config.progress else False  # off: log lines only
+    terminal = None if config.progress and ranks.main else False  # off: log lines only
     bar = Progress(len(plan), "dpo", done=start_step, unit="step", terminal=terminal)
     done = start_step
     for step in range(start_step, len(plan)):
-        if not budget.allows_step():
+        if not ranks.agree(budget.allows_step(), device):  # rank 0's clock decides for all
             break
         t0 = time.perf_counter()
         lr = lr_at(step, len(plan), config)
@@ -214,8 +279,8 @@ def train(
              "reward_accuracy", "chosen_logps", "rejected_logps"),
             0.0,
         )  # fmt: skip
-        tokens = 0
-        for indices in plan[step]:
+        sums["tokens"] = 0.0
+        for indices in ranks.share(plan[step]):
             batch = collate([dataset[i] for i in indices], pad).to(device)
             given = None  # None: pair_terms runs the reference (adapter off) now
             if ref is not None:
@@ -230,7 +295,7 @@ def train(
             # Every pair weighs 1/n_pairs of the step, however the step splits into micro-batches.
             (losses.sum() / n_pairs).backward()
 
-            tokens += int(batch.attention_mask.sum())
+            sums["tokens"] += float(batch.attention_mask.sum())
             for key, values in (
                 ("loss", losses), ("dpo_loss", terms.dpo), ("sft_loss", sft),
                 ("chosen_reward", terms.chosen_rewards),
@@ -239,6 +304,9 @@ def train(
                 ("chosen_logps", terms.policy_chosen), ("rejected_logps", terms.policy_rejected),
             ):  # fmt: skip
                 sums[key] += float(values.detach().sum())  # a sync point, once per micro-batch
+        ranks.sum_gradients(params)  # every rank's share of the step: the step's gradient
+        sums = ranks.sum_values(sums, device)
+        tokens = int(sums.pop("tokens"))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # frees the gradients until the next backward
@@ -253,9 +321,10 @@ def train(
             tokens=tokens,
             seconds=time.perf_counter() - t0,
         )
-        log.append(record)
         done = step + 1
-        progress.save_if_due(done, model, optimizer)
+        if log is not None:
+            log.append(record)
+            progress.save_if_due(done, model, optimizer)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", margin=f"{record['reward_margin']:.3f}")
         if on_step is not None:
@@ -270,7 +339,11 @@ def train(
         report.update(stopped="max_minutes", steps_planned=len(plan))
     if done == 0:  # the budget was gone before the first step: nothing to save
         report.update(status="out_of_time", steps=0, seconds=time.perf_counter() - started)
-        write_report(out, report)
+        if ranks.main:
+            write_report(out, report)
+        return report
+    if log is None:  # not rank 0: rank 0 writes the result
+        report.update(steps=done, seconds=time.perf_counter() - started)
         return report
 
     # --- the result: the adapter first (vLLM loads it as it is), then the plot and the report

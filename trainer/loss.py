@@ -7,10 +7,13 @@ separately, as TRL's older ``dpo_loss`` did.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["combined_loss", "dpo_loss", "sequence_logps", "sft_loss"]
+__all__ = ["chunked_sequence_logps", "combined_loss", "dpo_loss", "sequence_logps", "sft_loss"]
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -21,9 +24,55 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
     dtype: a bf16 log-softmax over a large vocabulary loses the small differences DPO feeds on.
     Returns (batch,).
     """
-    logits = logits[:, :-1, :].float()
-    labels = labels[:, 1:]
-    mask = mask[:, 1:].to(logits.dtype)
+    return _predicted_logps(logits[:, :-1, :], labels[:, 1:], mask[:, 1:])
+
+
+def chunked_sequence_logps(
+    hidden: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    chunk: int,
+) -> torch.Tensor:
+    """``sequence_logps(head(hidden), labels, mask)`` without the whole (batch, seq, vocab) logits.
+
+        logps[b] = Σ_t mask[b, t+1] · log softmax(head(hidden[b, t]))[labels[b, t+1]]
+
+    ``hidden`` is (batch, seq, dim), the states the LM head reads. The positions go through the
+    head ``chunk`` at a time; with gradients on, each chunk runs under
+    ``torch.utils.checkpoint``, so its logits are freed after its forward and recomputed in the
+    backward: at most one chunk's logits (and their gradient) exist at any moment. A chunk with
+    no masked-in position is skipped (it adds exactly 0). Returns (batch,), float32.
+    """
+    hidden, labels, mask = hidden[:, :-1], labels[:, 1:], mask[:, 1:]
+    total = hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
+    for start in range(0, hidden.shape[1], chunk):
+        part = slice(start, start + chunk)
+        if not bool(mask[:, part].any()):  # a sync point, once per chunk
+            continue
+        args = (head, hidden[:, part], labels[:, part], mask[:, part])
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            total = total + checkpoint(_head_logps, *args, use_reentrant=False)
+        else:
+            total = total + _head_logps(*args)
+    return total
+
+
+def _head_logps(
+    head: Callable[[torch.Tensor], torch.Tensor],
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    return _predicted_logps(head(hidden), labels, mask)
+
+
+def _predicted_logps(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Σ_t mask[t] · log softmax(logits[t])[labels[t]]: logits already aligned with labels."""
+    logits = logits.float()
+    mask = mask.to(logits.dtype)
     # Padding may carry any id (even -100); mask it out, but gather needs a valid index.
     safe_labels = torch.where(mask.bool(), labels, torch.zeros_like(labels))
     token_logps = (

@@ -115,11 +115,12 @@ def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype) ->
 
 
 def prepare_training(
-    config: TrainConfig,
+    config: TrainConfig, device: torch.device | None = None
 ) -> tuple[Any, list[torch.nn.Parameter], torch.optim.Optimizer, torch.device]:
     """The model (base frozen, fresh seeded LoRA adapter, train mode), its trainable
-    parameters and their AdamW optimizer, on the configured device and dtype."""
-    device = resolve_device(config)
+    parameters and their AdamW optimizer, on ``device`` (default: the configured one) and
+    the configured dtype."""
+    device = device or resolve_device(config)
     model = load_model(config, device, resolve_dtype(config, device))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -250,23 +250,78 @@ def test_config_rejects_nonsense(tmp_path):
     )
 
 
-@pytest.mark.parametrize("trim", [True, False], ids=["logits-from-the-answer", "all-logits"])
-def test_answer_logps_equal_the_full_computation(
-    tiny_model_dir, tmp_path, rows, tokenizer_factory, monkeypatch, trim
+PATHS = {  # how batch_logps computes: (chunk positions or None for its default, the head's way)
+    "chunked": (None, "chunked"),
+    "chunks-of-2": (2, "chunked"),
+    "full-logits-from-the-answer": (None, "full"),
+    "full-all-logits": (None, "full-all"),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_answer_logps_and_their_gradients_equal_the_full_computation(
+    tiny_model_dir, tmp_path, rows, tokenizer_factory, monkeypatch, path
 ):
     from conscience.trainer.data import collate, encode_pairs
     from conscience.trainer.loss import sequence_logps
     from conscience.trainer.model import load_model
 
-    if not trim:  # a model without logits_to_keep: the head runs over every position
+    chunk, head = PATHS[path]
+    if head != "chunked":  # a model whose logits are more than head(hidden): its own forward
+        monkeypatch.setattr(loop, "_plain_head", lambda base: None)
+    if head == "full-all":  # ... and one without logits_to_keep: the head runs everywhere
         monkeypatch.setattr(loop, "_keeps_logits", lambda cls: False)
     config = TrainConfig(model=str(tiny_model_dir), out_dir=str(tmp_path))
     model = load_model(config, torch.device("cpu"), torch.float32)
+    with torch.no_grad():  # B = 0 leaves nothing to compare the gradients by
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    lora = [p for p in model.parameters() if p.requires_grad]
     pairs, _ = encode_pairs(rows, tokenizer_factory(), 64)
     batch = collate(pairs, pad_id=0)
     assert batch.answer_start == min(p.prompt_len for p in pairs) > 1
-    with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        full = sequence_logps(logits, batch.input_ids, batch.loss_mask)
+    weights = torch.linspace(-1.0, 2.0, 2 * len(pairs))  # any loss that weighs every row
+
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    full = sequence_logps(logits, batch.input_ids, batch.loss_mask)
+    want = torch.autograd.grad((full * weights).sum(), lora)
+    got_logps = loop.batch_logps(model, batch, chunk)
+    got = torch.autograd.grad((got_logps * weights).sum(), lora)
+    torch.testing.assert_close(got_logps, full, rtol=0, atol=1e-5)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # the reference's path: no graph, the same numbers
         chosen, rejected = loop.answer_logps(model, batch)
-    assert torch.allclose(torch.cat([chosen, rejected]), full, atol=1e-5)
+    torch.testing.assert_close(torch.cat([chosen, rejected]), full.detach(), rtol=0, atol=1e-5)
+
+
+def test_the_chunked_logps_keep_no_logits_for_the_backward(
+    tiny_model_dir, tmp_path, rows, tokenizer_factory, monkeypatch
+):
+    """What autograd saves for the backward: the full path keeps (rows, positions, vocab)
+    tensors; the chunked one keeps none (each chunk's logits are recomputed in the backward)."""
+    from conscience.trainer.data import collate, encode_pairs
+    from conscience.trainer.model import load_model
+
+    config = TrainConfig(model=str(tiny_model_dir), out_dir=str(tmp_path))
+    model = load_model(config, torch.device("cpu"), torch.float32)
+    vocab = model.get_base_model().config.vocab_size
+    batch = collate(encode_pairs(rows, tokenizer_factory(), 64)[0], pad_id=0)
+
+    def vocab_sized_saves(compute):
+        seen = []
+
+        def pack(tensor):
+            if tensor.dim() >= 2 and tensor.shape[-1] == vocab and tensor.shape[0] > 1:
+                seen.append(tuple(tensor.shape))
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            logps = compute()
+        logps.sum().backward()
+        return seen
+
+    assert vocab_sized_saves(lambda: loop.batch_logps(model, batch, 2)) == []
+    monkeypatch.setattr(loop, "_plain_head", lambda base: None)
+    assert vocab_sized_saves(lambda: loop.batch_logps(model, batch))  # the test can see them

@@ -10,7 +10,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conscience.trainer.loss import combined_loss, dpo_loss, sequence_logps, sft_loss  # noqa: E402
+from conscience.trainer.loss import (  # noqa: E402
+    chunked_sequence_logps,
+    combined_loss,
+    dpo_loss,
+    sequence_logps,
+    sft_loss,
+)
 
 
 def test_sequence_logps_by_hand():
@@ -186,3 +192,40 @@ def test_sequence_logps_matches_trl_selective_log_softmax():
     mask = (torch.rand(4, 9, generator=generator) > 0.4).long()
     theirs = (utils.selective_log_softmax(logits[:, :-1], labels[:, 1:]) * mask[:, 1:]).sum(-1)
     assert torch.allclose(sequence_logps(logits, labels, mask), theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+def test_chunked_sequence_logps_equal_the_whole_logits_and_their_gradients(chunk):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 11, bias=False)
+    hidden = torch.randn(3, 9, 8, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 9))
+    mask = torch.zeros(3, 9)
+    mask[0, 4:] = 1
+    mask[1, 2:7] = 1  # padding after the answer
+    mask[2, 8:] = 1
+    labels[1, 7:] = -100  # padding ids: masked out, never gathered
+
+    want = sequence_logps(head(hidden), labels, mask)
+    want_grads = torch.autograd.grad(want.sum() * 2, (hidden, head.weight))
+    got = chunked_sequence_logps(hidden, head, labels, mask, chunk)
+    got_grads = torch.autograd.grad(got.sum() * 2, (hidden, head.weight))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked_sequence_logps(hidden, head, labels, mask, chunk), want)
+
+
+def test_chunked_sequence_logps_skip_chunks_without_an_answer_token():
+    calls = []
+
+    def head(hidden):
+        calls.append(hidden.shape[1])
+        return hidden
+
+    hidden = torch.randn(2, 10, 4)
+    mask = torch.zeros(2, 10)
+    mask[:, 8:] = 1  # only the last two positions are answer tokens
+    chunked_sequence_logps(hidden, head, torch.zeros(2, 10, dtype=torch.long), mask, 3)
+    assert calls == [3]  # positions 0..8 predict 1..9: only the chunk [6, 9) predicts answer tokens
