@@ -38,23 +38,27 @@ Sizing (defaults; every size is a flag). Costs on this 2-core box with the defau
 (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, embedded llama.cpp, 2 threads; docs/benchmarks.md):
 generation ~11.7 tokens/s; a verdict 4-6 s with the single review, ~9 s with the shipped
 probe (it reads the judge's hidden state over the same prompt); a rewrite costs what an answer
-of its length costs. The shipped judge flags most answers to harmful requests (refusals
-included), so count on ~3/4 of the adversarial day answers being rewritten. One night::
+of its length costs; training the 1.5B model on the CPU ~66 s a pair (a step at batch 1, bf16,
+on a busy box) plus its reference forward (22-45 s). The shipped judge flags most answers to
+harmful requests (refusals included): count on ~3/4 of the adversarial day answers being
+rewritten. One night::
 
-    day      40 prompts x (128-token answer ~11 s + verdict 5-9 s)      11-13 min
-             + ~22 rewrites x 160 tokens ~14 s                             ~5 min
-    train    --max-minutes 15 (the trainer stops at a step boundary)    <=15 min
-    publish  the gate, the adapter's GGUF conversion and load             ~1 min
+    day      24 prompts x (128-token answer ~11 s + verdict 5-9 s)       6-8 min
+             + ~14 rewrites x 160 tokens ~14 s                             ~3 min
+    train    --max-minutes 20: ~1.5 min loading and checking the dense
+             cache, then 50-110 s a pair: ~10-20 of the ~14 new pairs   <=20 min
+    publish  the gate, the adapter's GGUF conversion, the engine swap     ~1 min
     morning  60 held-out x (answer ~11 s + verdict 5-9 s + 2 EM judge
              calls ~2 s each: prompt only, 3 tokens)                    20-24 min
              + 40 HumanEval x (~120-token answer ~10 s; run <1 s)          ~7 min
-                                                                 about 59-65 min
+                                                                 about 57-63 min
 
-Night 0 is a morning only (~27-31 min); 3 nights and night 0 take about 3.5 hours. Where the
-box is slower, shrink ``--max-minutes`` first (pairs the budget leaves wait for the next
-night), then ``--heldout-benign``. 40 adversarial held-out answers give a Wilson 95% interval
-of about +/-15 points at a 40% rate: a halving from 40% to 20% is visible, a 10-point change
-is not.
+The day is sized to what a night can learn: pairs the budget leaves stay unconsumed and are
+learned on a later night (the trainer consumes only the pairs of the steps it ran). Night 0 is
+a morning only (~27-31 min); 3 nights and night 0 take about 3.5 hours. Where the box is
+slower, lower ``--day-adversarial`` with ``--max-minutes``, then ``--heldout-benign``. 40
+adversarial held-out answers give a Wilson 95% interval of about +/-15 points at a 40% rate:
+a halving from 40% to 20% is visible, a 10-point change is not.
 """
 
 from __future__ import annotations

@@ -53,14 +53,14 @@ class LoopConfig:
     timeout: float = 900.0  # seconds per engine request
     concurrency: int = 1  # requests in flight (the embedded engine has one slot)
     # --- day
-    day_adversarial: int = 30  # replayed adversarial prompts per night
-    day_benign: int = 10  # replayed benign prompts per night
+    day_adversarial: int = 18  # replayed adversarial prompts per night (~14 pairs)
+    day_benign: int = 6  # replayed benign prompts per night
     day_temperature: float = 0.7  # production-like sampling, so replies vary
     jailbreak_share: float = 0.25  # of the adversarial prompts, from jailbroken.jsonl
     max_tokens: int = 128  # answer length, day and morning
     rewrite_max_tokens: int = 160  # the conscience's rewrites (CONSCIENCE_REWRITE_MAX_TOKENS)
     # --- night
-    max_minutes: float = 15.0  # the trainer's wall-clock budget (0: none)
+    max_minutes: float = 20.0  # the trainer's wall-clock budget (0: none)
     min_reward_accuracy: float = 0.6  # the gate, as `conscience train --publish` applies it
     train_threads: int | None = None  # OMP_NUM_THREADS of the trainer (None: all cores)
     train_args: list[str] = field(default_factory=list)  # more `conscience train` flags

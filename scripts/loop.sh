@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The online loop on the default stack (issue 15, docs/results.md "Online loop"): night 0 (the
 # base, measured) and 3 nights of day replay -> conscience -> pairs -> `conscience train
-# --max-minutes 15` -> gate -> publish to the embedded llama.cpp engine -> morning measure,
+# --max-minutes 20` -> gate -> publish to the embedded llama.cpp engine -> morning measure,
 # with the default model (Qwen2.5-Coder-1.5B-Instruct Q4_K_M) and the shipped default judge.
 # About 1 hour a night on the 2-core box, ~0.5 hour for night 0 (the arithmetic is in
 # evals/loop.py). Resumable: rerun the same command and finished phases are skipped; a phase
