@@ -109,7 +109,7 @@ class _Passthrough:
             return
         scope["route"] = _ROUTE
         request = Request(scope, receive)
-        require_client(request)
+        await require_client(request)
         path = _upstream_path(scope)
         body = await request.body()  # its size is bounded as it arrives (server.middleware)
         client: EngineClient = request.app.state.pipeline.client
