@@ -1,8 +1,14 @@
-"""An async client for any OpenAI-compatible engine, over one pooled ``httpx.AsyncClient``.
+"""An async client for any OpenAI-compatible engine.
+
+Unary JSON requests (chat completions, the judge's calls, embeddings, models) go over one pooled
+``aiohttp.ClientSession``; streams (``chat_stream``, and the passthrough's forwarded requests)
+over one pooled ``httpx.AsyncClient``. aiohttp because a unary request is the proxy's hot path:
+httpx cost about 1 ms of CPU a request, aiohttp about 0.3 (docs/decisions.md, "A leaner
+proxy"); a stream's cost is spread over its tokens.
 
 Transport failures become the project's errors (``EngineUnavailable``, ``EngineTimeout``,
-``EngineStatusError``) so callers never see an httpx exception, and the API key never appears
-in any message. Every request carries the current W3C trace context (``traceparent``,
+``EngineStatusError``) so callers never see an httpx or aiohttp exception, and the API key
+never appears in any message. Every request carries the current W3C trace context (``traceparent``,
 ``tracestate``) when there is one, so that an engine that traces joins the caller's trace.
 """
 
@@ -12,10 +18,13 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
+from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 from opentelemetry.context import get_current
 from opentelemetry.propagate import inject
+from pydantic_core import from_json, to_json
 
 from conscience.errors import EngineError, EngineStatusError, EngineTimeout, EngineUnavailable
 
@@ -57,11 +66,25 @@ def _trace_headers() -> dict[str, str]:
     return headers
 
 
-def _error_message(response: httpx.Response) -> tuple[str, Any]:
+class _Answer(NamedTuple):
+    """An engine's whole answer to a unary request."""
+
+    status: int
+    content: bytes
+    reason: str
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> _Answer:
+        """A streamed request's answer, once read (an error status)."""
+        return cls(response.status_code, response.content, response.reason_phrase)
+
+
+def _error_message(answer: _Answer) -> tuple[str, Any]:
     try:
-        body = response.json()
+        body = from_json(answer.content)
     except ValueError:
-        return response.text[:200] or response.reason_phrase, None
+        text = answer.content.decode("utf-8", errors="replace")
+        return text[:200] or answer.reason, None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return str(body["error"].get("message", "")), body
     if isinstance(body, dict) and "message" in body:
@@ -82,11 +105,20 @@ class EngineClient:
         max_connections: int = 256,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        # Model names served by a LoRA adapter of a llama.cpp engine, with the adapter's index
-        # (set by the engine layer when the embedded engine loads adapters); other names, the
-        # judge's among them, get the base model with every adapter off.
-        self.adapters: dict[str, int] = {}
+        # Model names served by another engine than base_url, with that engine's base URL: the
+        # embedded engine's published adapter runs in a child of its own (engine/adapters.py).
+        # Every other name, the judge's among them, goes to base_url.
+        self.routes: dict[str, str] = {}
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # Credentials in the URL are basic auth, and replace the key, as httpx does with them.
+        self._headers = {} if urlsplit(self.base_url).username is not None else headers
+        self._max_connections = max_connections
+        # The aiohttp session of unary requests, opened on first use (it belongs to the event
+        # loop it is opened in). Timeouts as httpx's below: per read, and to get a connection.
+        self._session: aiohttp.ClientSession | None = None
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeout, sock_connect=min(10.0, timeout), sock_read=timeout
+        )
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(
             headers=headers,
@@ -98,23 +130,28 @@ class EngineClient:
             ),
         )
 
-    def _routed(self, body: Any) -> Any:
-        """``body`` with llama.cpp's per-request adapter scales when adapters are loaded: the
-        embedded engine serves every name from one model, so the name alone selects nothing.
+    def _url_for(self, path: str, body: Any) -> str:
+        """``path`` under the base URL of the engine that serves ``body``'s model."""
+        model = body.get("model") if isinstance(body, dict) else None
+        base = self.routes.get(model, self.base_url) if isinstance(model, str) else self.base_url
+        return f"{base}/{path.lstrip('/')}"
 
-        The scales are always sent, every adapter at 0 but the one the model names: a request
-        without ``lora`` gets the base model too, but llama.cpp (2026.10) then reuses a prompt
-        cache computed with an adapter on — the judge would read the adapter's keys and values.
-        """
-        if not self.adapters or not isinstance(body, dict):
-            return body
-        chosen = self.adapters.get(body.get("model"))
-        scales = [
-            {"id": i, "scale": float(i == chosen)} for i in sorted(set(self.adapters.values()))
-        ]
-        return {**body, "lora": scales}
+    def _unary(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections,
+                    keepalive_timeout=4.0,  # below llama.cpp's 5 s, as for httpx
+                ),
+                timeout=self._timeout,
+                trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as httpx reads them
+            )
+        return self._session
 
     async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
         if self._owns_http:
             await self._http.aclose()
 
@@ -129,29 +166,34 @@ class EngineClient:
 
     @contextmanager
     def _engine_errors(self, wording: _Wording = _REQUEST) -> Iterator[None]:
-        """httpx's transport failures inside the block as the project's errors, in one place
-        (as httpx maps its transport's exceptions): a timeout is ``EngineTimeout``, any other
-        transport failure ``EngineUnavailable``. The messages name the URL, never the key."""
+        """httpx's and aiohttp's transport failures inside the block as the project's errors,
+        in one place: a timeout is ``EngineTimeout``, any other transport failure
+        ``EngineUnavailable``. The messages name the URL, never the key."""
         try:
             yield
-        except httpx.TimeoutException as exc:
+        except (httpx.TimeoutException, TimeoutError) as exc:  # aiohttp's are TimeoutErrors
             raise EngineTimeout(wording.timeout.format(url=self.base_url)) from exc
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, aiohttp.ClientError) as exc:
             raise EngineUnavailable(wording.broken.format(url=self.base_url, exc=exc)) from exc
 
-    async def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
+    async def _send(self, method: str, url: str, body: Any = None) -> _Answer:
+        """One unary request (a JSON body, or none) and the engine's whole answer."""
+        headers = _trace_headers()
+        data = None
+        if body is not None:
+            data = to_json(body)
+            headers["Content-Type"] = "application/json"
         with self._engine_errors():
-            return await self._http.request(
-                method, self._url(path), json=self._routed(body), headers=_trace_headers()
-            )
+            async with self._unary().request(method, url, data=data, headers=headers) as response:
+                return _Answer(response.status, await response.read(), response.reason or "")
 
     @staticmethod
-    def _json(response: httpx.Response) -> dict[str, Any]:
-        if response.status_code >= 400:
-            message, body = _error_message(response)
-            raise EngineStatusError(response.status_code, message, body)
+    def _json(answer: _Answer) -> dict[str, Any]:
+        if answer.status >= 400:
+            message, body = _error_message(answer)
+            raise EngineStatusError(answer.status, message, body)
         try:
-            body = response.json()
+            body = from_json(answer.content)
         except ValueError as exc:
             raise EngineError("engine answered with something that is not JSON") from exc
         if not isinstance(body, dict):
@@ -160,18 +202,23 @@ class EngineClient:
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         """One non-streaming chat completion; the body is sent as given."""
-        result = self._json(await self._send("POST", "chat/completions", body))
+        url = self._url_for("chat/completions", body)
+        result = self._json(await self._send("POST", url, body))
         if not isinstance(result.get("choices"), list) or not result["choices"]:
             raise EngineError("engine answered a chat completion without choices")
         return result
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One non-streaming legacy completion (``/v1/completions``); the body as given."""
+        return self._json(await self._send("POST", self._url_for("completions", body), body))
 
     async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """A streaming chat completion, one parsed chunk at a time (``[DONE]`` ends it)."""
         # llama.cpp closes a connection after a stream without saying so: never reuse it.
         request = self._http.build_request(
             "POST",
-            self._url("chat/completions"),
-            json=self._routed({**body, "stream": True}),
+            self._url_for("chat/completions", body),
+            json={**body, "stream": True},
             headers={"Connection": "close", **_trace_headers()},
         )
         with self._engine_errors():
@@ -180,7 +227,7 @@ class EngineClient:
             with self._engine_errors(_STREAM):
                 if response.status_code >= 400:
                     await response.aread()
-                    self._json(response)
+                    self._json(_Answer.of(response))
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -196,7 +243,7 @@ class EngineClient:
 
     async def embeddings(self, body: dict[str, Any]) -> list[list[float]]:
         """``/v1/embeddings``: one vector per input, in the inputs' order."""
-        result = self._json(await self._send("POST", "embeddings", body))
+        result = self._json(await self._send("POST", self._url("embeddings"), body))
         data = result.get("data")
         if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
             raise EngineError("engine answered embeddings without a data list")
@@ -206,24 +253,21 @@ class EngineClient:
         """The prompt text the engine's chat template makes of ``messages``, ending where the
         assistant's reply would begin (llama.cpp's ``/apply-template``, beside ``/v1``)."""
         root = self.base_url.removesuffix("/v1")
-        with self._engine_errors():
-            response = await self._http.post(
-                f"{root}/apply-template", json={"messages": messages}, headers=_trace_headers()
-            )
-        prompt = self._json(response).get("prompt")
+        answer = await self._send("POST", f"{root}/apply-template", {"messages": messages})
+        prompt = self._json(answer).get("prompt")
         if not isinstance(prompt, str):
             raise EngineError("engine answered /apply-template without a prompt")
         return prompt
 
     async def models(self) -> dict[str, Any]:
-        """``/v1/models``, plus an entry for each adapter name the engine serves by index."""
-        listing = self._json(await self._send("GET", "models"))
-        if self.adapters and isinstance(listing.get("data"), list):
+        """``/v1/models``, plus an entry for each name routed to another engine."""
+        listing = self._json(await self._send("GET", self._url("models")))
+        if self.routes and isinstance(listing.get("data"), list):
             owner = next((m.get("owned_by") for m in listing["data"] if isinstance(m, dict)), None)
             listed = {m.get("id") for m in listing["data"] if isinstance(m, dict)}
             listing["data"] += [
                 {"id": name, "object": "model", "owned_by": owner, "created": 0}
-                for name in self.adapters
+                for name in self.routes
                 if name not in listed
             ]
         return listing
