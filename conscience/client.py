@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
+from urllib.request import getproxies_environment, proxy_bypass_environment
 
 import aiohttp
 import httpx
@@ -64,6 +65,17 @@ def _trace_headers() -> dict[str, str]:
     if current:  # an empty context (no span, no baggage) has nothing to say
         inject(headers, current)
     return headers
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTP_PROXY``, ``HTTPS_PROXY``,
+    ``ALL_PROXY``, ``NO_PROXY``), as httpx honours them, decided once: aiohttp's own
+    ``trust_env`` reads the environment and ``~/.netrc`` again on every request."""
+    parts = urlsplit(url)
+    if proxy_bypass_environment(parts.hostname or ""):
+        return None
+    proxies = getproxies_environment()
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 class _Answer(NamedTuple):
@@ -145,7 +157,7 @@ class EngineClient:
                     keepalive_timeout=4.0,  # below llama.cpp's 5 s, as for httpx
                 ),
                 timeout=self._timeout,
-                trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as httpx reads them
+                proxy=_env_proxy(self.base_url),
             )
         return self._session
 
