@@ -3,7 +3,10 @@
 # deploy/crontab or deploy/systemd/). One run:
 #   1. `conscience train` learns a LoRA adapter from the store's unconsumed preference pairs
 #      into $ADAPTERS_DIR/run-<UTC date-time>, runs the evaluation gate, and when the adapter
-#      passes, publishes it to vLLM and switches the proxy to it;
+#      passes, publishes it to vLLM (PUBLISH=embedded: to the proxy's own engine, the CPU
+#      stack) and switches the proxy to it; MAX_MINUTES (default 600) bounds the training's
+#      wall time: it stops at a step boundary and leaves the pairs it did not reach for the
+#      next night;
 #   2. adapter.py record writes the proxy's generator to $ADAPTERS_DIR/CURRENT, which vLLM and
 #      the proxy read when they restart.
 # A run still going when the next one is due makes the next one exit (a lock on the volume).
@@ -11,6 +14,8 @@ set -eu
 
 adapters="${ADAPTERS_DIR:-/adapters}"
 vllm_url="${VLLM_URL:-http://vllm:8000}"
+publish="${PUBLISH:-$vllm_url}"
+max_minutes="${MAX_MINUTES:-600}"
 proxy_url="${PROXY_URL:-http://proxy:8000}"
 here="$(dirname "$0")"
 run="run-$(date -u +%Y%m%d-%H%M%S)"
@@ -28,12 +33,13 @@ if ! flock -n 9; then
     exit 0
 fi
 
-echo "nightly.sh: $run: training on $BASE_MODEL" >&2
+echo "nightly.sh: $run: training on $BASE_MODEL, publishing to $publish" >&2
 conscience train \
     --store "$CONSCIENCE_STORE_URL" \
     --base-model "$BASE_MODEL" \
     --out "$adapters/$run" \
-    --publish "$vllm_url" \
-    --proxy-admin "$proxy_url"
+    --publish "$publish" \
+    --proxy-admin "$proxy_url" \
+    --max-minutes "$max_minutes"
 
 python "$here/adapter.py" --vllm "$vllm_url" --proxy "$proxy_url" --adapters "$adapters" record

@@ -1,19 +1,27 @@
 """Trained adapters on the embedded engine: the published one served by name, the judge never.
 
 On vLLM a published adapter is a model name of its own (``/v1/load_lora_adapter``). The embedded
-llama.cpp engine gets the same contract here:
+llama.cpp engine gets the same contract here. The adapted model runs in an engine child of its
+own, beside the base model's (which keeps serving the judge, the probe and any request for the
+base model's name):
 
-- ``serve_adapter`` exports the peft adapter ``ADAPTERS/NAME`` to GGUF (``NAME/adapter.gguf``,
-  re-exported when the adapter is newer or was exported for another base model), has the engine
-  load it (``EmbeddedEngine.swap_adapters``: a new child beside the old, no downtime) and routes
-  the name to it (``EngineClient.adapters``): a request for ``NAME`` is generated with the
-  adapter on, every other request — the judge's, the probe's — by the base model with every
-  adapter off;
-- ``current_adapter`` finds the adapter recorded in ``ADAPTERS/CURRENT``, which the engine then
-  loads from its start (``open_engine``), so a restarted proxy keeps the adapter published last.
+- ``AdapterEngine.serve`` exports the peft adapter ``ADAPTERS/NAME`` to GGUF
+  (``NAME/adapter.gguf``, re-exported when the adapter is newer or was exported for another base
+  model), starts a child with it applied, and routes the name there (``EngineClient.routes``)
+  once it is healthy; the child it replaces finishes its requests and stops. Nothing is served
+  differently until the new child answers, so a failed start changes nothing;
+- ``AdapterEngine.clear`` (a rollback to the base model) routes the name away and retires the
+  child;
+- ``current_adapter`` finds the adapter recorded in ``ADAPTERS/CURRENT``, which the proxy serves
+  from its start (``open_engine``), so a restarted proxy keeps the adapter published last.
 
-Rolling back is publishing an older adapter, or the base model's name (which needs no engine
-work: its requests carry no adapter).
+Why a second child rather than llama.cpp's per-request adapter scales in one: measured on
+xllamacpp 2026.10, the server's host-memory prompt cache hands a request with every adapter off
+the keys and values computed for the same prompt with an adapter on (the base model's answer
+changed after one adapted request), and no request with an adapter on reused its prompt cache at
+all. Two children share the model file's pages (it is mmapped); each keeps its own cache, so the
+judge's framework header stays cached and is never computed with the adapter
+(docs/decisions.md, "Adapters on the embedded engine").
 """
 
 from __future__ import annotations
@@ -24,14 +32,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from conscience.engine.embedded import EmbeddedEngine
 from conscience.engine.lora_gguf import ADAPTER_FILE, export_lora
 from conscience.engine.publish import read_current
 
 if TYPE_CHECKING:
     from conscience.client import EngineClient
-    from conscience.engine.embedded import EmbeddedEngine
 
-__all__ = ["adapter_gguf", "current_adapter", "serve_adapter"]
+__all__ = ["AdapterEngine", "adapter_gguf", "current_adapter"]
 
 log = logging.getLogger("conscience.engine")
 _STAMP = ".adapter.gguf.base"  # beside adapter.gguf: the base model file it was exported for
@@ -72,16 +80,66 @@ def current_adapter(adapters_dir: Path | None) -> str | None:
     return name
 
 
-async def serve_adapter(
-    engine: EmbeddedEngine, client: EngineClient, name: str, adapters_dir: Path
-) -> None:
-    """Have the embedded engine serve ``adapters_dir/name`` under ``name`` (see the module).
+class AdapterEngine:
+    """The engine child that serves the published adapter, beside the base model's ``base``."""
 
-    Raises LoraExportError when the adapter cannot be exported for this model, EngineError when
-    the engine with it does not start; in both cases what was served before is served still.
-    """
-    gguf = await asyncio.to_thread(adapter_gguf, adapters_dir / name, engine.model_path)
-    await engine.swap_adapters([gguf])
-    client.base_url = engine.base_url
-    client.adapters = {name: 0}
-    log.info("the embedded engine serves adapter %s (%s)", name, gguf)
+    def __init__(self, base: EmbeddedEngine, client: EngineClient, drain_s: float = 600.0) -> None:
+        self.base = base  # its model and settings are the adapted child's
+        self.client = client  # routes the adapter's name to the child
+        self.drain_s = drain_s  # how long a replaced child may finish its requests
+        self.name: str | None = None
+        self.engine: EmbeddedEngine | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def alive(self) -> bool:
+        """False only when an adapter is served and its child died."""
+        return self.engine is None or self.engine.alive()
+
+    async def serve(self, name: str, adapters_dir: Path) -> None:
+        """Serve ``adapters_dir/name`` under ``name`` (see the module).
+
+        Raises LoraExportError when the adapter cannot be exported for this model, EngineError
+        when the engine with it does not start; in both cases nothing changed.
+        """
+        gguf = await asyncio.to_thread(adapter_gguf, adapters_dir / name, self.base.model_path)
+        base = self.base
+        engine = EmbeddedEngine(
+            base.model_path,
+            host=base.host,
+            threads=base.threads,
+            ctx_size=base.ctx_size,
+            parallel=base.parallel,
+            model_alias=name,
+            cache_ram_mib=base.cache_ram_mib,
+            adapters=[gguf],
+            startup_timeout=base.startup_timeout,
+            stop_timeout=base.stop_timeout,
+        )
+        await engine.start()
+        old, self.name, self.engine = self.engine, name, engine
+        self.client.routes = {name: engine.base_url}
+        log.info("adapter %s served by its own engine (%s, from %s)", name, engine.url, gguf)
+        self._retire(old)
+
+    async def clear(self) -> None:
+        """Serve no adapter (a rollback to the base model): the child finishes and stops."""
+        old, self.name, self.engine = self.engine, None, None
+        self.client.routes = {}
+        self._retire(old)
+
+    async def stop(self) -> None:
+        """Stop the adapter's child and any still draining, now."""
+        engines = [e for e in [self.engine] if e is not None]
+        self.engine, self.name = None, None
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        for engine in engines:
+            await engine.stop()
+
+    def _retire(self, engine: EmbeddedEngine | None) -> None:
+        if engine is None:
+            return
+        task = asyncio.create_task(engine.retire(self.drain_s))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)

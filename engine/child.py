@@ -49,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="GGUF",
-        help="a GGUF LoRA adapter, loaded off (scale 0): a request turns it on by its index "
-        '(llama.cpp\'s per-request "lora": [{"id": i, "scale": 1}]); repeatable',
+        help="a GGUF LoRA adapter applied to every request (scale 1); repeatable",
     )
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process dies")
     return p
@@ -80,11 +79,8 @@ def _params(args: argparse.Namespace) -> Any:
     if args.embeddings:  # completions are still served; embeddings pool the last token
         params.embedding = True
         params.pooling_type = xlc.llama_pooling_type.LLAMA_POOLING_TYPE_LAST
-    if args.lora:
-        # Loaded, not applied: a request without "lora" is served by the base model alone
-        # (the judge), one that names an adapter by its index gets it at its scale.
-        params.lora_adapters = [xlc.CommonAdapterLoraInfo(path, 0.0) for path in args.lora]
-        params.lora_init_without_apply = True
+    if args.lora:  # this engine serves the adapted model: every request gets the adapters
+        params.lora_adapters = [xlc.CommonAdapterLoraInfo(path, 1.0) for path in args.lora]
     return params
 
 

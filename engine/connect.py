@@ -9,7 +9,7 @@ engine's lifetime is the block's, so no caller can leave a model resident in mem
 
 from __future__ import annotations
 
-import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,12 +17,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from conscience.client import EngineClient
+from conscience.errors import ConscienceError
 
 if TYPE_CHECKING:
+    from conscience.engine.adapters import AdapterEngine
     from conscience.engine.embedded import EmbeddedEngine
     from conscience.settings import Settings
 
 __all__ = ["Engine", "open_engine"]
+
+log = logging.getLogger("conscience.engine")
 
 EMBEDDED = "embedded llama.cpp"
 
@@ -33,9 +37,14 @@ class Engine:
 
     client: EngineClient
     embedded: EmbeddedEngine | None
-    # The adapter the embedded engine serves from its start (CONSCIENCE_ADAPTERS_DIR/CURRENT):
-    # the generator's name until another is published; None: the base model generates.
-    adapter: str | None = None
+    # The embedded engine's published adapter (engine/adapters.py); None with an upstream.
+    adapters: AdapterEngine | None = None
+
+    @property
+    def adapter(self) -> str | None:
+        """The adapter served from the start (CONSCIENCE_ADAPTERS_DIR/CURRENT): the generator's
+        name until another is published; None: the base model generates."""
+        return self.adapters.name if self.adapters is not None else None
 
     @property
     def endpoint(self) -> str:
@@ -50,12 +59,10 @@ async def start_embedded(
     alias: str | None = None,
     parallel: int = 1,
     embeddings: bool = False,
-    adapters: tuple[Path, ...] = (),
 ) -> EmbeddedEngine:
     """Start llama.cpp on ``gguf`` (default: the packaged ``settings.model``), serving it under
     ``alias`` (default: ``settings.model``) with ``parallel`` slots, ``/v1/embeddings``
-    when asked or when the judge reads hidden states (``judge_method`` probe), and the GGUF LoRA
-    ``adapters`` loaded off (a request turns one on by its index)."""
+    when asked or when the judge reads hidden states (``judge_method`` probe)."""
     from conscience.engine.embedded import EmbeddedEngine
     from conscience.engine.weights import model_path
 
@@ -67,7 +74,6 @@ async def start_embedded(
         parallel=max(1, parallel),
         model_alias=alias or settings.model,
         embeddings=embeddings or settings.judge_method == "probe",
-        adapters=adapters,
     )
     await engine.start()
     return engine
@@ -85,27 +91,10 @@ async def open_engine(
     """The configured upstream, or (without one) the embedded engine, started here and stopped
     on exit. ``gguf``, ``alias``, ``parallel`` and ``embeddings`` apply to the embedded engine
     only."""
-    embedded, adapter, adapters = None, None, ()
+    embedded = None
     if settings.upstream_url is None:
-        from conscience.engine.adapters import adapter_gguf, current_adapter
-        from conscience.engine.weights import model_path
-
-        base = (
-            Path(gguf) if gguf is not None else model_path(settings.model, settings.model_cache_dir)
-        )
-        adapter = current_adapter(settings.adapters_dir)
-        if adapter is not None:
-            assert settings.adapters_dir is not None
-            adapters = (
-                await asyncio.to_thread(adapter_gguf, settings.adapters_dir / adapter, base),
-            )
         embedded = await start_embedded(
-            settings,
-            gguf=base,
-            alias=alias,
-            parallel=parallel,
-            embeddings=embeddings,
-            adapters=adapters,
+            settings, gguf=gguf, alias=alias, parallel=parallel, embeddings=embeddings
         )
     try:
         url = embedded.base_url if embedded is not None else settings.upstream_url
@@ -116,9 +105,22 @@ async def open_engine(
             api_key=key.get_secret_value() if key else None,
             timeout=settings.upstream_timeout,
         ) as client:
-            if adapter is not None:
-                client.adapters = {adapter: 0}
-            yield Engine(client, embedded, adapter)
+            if embedded is None:
+                yield Engine(client, None)
+                return
+            from conscience.engine.adapters import AdapterEngine, current_adapter
+
+            adapters = AdapterEngine(embedded, client)
+            try:
+                name = current_adapter(settings.adapters_dir)
+                if name is not None and settings.adapters_dir is not None:
+                    try:
+                        await adapters.serve(name, settings.adapters_dir)
+                    except ConscienceError as exc:  # the base model serves rather than nothing
+                        log.error("adapter %s in CURRENT is not served: %s", name, exc)
+                yield Engine(client, embedded, adapters)
+            finally:
+                await adapters.stop()
     finally:
         if embedded is not None:
             await embedded.stop()

@@ -47,7 +47,7 @@ CHILD_SCRIPT = Path(__file__).with_name("child.py")
 # (for 5 s: keep the client's keepalive_expiry below that).
 STREAM_REQUEST_HEADERS: dict[str, str] = {"Connection": "close"}
 _POLL_S = 0.05  # how often start/stop look at the child
-_DRAIN_POLL_S = 0.5  # how often a retired child is asked whether it still serves a request
+_DRAIN_POLL_S = 0.5  # how often a retiring engine is asked whether it still serves a request
 _TAIL_LINES = 20  # lines of the engine's log carried by an EngineError
 
 
@@ -80,7 +80,7 @@ class EmbeddedEngine:
         self.model_alias = model_alias
         self.cache_ram_mib = cache_ram_mib
         self.embeddings = embeddings  # also serve /v1/embeddings (last-token hidden state)
-        # GGUF LoRA files loaded off; a request turns adapter i on with "lora": [{"id": i, ...}]
+        # GGUF LoRA files applied to every request: this engine serves the adapted model
         self.adapters = tuple(Path(a) for a in adapters)
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout  # grace after SIGTERM before SIGKILL
@@ -90,7 +90,6 @@ class EmbeddedEngine:
         self._last_returncode: int | None = None  # of the previous child, once stopped
         self._address: str | None = None
         self.startup_s: float | None = None  # measured by start(), for logs and benches
-        self._retiring: set[asyncio.Task[None]] = set()  # old children draining after a swap
 
     # -- state ------------------------------------------------------------------------------
 
@@ -164,49 +163,24 @@ class EmbeddedEngine:
             raise
         self.startup_s = time.monotonic() - t0
 
-    async def swap_adapters(self, adapters: Sequence[Path], *, drain_s: float = 600.0) -> None:
-        """Serve ``adapters`` from now on, without a moment of downtime.
-
-        llama.cpp's server loads LoRA files only at start (its ``POST /lora-adapters`` changes
-        the scales of those already loaded), so a new set means a new child: it is started
-        beside the running one (the model file is mmapped, so both share its pages), and once
-        it is healthy this engine's ``url`` points at it. The old child finishes the requests it
-        holds and is stopped in the background (after ``drain_s`` at most); ``stop`` waits for
-        it. If the new child fails to start, nothing changed and the error says why.
-        """
-        if self._proc is None:
-            raise EngineError("the embedded engine is not started")
-        missing = [p for p in adapters if not await asyncio.to_thread(Path(p).is_file)]
-        if missing:
-            raise EngineError(f"no adapter file at {missing[0]}")
-        sibling = EmbeddedEngine(
-            self.model_path,
-            host=self.host,
-            threads=self.threads,
-            ctx_size=self.ctx_size,
-            parallel=self.parallel,
-            model_alias=self.model_alias,
-            cache_ram_mib=self.cache_ram_mib,
-            embeddings=self.embeddings,
-            adapters=adapters,
-            startup_timeout=self.startup_timeout,
-            stop_timeout=self.stop_timeout,
-        )
-        await sibling.start()
-        # The sibling object takes the old child (and its log) away to be drained; this object,
-        # the one the proxy holds, keeps the new one.
-        for name in ("_proc", "_address", "_log_path", "_own_log", "startup_s", "adapters"):
-            mine, theirs = getattr(self, name), getattr(sibling, name)
-            setattr(self, name, theirs)
-            setattr(sibling, name, mine)
-        self._retiring.add(asyncio.create_task(sibling._drain_and_stop(drain_s)))
+    async def retire(self, drain_s: float = 600.0) -> None:
+        """Stop once no request is processed or queued (llama.cpp's /metrics), or after
+        ``drain_s``: the end of an engine that was replaced while requests may still run."""
+        try:
+            deadline = time.monotonic() + drain_s
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                while time.monotonic() < deadline and self.alive():
+                    try:
+                        if not await self._busy(client):
+                            break
+                    except (httpx.HTTPError, ValueError):
+                        break  # an engine that cannot say is not waited for
+                    await asyncio.sleep(_DRAIN_POLL_S)
+        finally:
+            await asyncio.shield(self.stop())
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL after ``stop_timeout``; idempotent. ``start`` may follow."""
-        for task in list(self._retiring):
-            task.cancel()  # a retiring child still draining is stopped now, with this one
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         await self._terminate()
         self._address = None
         if self._own_log and self._log_path is not None:
@@ -236,21 +210,6 @@ class EmbeddedEngine:
             if busy and float(value or 0) > 0:
                 return True
         return False
-
-    async def _drain_and_stop(self, drain_s: float) -> None:
-        """Stop this (retired) child once it holds no request, or after ``drain_s``."""
-        try:
-            deadline = time.monotonic() + drain_s
-            async with httpx.AsyncClient(timeout=5.0) as client:
-                while time.monotonic() < deadline and self.alive():
-                    try:
-                        if not await self._busy(client):
-                            break
-                    except (httpx.HTTPError, ValueError):
-                        break  # a child that cannot say is not waited for
-                    await asyncio.sleep(_DRAIN_POLL_S)
-        finally:
-            await asyncio.shield(self.stop())
 
     def _command(self) -> list[str]:
         cmd = [

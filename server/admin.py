@@ -21,7 +21,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from conscience.engine.adapters import serve_adapter
 from conscience.engine.lora_gguf import LoraExportError
 from conscience.engine.publish import ADAPTER_NAME
 from conscience.errors import EngineError
@@ -184,22 +183,30 @@ async def purge(request: Request, body: PurgeBody) -> dict[str, Any]:
     return {"deleted": deleted, "cutoff": cutoff.isoformat()}
 
 
-async def _load_adapter(request: Request, name: str) -> None:
-    """Have the embedded engine serve the adapter directory ``name`` (the upstream's engines
-    load their own: on vLLM the publisher calls ``/v1/load_lora_adapter`` first)."""
-    engine = request.app.state.engine
+async def _serve_adapter(request: Request, name: str, served: set[Any]) -> None:
+    """On the embedded engine: serve the adapter directory ``name`` in its own engine, or stop
+    serving one when ``name`` is the base model's (a rollback). An upstream loads its own
+    adapters: on vLLM the publisher calls ``/v1/load_lora_adapter`` first."""
+    adapters = request.app.state.adapters
+    if adapters is None or name == adapters.name:
+        if name not in served:
+            raise ApiError(
+                404, f"the upstream does not serve {name!r}", param="model", code="model_not_found"
+            )
+        return
+    if name in served:
+        await adapters.clear()  # the base model generates: the adapter's engine is not needed
+        return
     adapters_dir = request.app.state.settings.adapters_dir
     found = (
-        engine is not None
-        and adapters_dir is not None
+        adapters_dir is not None
         and ADAPTER_NAME.fullmatch(name) is not None
         and await asyncio.to_thread((adapters_dir / name / "adapter_config.json").is_file)
     )
     if not found:
-        where = "the upstream does not serve" if engine is None else "no adapter is named"
-        raise ApiError(404, f"{where} {name!r}", param="model", code="model_not_found")
+        raise ApiError(404, f"no adapter is named {name!r}", param="model", code="model_not_found")
     try:
-        await serve_adapter(engine, _pipeline(request).client, name, adapters_dir)
+        await adapters.serve(name, adapters_dir)
     except LoraExportError as exc:
         raise ApiError(422, str(exc), param="model", code="adapter_not_servable") from exc
     except EngineError as exc:
@@ -221,7 +228,7 @@ async def current_adapter(request: Request) -> dict[str, str]:
 def _adapter_answer(request: Request, pipeline: Pipeline) -> dict[str, str]:
     """The generator, the judge, and who loads adapters: ``embedded`` (this proxy's engine,
     from CONSCIENCE_ADAPTERS_DIR) or ``upstream`` (the publisher loads them into vLLM)."""
-    engine = "embedded" if request.app.state.engine is not None else "upstream"
+    engine = "embedded" if request.app.state.adapters is not None else "upstream"
     return {
         "model": pipeline.generator,
         "judge_model": pipeline.conscience.judge_model,
@@ -235,7 +242,6 @@ async def switch_adapter(request: Request, body: AdapterBody) -> dict[str, str]:
     pipeline = _pipeline(request)
     listing = await pipeline.client.models()
     served = {m.get("id") for m in listing.get("data", []) if isinstance(m, dict)}
-    if body.model not in served:
-        await _load_adapter(request, body.model)
+    await _serve_adapter(request, body.model, served)
     pipeline.generator = body.model
     return _adapter_answer(request, pipeline)

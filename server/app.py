@@ -92,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
                 stack.push_async_callback(_cancel, purger)  # stopped before the store it uses
             _log_calibration(settings, conscience)
             app.state.engine = engine.embedded
+            app.state.adapters = engine.adapters
             app.state.pipeline = Pipeline(
                 settings, client, conscience, store, Metrics.create(), app.state.scrub
             )
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = None
+    app.state.adapters = None  # the embedded engine's published adapter (engine/adapters.py)
     app.state.scrub = secret_scrubber(settings)
     install_error_handlers(app, app.state.scrub)
     app.include_router(routes.router)

@@ -130,8 +130,7 @@ async def _generate(pipeline: Pipeline, body: CompletionRequest) -> dict[str, An
     }
     started = time.perf_counter()
     with tracing.span("conscience.generate", tracing.SpanKind.CLIENT, attributes) as span:
-        response = await client._send("POST", "completions", body.upstream_body(model))
-        completion = client._json(response)
+        completion = await client.completions(body.upstream_body(model))
         tracing.record_generation(span, completion)
     pipeline.metrics.upstream_seconds.observe(time.perf_counter() - started)
     choices = completion.get("choices")

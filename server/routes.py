@@ -113,8 +113,11 @@ async def ready(request: Request) -> JSONResponse:
     pipeline = _pipeline(request)
     problems = []
     engine = request.app.state.engine
+    adapters = request.app.state.adapters
     if engine is not None and not engine.alive():
         problems.append("the embedded engine is not running")
+    elif adapters is not None and not adapters.alive():
+        problems.append(f"the engine of adapter {adapters.name} is not running")
     else:
         try:
             await pipeline.client.models()

@@ -252,8 +252,9 @@ def flags(argv: list[str]) -> list[str]:
 
 
 def substitute_variables(argv: list[str]) -> list[str]:
-    """Shell variables replaced by a placeholder, so that the real parser can read the argv."""
-    return [re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", "x", word) for word in argv]
+    """Shell variables replaced by a placeholder ('1': a path, a URL or a number to argparse),
+    so that the real parser can read the argv."""
+    return [re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", "1", word) for word in argv]
 
 
 def env_names(text: str) -> set[str]:

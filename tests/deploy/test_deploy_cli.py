@@ -37,7 +37,15 @@ def test_the_deployment_runs_the_commands_it_is_meant_to():
     assert ("docker-compose.yml service proxy-cpu", ("serve",)) in used
     assert ("docker-compose.yml service trainer via /app/deploy/nightly.sh", ("train",)) in used
     train = next(argv for where, argv in INVOCATIONS if argv[:1] == ["train"])
-    assert flags(train) == ["--store", "--base-model", "--out", "--publish", "--proxy-admin"]
+    assert flags(train) == [
+        "--store",
+        "--base-model",
+        "--out",
+        "--publish",
+        "--proxy-admin",
+        "--max-minutes",
+    ]
+    assert ("docker-compose.yml service trainer-cpu via /app/deploy/nightly.sh", ("train",)) in used
     assert {tuple(flags(argv)) for _, argv in INVOCATIONS if argv[:1] == ["serve"]} == {("--host",)}
 
 

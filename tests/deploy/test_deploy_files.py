@@ -134,6 +134,7 @@ def test_compose_parses_with_the_expected_services_and_profiles():
         "volume-init": ("gpu",),
         "proxy-cpu": ("cpu",),
         "trainer": ("train",),
+        "trainer-cpu": ("train-cpu",),
     }
 
 

@@ -165,8 +165,24 @@ def test_nightly_trains_publishes_and_records(tmp_path, stub_bin, fake_stack):
         "--out": options["--out"],
         "--publish": fake_stack.url,
         "--proxy-admin": fake_stack.url,
+        "--max-minutes": "600",  # a night, unless MAX_MINUTES says otherwise
     }
     assert re.fullmatch(re.escape(str(tmp_path)) + r"/run-\d{8}-\d{6}", options["--out"])
+    assert (tmp_path / "CURRENT").read_text(encoding="utf-8") == "run-new\n"
+
+
+def test_nightly_on_the_cpu_stack_publishes_to_the_proxys_engine_on_a_budget(
+    tmp_path, stub_bin, fake_stack
+):
+    fake_stack.served.add("run-new")
+    fake_stack.generator = "run-new"
+    env = _nightly_env(tmp_path, stub_bin, fake_stack.url, PUBLISH="embedded", MAX_MINUTES="45")
+    result = _run("nightly.sh", env)
+    assert result.returncode == 0, result.stderr
+    argv = _args(stub_bin, "conscience")
+    options = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert options["--publish"] == "embedded"
+    assert options["--max-minutes"] == "45"
     assert (tmp_path / "CURRENT").read_text(encoding="utf-8") == "run-new\n"
 
 

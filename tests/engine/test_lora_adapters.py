@@ -2,9 +2,10 @@
 
 The export test writes a tiny random model twice — as a torch model and as an f32 GGUF — wraps
 the torch one in a random peft adapter, exports the adapter, and compares llama.cpp's
-log-probabilities of the next token (the adapter on, then off) with transformers + peft on the
-same token ids. The swap test serves a random adapter for SmolLM2 under its own name beside
-the base model and checks that the name alone decides which weights answer.
+log-probabilities of the next token (an engine without the adapter, one with it) with
+transformers + peft on the same token ids. The swap test serves a random adapter for SmolLM2
+under its own name beside the base model and checks that the name alone decides which weights
+answer, that a new publish replaces the adapter's engine and a rollback stops it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import tiny_gguf  # tests/engine/tiny_gguf.py
 
 from conscience.client import EngineClient
-from conscience.engine.adapters import adapter_gguf, serve_adapter
+from conscience.engine.adapters import AdapterEngine, adapter_gguf
 from conscience.engine.embedded import EmbeddedEngine
 from conscience.engine.lora_gguf import LoraExportError, export_lora, gguf_adapter
 
@@ -29,24 +30,6 @@ pytest.importorskip("peft")
 
 
 IDS = [5, 100, 2000, 40, 77, 9, 31000, 12]
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
-
-
-def _random_adapter(model: Any, out: Path, *, r: int = 4, rslora: bool = False) -> Any:
-    """A peft adapter on ``model`` whose B matrices are not zero (peft starts them at zero)."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(1)
-    config = LoraConfig(
-        r=r, lora_alpha=2 * r, target_modules=TARGETS, use_rslora=rslora, init_lora_weights=False
-    )
-    wrapped = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, param in wrapped.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.3)
-    wrapped.save_pretrained(out)
-    return wrapped
 
 
 def _torch_logprobs(model: Any, adapter_on: bool) -> Any:
@@ -57,11 +40,8 @@ def _torch_logprobs(model: Any, adapter_on: bool) -> Any:
             return model(torch.tensor([IDS])).logits[0, -1].log_softmax(-1)
 
 
-async def _engine_logprobs(engine: EmbeddedEngine, adapter_on: bool) -> dict[int, float]:
-    # The adapter's scale is always sent, 0 when off, as EngineClient does: a request without
-    # "lora" reuses a prompt cache computed with the adapter on (llama.cpp 2026.10).
-    lora = [{"id": 0, "scale": 1.0 if adapter_on else 0.0}]
-    body = {"prompt": IDS, "n_predict": 1, "n_probs": 8, "temperature": 0, "lora": lora}
+async def _engine_logprobs(engine: EmbeddedEngine) -> dict[int, float]:
+    body = {"prompt": IDS, "n_predict": 1, "n_probs": 8, "temperature": 0}
     async with httpx.AsyncClient(timeout=60) as client:
         answer = (await client.post(f"{engine.url}/completion", json=body)).json()
     top = answer["completion_probabilities"][0]["top_logprobs"]
@@ -74,19 +54,18 @@ def test_exported_adapter_gives_pefts_logits_on_llama_cpp(
 ) -> None:
     base = tmp_path / f"tiny-{arch}.gguf"
     model = tiny_gguf.write_tiny_gguf(arch, smollm2, base)
-    wrapped = _random_adapter(model, tmp_path / "adapter")
+    wrapped = tiny_gguf.random_adapter(model, tmp_path / "adapter")
     gguf = export_lora(tmp_path / "adapter", base)
     expected = {on: _torch_logprobs(wrapped, on) for on in (False, True)}
     shift = (expected[True] - expected[False]).abs().max().item()
     assert shift > 0.5  # the adapter matters, so agreeing with both sides means something
 
-    async def run() -> list[dict[int, float]]:
-        async with EmbeddedEngine(base, threads=2, ctx_size=512, adapters=[gguf]) as engine:
-            # Off, on, off again on the same prompt: the prompt cache must not carry the
-            # adapter's keys and values into the base model's answer, nor the other way.
-            return [await _engine_logprobs(engine, on) for on in (False, True, False)]
+    async def run(adapters: list[Path]) -> dict[int, float]:
+        async with EmbeddedEngine(base, threads=2, ctx_size=512, adapters=adapters) as engine:
+            return await _engine_logprobs(engine)
 
-    for got, on in zip(asyncio.run(run()), (False, True, False), strict=True):
+    for on in (False, True):
+        got = asyncio.run(run([gguf] if on else []))
         ranked = expected[on].topk(len(got)).indices.tolist()
         assert list(got) == ranked, f"adapter {'on' if on else 'off'}: another top-k"
         for token, logprob in got.items():
@@ -96,11 +75,11 @@ def test_exported_adapter_gives_pefts_logits_on_llama_cpp(
 def test_rslora_alpha_gives_llama_cpp_the_same_scale(smollm2: Path, tmp_path: Path) -> None:
     base = tmp_path / "tiny.gguf"
     model = tiny_gguf.write_tiny_gguf("qwen2", smollm2, base)
-    _random_adapter(model, tmp_path / "plain", r=4)
+    tiny_gguf.random_adapter(model, tmp_path / "plain", r=4)
     _, alpha, pairs = gguf_adapter(tmp_path / "plain", base)
-    assert alpha == 8.0 and len(pairs) == tiny_gguf.LAYERS * len(TARGETS)
+    assert alpha == 8.0 and len(pairs) == tiny_gguf.LAYERS * len(tiny_gguf.TARGETS)
     model = tiny_gguf.tiny_model("qwen2", 49152)
-    _random_adapter(model, tmp_path / "rs", r=4, rslora=True)
+    tiny_gguf.random_adapter(model, tmp_path / "rs", r=4, rslora=True)
     _, alpha, _ = gguf_adapter(tmp_path / "rs", base)
     assert alpha / 4 == pytest.approx(8 / math.sqrt(4))  # llama.cpp's alpha/r = peft's alpha/√r
 
@@ -121,7 +100,7 @@ def test_an_adapter_for_another_model_is_refused_by_name(smollm2: Path, tmp_path
             tie_word_embeddings=True,
         )
     )
-    _random_adapter(wider, tmp_path / "other")
+    tiny_gguf.random_adapter(wider, tmp_path / "other")
     with pytest.raises(LoraExportError, match="trained on another model"):
         export_lora(tmp_path / "other", base)
     assert not (tmp_path / "other" / "adapter.gguf").exists()  # nothing half-written
@@ -149,23 +128,6 @@ def test_a_directory_without_peft_files_is_refused(tmp_path: Path) -> None:
 SMOL = "smollm2-135m-instruct"
 
 
-def _smollm2_adapter(out: Path) -> None:
-    """A random adapter with SmolLM2-135M's shapes (the base weights need not be SmolLM2's:
-    only the adapter is saved)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        tie_word_embeddings=True,
-    )
-    _random_adapter(LlamaForCausalLM(config), out, r=8)
-
-
 async def _say(client: EngineClient, model: str) -> str:
     answer = await client.chat(
         {
@@ -182,40 +144,49 @@ def test_a_published_adapter_is_served_by_its_name_and_the_base_by_any_other(
     smollm2: Path, tmp_path: Path
 ) -> None:
     adapters = tmp_path / "adapters"
-    _smollm2_adapter(adapters / "night-1")
+    tiny_gguf.smollm2_adapter(adapters / "night-1")
 
     async def run() -> dict[str, Any]:
         seen: dict[str, Any] = {}
         engine = EmbeddedEngine(smollm2, model_alias=SMOL, threads=2, ctx_size=1024)
         async with engine, EngineClient(engine.base_url) as client:
+            published = AdapterEngine(engine, client, drain_s=30)
             seen["base"] = await _say(client, SMOL)
-            old_pid, old_url = engine.pid, engine.url
-            await serve_adapter(engine, client, "night-1", adapters)
-            seen["moved"] = (engine.pid != old_pid, client.base_url == engine.base_url)
+            await published.serve("night-1", adapters)
+            first = published.engine
+            assert first is not None
             seen["adapter"] = await _say(client, "night-1")
-            seen["judge"] = await _say(client, SMOL)  # the judge's name: every adapter off
+            seen["judge"] = await _say(client, SMOL)  # the judge's name: the base model
             seen["listed"] = [m["id"] for m in (await client.models())["data"]]
-            for _ in range(100):  # the old child drains (it holds nothing) and exits
-                if old_url == engine.url or not await _answers(old_url):
-                    break
-                await asyncio.sleep(0.1)
-            seen["old_gone"] = not await _answers(old_url)
+            await published.serve("night-1", adapters)  # again: a new engine replaces it
+            seen["replaced"] = await _gone(first.url) and published.engine is not first
+            seen["again"] = await _say(client, "night-1")
+            second = published.engine
+            assert second is not None
+            await published.clear()  # the rollback
+            seen["cleared"] = (client.routes, await _gone(second.url), engine.alive())
+            await published.stop()
         return seen
 
     seen = asyncio.run(run())
-    assert seen["moved"] == (True, True)
     assert seen["judge"] == seen["base"]
     assert seen["adapter"] != seen["base"]
+    assert seen["again"] == seen["adapter"]
     assert "night-1" in seen["listed"] and SMOL in seen["listed"]
-    assert seen["old_gone"]
+    assert seen["replaced"]
+    assert seen["cleared"] == ({}, True, True)
 
 
-async def _answers(url: str) -> bool:
-    try:
-        async with httpx.AsyncClient(timeout=2) as client:
-            return (await client.get(f"{url}/health")).status_code == 200
-    except httpx.TransportError:
-        return False
+async def _gone(url: str, wait_s: float = 20.0) -> bool:
+    """Whether the engine at ``url`` stops answering within ``wait_s`` (a drained engine)."""
+    for _ in range(int(wait_s * 10)):
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                await client.get(f"{url}/health")
+        except httpx.TransportError:
+            return True
+        await asyncio.sleep(0.1)
+    return False
 
 
 def test_the_gguf_is_exported_once_and_again_when_the_adapter_changes(
@@ -223,7 +194,7 @@ def test_the_gguf_is_exported_once_and_again_when_the_adapter_changes(
 ) -> None:
     base = tmp_path / "tiny.gguf"
     model = tiny_gguf.write_tiny_gguf("llama", smollm2, base)
-    _random_adapter(model, tmp_path / "a")
+    tiny_gguf.random_adapter(model, tmp_path / "a")
     first = adapter_gguf(tmp_path / "a", base)
     stamp = first.stat().st_mtime_ns
     assert adapter_gguf(tmp_path / "a", base).stat().st_mtime_ns == stamp  # reused

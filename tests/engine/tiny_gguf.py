@@ -16,6 +16,7 @@ import numpy as np
 
 # Big enough for llama.cpp's CPU kernels (head_dim 64), small enough to write in a second.
 HIDDEN, HEADS, KV_HEADS, LAYERS, FFN = 256, 4, 2, 2, 512
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]  # what random_adapter adapts
 
 
 def tiny_model(arch: str, vocab: int, seed: int = 0) -> Any:
@@ -105,3 +106,38 @@ def write_tiny_gguf(arch: str, tokenizer_source: Path, out: Path, seed: int = 0)
     writer.write_tensors_to_file()
     writer.close()
     return model
+
+
+def random_adapter(model: Any, out: Path, *, r: int = 4, rslora: bool = False) -> Any:
+    """A peft adapter on ``model`` whose B matrices are not zero (peft starts them at zero)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    config = LoraConfig(
+        r=r, lora_alpha=2 * r, target_modules=TARGETS, use_rslora=rslora, init_lora_weights=False
+    )
+    wrapped = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    wrapped.save_pretrained(out)
+    return wrapped
+
+
+def smollm2_adapter(out: Path) -> None:
+    """A random adapter with SmolLM2-135M's shapes (the base weights need not be SmolLM2's:
+    only the adapter is saved)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
+    )
+    random_adapter(LlamaForCausalLM(config), out, r=8)
