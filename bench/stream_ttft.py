@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from conscience.bench.proxy_overhead import _process
+from conscience.bench.proxy_overhead import serve_module
 from conscience.server.threaded import free_port
 
 BODY = {"model": "gen", "stream": True, "messages": [{"role": "user", "content": "Tell me."}]}
@@ -52,7 +52,10 @@ def main() -> None:
         "--review-latency",
         "0.15",
     ]
-    with tempfile.TemporaryDirectory() as tmp, _process(upstream_cmd, ports[0]) as upstream:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        serve_module(upstream_cmd, ports[0]) as (upstream, _),
+    ):
 
         def proxy(port: int, mode: str) -> list[str]:
             return [
@@ -76,8 +79,8 @@ def main() -> None:
 
         env_window = {"CONSCIENCE_STREAM_WINDOW_CHARS": str(args.window)}
         with (
-            _process(proxy(ports[1], "buffered"), ports[1]) as buffered,
-            _process(proxy(ports[2], "incremental"), ports[2], env_window) as incremental,
+            serve_module(proxy(ports[1], "buffered"), ports[1]) as (buffered, _),
+            serve_module(proxy(ports[2], "incremental"), ports[2], env_window) as (incremental, _),
         ):
             paths = {
                 "upstream (unguarded)": upstream,

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from conscience.bench.proxy_overhead import BODY, serve_module
+from conscience.bench.proxy_overhead import BODY, cpu_seconds, serve_module
 from conscience.server import tracing
 from conscience.server.threaded import free_port
 
@@ -47,12 +47,6 @@ class _Discard(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (Linux /proc), all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _latencies(http: httpx.Client, url: str, requests: int, headers: dict[str, str]) -> list[float]:
@@ -211,10 +205,10 @@ def main() -> None:
                     _latencies(http, url, 50, headers)  # warm-up
                 for _ in range(args.rounds):
                     for name, ((url, pid), headers) in paths.items():
-                        before = _cpu_seconds(pid)
+                        before = cpu_seconds(pid)
                         latencies = _latencies(http, url, args.requests, headers)
                         time.sleep(0.3)  # the traced proxy's export of this round is done
-                        cpu[name] += _cpu_seconds(pid) - before
+                        cpu[name] += cpu_seconds(pid) - before
                         found[name] += latencies
                         rounds[name].append(statistics.median(latencies) * 1000)
     collector.shutdown()
