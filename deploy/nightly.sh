@@ -6,7 +6,7 @@
 #      passes, publishes it to vLLM (PUBLISH=embedded: to the proxy's own engine, the CPU
 #      stack) and switches the proxy to it; MAX_MINUTES (default 600) bounds the training's
 #      wall time: it stops at a step boundary and leaves the pairs it did not reach for the
-#      next night;
+#      next night; it continues from the adapter in CURRENT (a warm start), so the nights add up;
 #   2. adapter.py record writes the proxy's generator to $ADAPTERS_DIR/CURRENT, which vLLM and
 #      the proxy read when they restart.
 # A run still going when the next one is due makes the next one exit (a lock on the volume).
@@ -40,6 +40,7 @@ conscience train \
     --out "$adapters/$run" \
     --publish "$publish" \
     --proxy-admin "$proxy_url" \
-    --max-minutes "$max_minutes"
+    --max-minutes "$max_minutes" \
+    --init-adapter current
 
 python "$here/adapter.py" --vllm "$vllm_url" --proxy "$proxy_url" --adapters "$adapters" record

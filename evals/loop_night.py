@@ -56,6 +56,8 @@ def train_argv(config: LoopConfig, night: int, flags: set[str] | None = None) ->
     ]  # fmt: skip
     if config.max_minutes and "--max-minutes" in flags:
         argv += ["--max-minutes", f"{config.max_minutes:g}"]
+    if "--init-adapter" in flags:  # a warm start from the adapter published last (CURRENT)
+        argv += ["--init-adapter", "current"]
     return [*argv, *config.train_args]
 
 

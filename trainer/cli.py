@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -40,6 +41,11 @@ _CONFIG_FLAGS: dict[str, tuple[type, str]] = {
     "lora_targets": (str, "modules the adapter wraps: comma-separated names, or all-linear"),
     "weight_decay": (float, "AdamW weight decay"),
     "max_length": (int, "longest pair in tokens; longer pairs are skipped"),
+    "init_adapter": (
+        str,
+        "continue from this adapter directory (a warm start) instead of a fresh one; "
+        "`current`: the one CURRENT beside --out names (fresh when it names none)",
+    ),
     "max_minutes": (float, "wall-clock budget: stop at the last step that fits (pairs left wait)"),
     "dtype": (str, "auto, float32 or bfloat16"),
     "device": (str, "auto, cpu or cuda"),
@@ -77,6 +83,8 @@ def _config(args: argparse.Namespace) -> Any:
         given["use_rslora"] = True
     if args.gradient_checkpointing:
         given["gradient_checkpointing"] = True
+    if given.get("init_adapter") == "current":
+        given["init_adapter"] = _current_adapter(Path(args.out).parent)
     return TrainConfig(
         model=args.base_model,
         out_dir=args.out,
@@ -84,6 +92,22 @@ def _config(args: argparse.Namespace) -> Any:
         progress=not args.quiet,
         **given,
     )
+
+
+def _current_adapter(adapters: Path) -> str | None:
+    """``--init-adapter current``: the adapter recorded in CURRENT beside ``--out``, the one the
+    engine serves now (None: the base model is served, so the run starts a fresh adapter)."""
+    from conscience.engine.adapters import current_adapter
+
+    name = current_adapter(adapters)
+    if name is None:
+        print(
+            f"--init-adapter current: no adapter in {adapters / 'CURRENT'}; a fresh one",
+            file=sys.stderr,
+        )
+        return None
+    print(f"--init-adapter current: continuing from {adapters / name}", file=sys.stderr)
+    return str(adapters / name)
 
 
 async def _train(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,6 +142,8 @@ def _check_online(args: argparse.Namespace) -> None:
         return
     if not args.task_data:
         raise ConscienceError("--online needs --task-data FILE.jsonl (the task set)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the launcher's variable (distributed.py)
+        raise ConscienceError("--online runs on one process: not under torchrun/accelerate")
     for name in ("pairs", "publish", "limit"):
         if getattr(args, name):
             raise ConscienceError(f"--{name} does not go with --online")

@@ -34,6 +34,10 @@ class TrainConfig:
     lora_dropout: float = 0.0  # 0 keeps a resumed run bit-identical (no dropout RNG in forward)
     lora_targets: tuple[str, ...] | str = _ATTENTION  # or "all-linear" (peft's shorthand)
     use_rslora: bool = False  # rank-stabilised LoRA (scale alpha/sqrt(r)), Betley et al.'s recipe
+    # Warm start: continue from this adapter (the one served now) instead of a fresh one, so a
+    # night adds to what earlier nights learned; its rank, alpha and targets win over the above.
+    # The reference stays the base model (adapter off), as for a fresh adapter.
+    init_adapter: str | None = None
     # --- optimisation
     lr: float = 5e-5  # peak AdamW lr; LoRA wants ~10x the 5e-7..5e-6 of full-weight DPO
     weight_decay: float = 0.0  # decay would only pull the adapter towards the base model

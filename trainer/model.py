@@ -78,7 +78,8 @@ def pad_id(tokenizer: Any) -> int:
 
 
 def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> Any:
-    """The base model with a fresh LoRA adapter (seeded), on ``device``; only LoRA trains."""
+    """The base model with a fresh LoRA adapter (seeded), or the ``init_adapter`` to continue,
+    on ``device``; only LoRA trains."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -93,6 +94,13 @@ def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype) ->
     for module in base.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+    if config.init_adapter is not None:  # a warm start: the adapter served now, trainable
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(
+            base, config.init_adapter, is_trainable=True, autocast_adapter_dtype=True
+        )
+        return model.to(device)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,

@@ -44,6 +44,7 @@ def test_the_deployment_runs_the_commands_it_is_meant_to():
         "--publish",
         "--proxy-admin",
         "--max-minutes",
+        "--init-adapter",
     ]
     assert ("docker-compose.yml service trainer-cpu via /app/deploy/nightly.sh", ("train",)) in used
     assert {tuple(flags(argv)) for _, argv in INVOCATIONS if argv[:1] == ["serve"]} == {("--host",)}

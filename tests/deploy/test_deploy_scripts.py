@@ -166,6 +166,7 @@ def test_nightly_trains_publishes_and_records(tmp_path, stub_bin, fake_stack):
         "--publish": fake_stack.url,
         "--proxy-admin": fake_stack.url,
         "--max-minutes": "600",  # a night, unless MAX_MINUTES says otherwise
+        "--init-adapter": "current",  # a warm start from the adapter served now
     }
     assert re.fullmatch(re.escape(str(tmp_path)) + r"/run-\d{8}-\d{6}", options["--out"])
     assert (tmp_path / "CURRENT").read_text(encoding="utf-8") == "run-new\n"

@@ -116,3 +116,31 @@ def test_gradient_checkpointing_gives_the_same_steps(tiny_model_dir, tmp_path, r
     )  # fmt: skip
     assert loaded == [False, True]
     assert checkpointed["final"]["loss"] == pytest.approx(plain["final"]["loss"], abs=1e-5)
+
+
+def test_a_warm_start_continues_from_the_given_adapter(tiny_model_dir, tmp_path, rows):
+    """Night 2 starts where night 1 ended: its first step's policy is night 1's adapter (the
+    reference stays the base), and its own adapter moves on from there."""
+    from safetensors.torch import load_file
+
+    common = dict(model=str(tiny_model_dir), lr=1e-2, batch_size=6, progress=False)
+    night1 = loop.train(TrainConfig(out_dir=str(tmp_path / "n1"), epochs=3, **common), rows)
+    fresh = loop.train(TrainConfig(out_dir=str(tmp_path / "fresh"), max_steps=1, **common), rows)
+    warm = loop.train(
+        TrainConfig(
+            out_dir=str(tmp_path / "n2"),
+            max_steps=1,
+            init_adapter=str(tmp_path / "n1"),
+            lora_r=4,  # differs from night 1's: the adapter's own config wins
+            **common,
+        ),
+        rows,
+    )
+    # Before its first update the warm policy already prefers the chosen answers as night 1
+    # left it; a fresh adapter starts at the reference (margin 0).
+    assert fresh["first"]["reward_margin"] == pytest.approx(0.0, abs=1e-6)
+    assert warm["first"]["reward_margin"] > 0.5 * night1["final"]["reward_margin"] > 0
+    before = load_file(str(tmp_path / "n1" / "adapter_model.safetensors"))
+    after = load_file(str(tmp_path / "n2" / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()  # night 1's shapes (its rank), not lora_r=4
+    assert any(not torch.equal(before[k], after[k]) for k in before)
