@@ -56,30 +56,34 @@ def serve(
     """A server process on loopback: its URL, once ``health`` answers 200, and its pid. ``env``
     is added to this process's environment (a None value removes the variable)."""
     environ = {**os.environ, **(env or {})}
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={name: value for name, value in environ.items() if value is not None},
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + health, timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                said = proc.communicate()[1].decode(errors="replace")[-2000:]
-                raise RuntimeError(f"{command[:4]} did not start:\n{said}")
-            time.sleep(0.2)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    # Its stderr to a file, not a pipe: a server that logs would block once a pipe is full.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={name: value for name, value in environ.items() if value is not None},
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if httpx.get(url + health, timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    log.seek(0)
+                    said = log.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"{command[:4]} did not start:\n{said}")
+                time.sleep(0.2)
+            yield url, proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 @contextmanager
