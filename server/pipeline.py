@@ -125,13 +125,18 @@ class Pipeline:
         self, request: ChatCompletionRequest, options: Options, request_id: str
     ) -> Reviewed:
         completion = await self.generate(request)
-        messages = [m.model_dump(exclude_none=True) for m in request.messages]
-        decisions = await asyncio.gather(
-            *(
-                self.review(choice, messages, options, request_id, model=completion.get("model"))
-                for choice in completion["choices"]
+        if options.policy is Policy.OFF:  # the pass-through: no messages to copy, no tasks
+            decisions = [_not_reviewed(options) for _ in completion["choices"]]
+        else:
+            messages = [m.model_dump(exclude_none=True) for m in request.messages]
+            decisions = await asyncio.gather(
+                *(
+                    self.review(
+                        choice, messages, options, request_id, model=completion.get("model")
+                    )
+                    for choice in completion["choices"]
+                )
             )
-        )
         top = await self.record(decisions)
         completion["conscience"] = top.wire()
         judgements = [d.judgement for d in decisions if d.judgement is not None]
@@ -154,10 +159,7 @@ class Pipeline:
         Nothing is stored or counted as an action here; ``record`` does that.
         """
         if options.policy is Policy.OFF:
-            return Decision(
-                ConscienceResult(verdict=None, framework=options.framework, action=Action.PASSED),
-                None,
-            )
+            return _not_reviewed(options)
         attributes = {
             "conscience.policy": options.policy.value,
             "conscience.request_id": request_id,
@@ -260,6 +262,12 @@ class Pipeline:
         choice["finish_reason"] = "content_filter"
         choice.pop("logprobs", None)
         return Action.BLOCKED
+
+
+def _not_reviewed(options: Options) -> Decision:
+    """A choice under the policy off: passed as it is, nothing stored."""
+    result = ConscienceResult(verdict=None, framework=options.framework, action=Action.PASSED)
+    return Decision(result, None)
 
 
 _SEVERITY = {Verdict.UNETHICAL: 3, None: 2, Verdict.NEUTRAL: 1, Verdict.ETHICAL: 0}
