@@ -31,6 +31,7 @@ from conscience.trainer.loss import (
     chunked_sequence_logps,
     combined_loss,
     dpo_loss,
+    linear_head_logps,
     sequence_logps,
     sft_loss,
 )
@@ -83,10 +84,12 @@ def batch_logps(model: Any, batch: Batch, chunk: int | None = None) -> torch.Ten
 
     Only positions that predict an answer token need the LM head, and never all at once: the
     decoder gives the hidden states, and the head, log-softmax and gather run over chunks of
-    positions from the shortest prompt's end on (``chunked_sequence_logps``; ``chunk``
-    positions, by default as many as make ``LOGITS_PER_CHUNK`` logits). With a 50-150k
-    vocabulary the (2B, T, vocab) logits would be the step's biggest tensor, and their gradient
-    another as big; a chunk's are freed before the next chunk's exist.
+    positions from the shortest prompt's end on (``chunk`` positions, by default as many as
+    make ``LOGITS_PER_CHUNK`` logits). With a 50-150k vocabulary the (2B, T, vocab) logits
+    would be the step's biggest tensor, and their gradient another as big; a chunk's are freed
+    before the next chunk's exist. A frozen linear head (the usual case: LoRA does not train
+    it) takes ``linear_head_logps``, which computes each chunk's gradient as it goes; any other
+    head, ``chunked_sequence_logps``, which recomputes each chunk's logits in the backward.
     """
     base = model.get_base_model()
     start = max(batch.answer_start - 1, 0)  # the position that predicts the first answer token
@@ -99,7 +102,17 @@ def batch_logps(model: Any, batch: Batch, chunk: int | None = None) -> torch.Ten
     if chunk is None:
         chunk = max(1, LOGITS_PER_CHUNK // (hidden.shape[0] * base.config.vocab_size))
     labels, mask = batch.input_ids[:, start:], batch.loss_mask[:, start:]
+    weight = _frozen_linear_weight(head)
+    if weight is not None:  # the usual case: the gradient in the forward, no recomputation
+        return linear_head_logps(hidden, weight, labels, mask, chunk)
     return chunked_sequence_logps(hidden, head, labels, mask, chunk)
+
+
+def _frozen_linear_weight(head: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """The weight of a head that is a frozen, bias-free ``nn.Linear`` (not one LoRA wraps)."""
+    if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
+        return head.weight
+    return None
 
 
 def _full_logps(model: Any, batch: Batch, start: int) -> torch.Tensor:

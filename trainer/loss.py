@@ -8,12 +8,20 @@ separately, as TRL's older ``dpo_loss`` did.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["chunked_sequence_logps", "combined_loss", "dpo_loss", "sequence_logps", "sft_loss"]
+__all__ = [
+    "chunked_sequence_logps",
+    "combined_loss",
+    "dpo_loss",
+    "linear_head_logps",
+    "sequence_logps",
+    "sft_loss",
+]
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -56,6 +64,66 @@ def chunked_sequence_logps(
         else:
             total = total + _head_logps(*args)
     return total
+
+
+def linear_head_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    chunk: int,
+) -> torch.Tensor:
+    """``chunked_sequence_logps`` for a frozen bias-free linear head ``logits = hidden @ weightᵀ``,
+    with the gradient computed in the forward instead of recomputing the logits in the backward.
+
+        logps[b] = Σ_t m[b,t+1] · (z[b,t, y] - logsumexp(z[b,t]))      z = h Wᵀ, y = labels[b,t+1]
+        ∂logps[b] / ∂h[b,t] = m[b,t+1] · (onehot(y) - softmax(z[b,t])) W
+
+    Each chunk's logits give its log-probs and its share of ∂logps/∂hidden, then are freed; the
+    backward only scales that (batch, seq, dim) tensor by the upstream gradient per row. So no
+    logits outlive their chunk and none are computed twice (the fused linear + cross-entropy of
+    Liger's kernels, in plain torch). Returns (batch,), float32; ``weight`` gets no gradient.
+    """
+    return _LinearHeadLogps.apply(hidden[:, :-1], weight, labels[:, 1:], mask[:, 1:], chunk)
+
+
+class _LinearHeadLogps(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
+        grad = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        total = hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
+        for start in range(0, hidden.shape[1], chunk):
+            part = slice(start, start + chunk)
+            m = mask[:, part].to(torch.float32)
+            if not bool(m.any()):  # a sync point, once per chunk
+                continue
+            logits = (hidden[:, part] @ weight.T).float()
+            safe = torch.where(m.bool(), labels[:, part], torch.zeros_like(labels[:, part]))
+            logz = torch.logsumexp(logits, dim=-1, keepdim=True)
+            picked = logits.gather(-1, safe.unsqueeze(-1))
+            total += ((picked - logz).squeeze(-1) * m).sum(dim=-1)
+            if grad is not None:
+                # onehot(y) - softmax(z), masked: the logits' gradient, built in their buffer.
+                delta = logits.sub_(logz).exp_().neg_()
+                delta.scatter_add_(-1, safe.unsqueeze(-1), torch.ones_like(picked))
+                delta.mul_(m.unsqueeze(-1))
+                grad[:, part] = delta.to(weight.dtype) @ weight
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        scaled = grad * upstream.to(grad.dtype)[:, None, None]
+        return scaled, None, None, None, None
 
 
 def _head_logps(

@@ -253,6 +253,7 @@ def test_config_rejects_nonsense(tmp_path):
 PATHS = {  # how batch_logps computes: (chunk positions or None for its default, the head's way)
     "chunked": (None, "chunked"),
     "chunks-of-2": (2, "chunked"),
+    "chunks-of-2-recomputed": (2, "recomputed"),
     "full-logits-from-the-answer": (None, "full"),
     "full-all-logits": (None, "full-all"),
 }
@@ -267,7 +268,9 @@ def test_answer_logps_and_their_gradients_equal_the_full_computation(
     from conscience.trainer.model import load_model
 
     chunk, head = PATHS[path]
-    if head != "chunked":  # a model whose logits are more than head(hidden): its own forward
+    if head == "recomputed":  # a head that is not a frozen nn.Linear: checkpointed chunks
+        monkeypatch.setattr(loop, "_frozen_linear_weight", lambda head: None)
+    elif head != "chunked":  # a model whose logits are more than head(hidden): its own forward
         monkeypatch.setattr(loop, "_plain_head", lambda base: None)
     if head == "full-all":  # ... and one without logits_to_keep: the head runs everywhere
         monkeypatch.setattr(loop, "_keeps_logits", lambda cls: False)
@@ -323,5 +326,8 @@ def test_the_chunked_logps_keep_no_logits_for_the_backward(
         return seen
 
     assert vocab_sized_saves(lambda: loop.batch_logps(model, batch, 2)) == []
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_frozen_linear_weight", lambda head: None)
+        assert vocab_sized_saves(lambda: loop.batch_logps(model, batch, 2)) == []
     monkeypatch.setattr(loop, "_plain_head", lambda base: None)
     assert vocab_sized_saves(lambda: loop.batch_logps(model, batch))  # the test can see them

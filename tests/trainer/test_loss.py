@@ -14,6 +14,7 @@ from conscience.trainer.loss import (  # noqa: E402
     chunked_sequence_logps,
     combined_loss,
     dpo_loss,
+    linear_head_logps,
     sequence_logps,
     sft_loss,
 )
@@ -229,3 +230,30 @@ def test_chunked_sequence_logps_skip_chunks_without_an_answer_token():
     mask[:, 8:] = 1  # only the last two positions are answer tokens
     chunked_sequence_logps(hidden, head, torch.zeros(2, 10, dtype=torch.long), mask, 3)
     assert calls == [3]  # positions 0..8 predict 1..9: only the chunk [6, 9) predicts answer tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [1, 4, 100])
+def test_linear_head_logps_equal_the_whole_logits_and_their_gradients(chunk, dtype):
+    torch.manual_seed(0)
+    weight = torch.randn(13, 8).to(dtype)  # a frozen head: (vocab, dim)
+    hidden = torch.randn(3, 9, 8).to(dtype).requires_grad_()
+    labels = torch.randint(0, 13, (3, 9))
+    mask = torch.zeros(3, 9)
+    mask[0, 4:] = 1
+    mask[1, 2:7] = 1
+    mask[2, 8:] = 1
+    labels[1, 7:] = -100
+    upstream = torch.tensor([1.0, -2.0, 0.5])  # any loss: each row's gradient scaled apart
+
+    want = sequence_logps(hidden @ weight.T, labels, mask)
+    (want_grad,) = torch.autograd.grad((want * upstream).sum(), hidden)
+    got = linear_head_logps(hidden, weight, labels, mask, chunk)
+    (got_grad,) = torch.autograd.grad((got * upstream).sum(), hidden)
+    tolerance = {"rtol": 0, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0, "atol": 0.05}
+    torch.testing.assert_close(got, want, **tolerance)
+    grad_tolerance = (
+        {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 0.02, "atol": 0.02}
+    )
+    torch.testing.assert_close(got_grad, want_grad, **grad_tolerance)
+    assert got.dtype == torch.float32 and got_grad.dtype == dtype
