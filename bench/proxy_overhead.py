@@ -10,6 +10,10 @@ proxy's process and its children, read from /proc before and after the measured 
 neither start-up nor warm-up), divided by the requests; the upstream's is read the same way.
 
     python -m conscience.bench.proxy_overhead [--requests 1000] [--rounds 3] [--no-litellm]
+        [--baseline REV]...
+
+``--baseline REV`` adds the proxy (review off) as it was at git revision REV of this checkout,
+served from an export of that revision, to measure a change against it in the same run.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,6 +57,7 @@ def serve(
     port: int,
     env: dict[str, str | None] | None = None,
     health: str = "/health",
+    cwd: Path | None = None,
 ) -> Iterator[tuple[str, int]]:
     """A server process on loopback: its URL, once ``health`` answers 200, and its pid. ``env``
     is added to this process's environment (a None value removes the variable)."""
@@ -64,6 +70,7 @@ def serve(
             stdout=subprocess.DEVNULL,
             stderr=log,
             env={name: value for name, value in environ.items() if value is not None},
+            cwd=cwd,
         )
         try:
             deadline = time.monotonic() + 120
@@ -93,6 +100,22 @@ def serve_module(
     """A ``python -m`` server of this environment on loopback: its URL and its pid."""
     with serve([sys.executable, "-m", *args], port, env) as served:
         yield served
+
+
+def export_revision(revision: str, folder: Path) -> Path:
+    """This checkout's ``revision`` laid out as the installed ``conscience`` package under
+    ``folder`` (the package folders of pyproject.toml): the PYTHONPATH that serves it."""
+    root = Path(__file__).resolve().parents[1]
+    tree, package = folder / "tree", folder / "pkg" / "conscience"
+    tree.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", revision], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    shutil.copytree(tree / "conscience", package)
+    for sub in ("engine", "server", "trainer", "evals", "bench", "cli"):
+        (package / sub).symlink_to(tree / sub)
+    return folder / "pkg"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -227,6 +250,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument("--litellm-venv", type=Path, default=Path(".venv-litellm"))
+    parser.add_argument(
+        "--baseline", action="append", default=[], metavar="REV", help="also the proxy at REV"
+    )
     args = parser.parse_args()
     litellm = None if args.no_litellm else litellm_venv(args.litellm_venv.absolute())
     ports = {name: free_port() for name in ("upstream", "off", "rewrite", "litellm")}
@@ -251,6 +277,16 @@ def main() -> None:
         paths["conscience, review on"] = servers.enter_context(
             serve_module(proxy("rewrite"), ports["rewrite"])
         )
+        for revision in args.baseline:
+            port, exported = free_port(), export_revision(revision, folder / revision)
+            command = proxy("off")
+            command[command.index("--port") + 1] = str(port)
+            command[command.index("--store") + 1] = str(folder / f"{revision}.sqlite3")
+            # From the export's folder: `python -m` puts the working folder first on the path.
+            env: dict[str, str | None] = {"PYTHONPATH": str(exported)}
+            paths[f"at {revision}, review off"] = servers.enter_context(
+                serve([sys.executable, "-m", *command], port, env, cwd=exported)
+            )
         if litellm is not None:
             command = litellm_command(litellm, upstream, ports["litellm"], folder)
             paths["LiteLLM"] = servers.enter_context(
