@@ -11,6 +11,7 @@ lower is better).
     python -m conscience.bench.trainer_bench --model path/model.gguf # a real model (HF/GGUF)
     python -m conscience.bench.trainer_bench --shape tiny --steps 3  # a smoke run in seconds
     python -m conscience.bench.trainer_bench --only trl ours ours-full   # chunked vs whole logits
+    python -m conscience.bench.trainer_bench --logps --steps 6   # the log-probs alone, 3 ways
 
 "x TRL" columns are against the first run listed when TRL is not among them.
 
@@ -207,6 +208,75 @@ def _table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _logps_ways(args: argparse.Namespace) -> str:
+    """The three ways of the answer log-probs on one batch of the shape, in this process:
+    what autograd keeps for the backward, and the forward + backward time of each (one torch
+    thread, interleaved, min and median: the steadiest figures on a shared machine)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from conscience.trainer import loop
+    from conscience.trainer.data import Batch
+    from conscience.trainer.testing import build_chat_tokenizer, build_random_llama
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = get_peft_model(
+        build_random_llama(args.shape, build_chat_tokenizer()),
+        LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM"),
+    )
+    model.train()
+    rows, length, answer = 2 * args.pairs_per_step, 2 * args.words + 6, args.words
+    vocab = model.get_base_model().config.vocab_size
+    ids = torch.randint(0, vocab, (rows, length))
+    mask = torch.zeros(rows, length, dtype=torch.long)
+    mask[:, length - answer :] = 1
+    batch = Batch(ids, torch.ones_like(ids), mask, args.pairs_per_step, length - answer)
+    plain, linear = loop._plain_head, loop._frozen_linear_weight
+    ways = {
+        "fused chunks (default)": (plain, linear),
+        "checkpointed chunks": (plain, lambda head: None),
+        "whole logits (before)": (lambda base: None, linear),
+    }
+
+    def run(way: str) -> tuple[float, list[int]]:
+        loop._plain_head, loop._frozen_linear_weight = ways[way]
+        saved: dict[int, int] = {}
+
+        def pack(tensor: Any) -> Any:
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        t0 = time.perf_counter()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            logps = loop.batch_logps(model, batch)
+        logps.sum().backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0, list(saved.values())
+
+    times: dict[str, list[float]] = {way: [] for way in ways}
+    kept: dict[str, list[int]] = {}
+    for _ in range(args.steps + 1):
+        for way in ways:
+            seconds, kept[way] = run(way)
+            times[way].append(seconds)
+    loop._plain_head, loop._frozen_linear_weight = plain, linear
+    head = f"{'answer log-probs':24} {'kept for backward':>18} {'biggest':>9}"
+    lines = [f"{head} {'min s':>7} {'median s':>9}"]
+    for way, ts in times.items():
+        steady = sorted(ts[1:])
+        lines.append(
+            f"{way:24} {sum(kept[way]) / 2**20:16.0f}MB {max(kept[way]) / 2**20:7.1f}MB"
+            f" {steady[0]:7.3f} {steady[len(steady) // 2]:9.3f}"
+        )
+    lines.append(
+        f"random {args.shape}, {rows} sequences of {length} tokens, the last {answer} the answer;"
+        f" forward + backward of the policy log-probs, {args.steps} timed after 1 warm-up, 1 torch"
+        f" thread, load average {os.getloadavg()[0]:.2f}"
+    )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default="smollm2-135m", help="a trainer.testing shape")
@@ -216,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs-per-step", type=int, default=4)
     parser.add_argument("--words", type=int, default=45, help="prompt and answer words each")
     parser.add_argument("--only", nargs="*", choices=list(RUNS), help="run only these")
+    parser.add_argument(
+        "--logps", action="store_true", help="only the answer log-probs' three ways, in-process"
+    )
     parser.add_argument(
         "--dtype", default="float32", choices=("float32", "bfloat16"), help="ours (TRL: fp32)"
     )
@@ -238,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cuda.is_available():
             result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
         print(json.dumps(result))
+        return 0
+
+    if args.logps:
+        print(_logps_ways(args))
         return 0
 
     import torch
