@@ -32,6 +32,21 @@ pytest.importorskip("peft")
 IDS = [5, 100, 2000, 40, 77, 9, 31000, 12]
 
 
+@pytest.fixture(scope="module")
+def tiny_base(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``tiny_base(arch)``: a tiny random model's f32 GGUF (written once per module) and a fresh
+    torch copy of the same weights (the same seed)."""
+    files: dict[str, Path] = {}
+
+    def get(arch: str) -> tuple[Path, Any]:
+        if arch not in files:
+            files[arch] = tmp_path_factory.mktemp("tiny") / f"tiny-{arch}.gguf"
+            tiny_gguf.write_tiny_gguf(arch, smollm2, files[arch])
+        return files[arch], tiny_gguf.tiny_model(arch)
+
+    return get
+
+
 def _torch_logprobs(model: Any, adapter_on: bool) -> Any:
     with torch.no_grad():
         if adapter_on:
@@ -50,10 +65,9 @@ async def _engine_logprobs(engine: EmbeddedEngine) -> dict[int, float]:
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_exported_adapter_gives_pefts_logits_on_llama_cpp(
-    arch: str, smollm2: Path, tmp_path: Path
+    arch: str, tiny_base: Any, tmp_path: Path
 ) -> None:
-    base = tmp_path / f"tiny-{arch}.gguf"
-    model = tiny_gguf.write_tiny_gguf(arch, smollm2, base)
+    base, model = tiny_base(arch)
     wrapped = tiny_gguf.random_adapter(model, tmp_path / "adapter")
     gguf = export_lora(tmp_path / "adapter", base)
     expected = {on: _torch_logprobs(wrapped, on) for on in (False, True)}
@@ -72,45 +86,30 @@ def test_exported_adapter_gives_pefts_logits_on_llama_cpp(
             assert logprob == pytest.approx(expected[on][token].item(), abs=2e-3)
 
 
-def test_rslora_alpha_gives_llama_cpp_the_same_scale(smollm2: Path, tmp_path: Path) -> None:
-    base = tmp_path / "tiny.gguf"
-    model = tiny_gguf.write_tiny_gguf("qwen2", smollm2, base)
+def test_rslora_alpha_gives_llama_cpp_the_same_scale(tiny_base: Any, tmp_path: Path) -> None:
+    base, model = tiny_base("qwen2")
     tiny_gguf.random_adapter(model, tmp_path / "plain", r=4)
     _, alpha, pairs = gguf_adapter(tmp_path / "plain", base)
     assert alpha == 8.0 and len(pairs) == tiny_gguf.LAYERS * len(tiny_gguf.TARGETS)
-    model = tiny_gguf.tiny_model("qwen2", 49152)
+    model = tiny_gguf.tiny_model("qwen2")
     tiny_gguf.random_adapter(model, tmp_path / "rs", r=4, rslora=True)
     _, alpha, _ = gguf_adapter(tmp_path / "rs", base)
     assert alpha / 4 == pytest.approx(8 / math.sqrt(4))  # llama.cpp's alpha/r = peft's alpha/√r
 
 
-def test_an_adapter_for_another_model_is_refused_by_name(smollm2: Path, tmp_path: Path) -> None:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    base = tmp_path / "tiny.gguf"
-    tiny_gguf.write_tiny_gguf("qwen2", smollm2, base)
-    wider = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=49152,
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            tie_word_embeddings=True,
-        )
-    )
+def test_an_adapter_for_another_model_is_refused_by_name(tiny_base: Any, tmp_path: Path) -> None:
+    base, _ = tiny_base("qwen2")
+    wider = tiny_gguf.tiny_model("qwen2", hidden_size=128, intermediate_size=256)
     tiny_gguf.random_adapter(wider, tmp_path / "other")
     with pytest.raises(LoraExportError, match="trained on another model"):
         export_lora(tmp_path / "other", base)
     assert not (tmp_path / "other" / "adapter.gguf").exists()  # nothing half-written
 
 
-def test_an_adapter_on_the_embeddings_cannot_be_exported(smollm2: Path, tmp_path: Path) -> None:
+def test_an_adapter_on_the_embeddings_cannot_be_exported(tiny_base: Any, tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
 
-    base = tmp_path / "tiny.gguf"
-    model = tiny_gguf.write_tiny_gguf("llama", smollm2, base)
+    base, model = tiny_base("llama")
     get_peft_model(model, LoraConfig(r=2, target_modules=["lm_head"])).save_pretrained(
         tmp_path / "head"
     )
@@ -190,10 +189,9 @@ async def _gone(url: str, wait_s: float = 20.0) -> bool:
 
 
 def test_the_gguf_is_exported_once_and_again_when_the_adapter_changes(
-    smollm2: Path, tmp_path: Path
+    tiny_base: Any, tmp_path: Path
 ) -> None:
-    base = tmp_path / "tiny.gguf"
-    model = tiny_gguf.write_tiny_gguf("llama", smollm2, base)
+    base, model = tiny_base("llama")
     tiny_gguf.random_adapter(model, tmp_path / "a")
     first = adapter_gguf(tmp_path / "a", base)
     stamp = first.stat().st_mtime_ns

@@ -19,8 +19,12 @@ HIDDEN, HEADS, KV_HEADS, LAYERS, FFN = 256, 4, 2, 2, 512
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]  # what random_adapter adapts
 
 
-def tiny_model(arch: str, vocab: int, seed: int = 0) -> Any:
-    """A random ``llama`` (LlamaForCausalLM) or ``qwen2`` (Qwen2ForCausalLM) model in float32."""
+VOCAB = 49152  # SmolLM2's, whose tokenizer tables the GGUF borrows
+
+
+def tiny_model(arch: str, vocab: int = VOCAB, seed: int = 0, **shape: int) -> Any:
+    """A random ``llama`` (LlamaForCausalLM) or ``qwen2`` (Qwen2ForCausalLM) model in float32:
+    the same weights for the same seed; ``shape`` overrides config fields (another model)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -36,6 +40,7 @@ def tiny_model(arch: str, vocab: int, seed: int = 0) -> Any:
         rope_theta=10000.0,
         tie_word_embeddings=True,
     )
+    common.update(shape)
     torch.manual_seed(seed)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
@@ -129,15 +134,6 @@ def random_adapter(model: Any, out: Path, *, r: int = 4, rslora: bool = False) -
 def smollm2_adapter(out: Path) -> None:
     """A random adapter with SmolLM2-135M's shapes (the base weights need not be SmolLM2's:
     only the adapter is saved)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        tie_word_embeddings=True,
-    )
-    random_adapter(LlamaForCausalLM(config), out, r=8)
+    shape = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30)
+    model = tiny_model("llama", num_attention_heads=9, num_key_value_heads=3, **shape)
+    random_adapter(model, out, r=8)
