@@ -276,8 +276,12 @@ def train(
     log = MetricsLog(out / "metrics.jsonl", keep_through=start_step) if ranks.main else None
 
     # --- the loop
-    terminal = None if config.progress and ranks.main else False  # off: log lines only
-    bar = Progress(len(plan), "dpo", done=start_step, unit="step", terminal=terminal)
+    terminal = None if config.progress else False  # off: log lines only
+    bar = (  # one rank tells the progress of all
+        Progress(len(plan), "dpo", done=start_step, unit="step", terminal=terminal)
+        if ranks.main
+        else None
+    )
     done = start_step
     for step in range(start_step, len(plan)):
         if not ranks.agree(budget.allows_step(), device):  # rank 0's clock decides for all
@@ -338,11 +342,13 @@ def train(
         if log is not None:
             log.append(record)
             progress.save_if_due(done, model, optimizer)
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", margin=f"{record['reward_margin']:.3f}")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", margin=f"{record['reward_margin']:.3f}")
         if on_step is not None:
             on_step(done, record)
-    bar.close()
+    if bar is not None:
+        bar.close()
     trained = sorted({i for micro in plan[:done] for indices in micro for i in indices})
     report.update(
         pairs_used=len(trained),
