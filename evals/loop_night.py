@@ -10,7 +10,6 @@ yesterday's adapter, and its pairs stay consumed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -26,16 +25,6 @@ from conscience.evals.loop_stack import Stack
 __all__ = ["publish_night", "train_argv", "train_night"]
 
 
-def _trainer_flags() -> set[str]:
-    """The flags this installation's ``conscience train`` takes."""
-    from conscience.trainer.cli import add_train_commands
-
-    parser = argparse.ArgumentParser()
-    add_train_commands(parser.add_subparsers())
-    train = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
-    return {flag for action in train._actions for flag in action.option_strings}
-
-
 def _base_model(config: LoopConfig) -> str:
     if config.base_model:
         return config.base_model
@@ -46,18 +35,16 @@ def _base_model(config: LoopConfig) -> str:
     return str(model_path(settings.model, settings.model_cache_dir))
 
 
-def train_argv(config: LoopConfig, night: int, flags: set[str] | None = None) -> list[str]:
-    """The night's ``conscience train`` command (without the interpreter)."""
-    flags = _trainer_flags() if flags is None else flags
+def train_argv(config: LoopConfig, night: int) -> list[str]:
+    """The night's ``conscience train`` command (without the interpreter): a warm start from
+    the adapter published last (CURRENT), within the night's time budget."""
     argv = [
         "train", "--store", str(config.store), "--base-model", _base_model(config),
         "--out", str(config.adapters / adapter_name(night)), "--run-id", adapter_name(night),
-        "--resume", "--quiet", "--seed", str(config.seed),
+        "--resume", "--quiet", "--seed", str(config.seed), "--init-adapter", "current",
     ]  # fmt: skip
-    if config.max_minutes and "--max-minutes" in flags:
+    if config.max_minutes:
         argv += ["--max-minutes", f"{config.max_minutes:g}"]
-    if "--init-adapter" in flags:  # a warm start from the adapter published last (CURRENT)
-        argv += ["--init-adapter", "current"]
     return [*argv, *config.train_args]
 
 
@@ -85,12 +72,8 @@ sys.exit(main(sys.argv[1:]))
 def train_night(config: LoopConfig, night: int, journal: Journal) -> None:
     """Train the night's adapter on the store's unconsumed pairs; ``night-N/train.json``."""
     out = config.adapters / adapter_name(night)
-    flags = _trainer_flags()
-    argv = train_argv(config, night, flags)
+    argv = train_argv(config, night)
     record: dict[str, Any] = {"argv": argv}
-    if config.max_minutes and "--max-minutes" not in flags:
-        record["budget"] = "this trainer has no --max-minutes: trained without a time budget"
-        print(f"loop: night {night}: {record['budget']}", file=sys.stderr)
     threads = str(config.train_threads or os.cpu_count() or 1)
     env = {"OMP_NUM_THREADS": threads}
     started = time.perf_counter()

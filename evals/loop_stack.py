@@ -21,7 +21,6 @@ import time
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
-from conscience.errors import ConfigError
 from conscience.evals.loop_config import LoopConfig, shown
 
 if TYPE_CHECKING:
@@ -46,13 +45,7 @@ def _settings(config: LoopConfig) -> Any:
     for name in ("model", "judge_model", "framework", "engine_threads"):
         if getattr(config, name) is not None:
             fields[name] = getattr(config, name)
-    if "adapters_dir" in Settings.model_fields:  # the embedded engine's adapters (issue 15)
-        fields["adapters_dir"] = str(config.adapters.resolve())
-    elif config.mode() == "embedded" and config.nights > 0:
-        raise ConfigError(
-            "publishing on the embedded engine needs a proxy with CONSCIENCE_ADAPTERS_DIR, "
-            "which this version does not have; run the loop on an engine at --url instead"
-        )
+    fields["adapters_dir"] = str(config.adapters.resolve())  # what the embedded engine serves
     if config.url is None:
         fields["upstream_url"] = None  # the embedded engine, whatever the environment says
     return Settings(**fields)

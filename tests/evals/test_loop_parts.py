@@ -110,12 +110,13 @@ def test_humaneval_subset_of_the_package_data() -> None:
     assert len(chosen) == 40 and chosen == humaneval.subset(problems, 40, seed=0)
 
 
-def test_the_budget_goes_to_a_trainer_that_has_it(tmp_path: Path) -> None:
+def test_the_night_trains_on_its_budget_from_the_adapter_served(tmp_path: Path) -> None:
     config = LoopConfig(out_dir=str(tmp_path), base_model="m", max_minutes=12)
-    assert train_argv(config, 2, {"--max-minutes"})[-2:] == ["--max-minutes", "12"]
-    assert "--max-minutes" not in train_argv(config, 2, set())
-    argv = train_argv(config, 2, set())
+    argv = train_argv(config, 2)
+    assert argv[-2:] == ["--max-minutes", "12"]
+    assert argv[argv.index("--init-adapter") + 1] == "current"  # a warm start
     assert argv[argv.index("--out") + 1] == str(tmp_path / "adapters" / "loop-night-2")
+    assert "--max-minutes" not in train_argv(LoopConfig(out_dir=str(tmp_path), max_minutes=0), 2)
 
 
 def test_a_run_with_other_settings_is_not_resumed(tmp_path: Path) -> None:
