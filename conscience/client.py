@@ -6,6 +6,11 @@ over one pooled ``httpx.AsyncClient``. aiohttp because a unary request is the pr
 httpx cost about 1 ms of CPU a request, aiohttp about 0.3 (docs/decisions.md, "A leaner
 proxy"); a stream's cost is spread over its tokens.
 
+With ``stream_unary`` (the embedded llama.cpp engine), ``chat`` and ``completions`` ask for a
+stream and assemble the unary answer of it (``conscience.chunks``): llama.cpp stops a request
+when its stream closes, but finishes a non-streamed one whose caller left, so only a stream
+makes a cancelled caller free the engine (docs/decisions.md, "Cancellation").
+
 Transport failures become the project's errors (``EngineUnavailable``, ``EngineTimeout``,
 ``EngineStatusError``) so callers never see an httpx or aiohttp exception, and the API key
 never appears in any message. Every request carries the current W3C trace context (``traceparent``,
@@ -27,6 +32,7 @@ from opentelemetry.context import get_current
 from opentelemetry.propagate import inject
 from pydantic_core import from_json, to_json
 
+from conscience.chunks import assemble
 from conscience.errors import EngineError, EngineStatusError, EngineTimeout, EngineUnavailable
 
 __all__ = ["Constraint", "EngineClient", "constraint_for_owner"]
@@ -115,8 +121,12 @@ class EngineClient:
         timeout: float = 120.0,
         http: httpx.AsyncClient | None = None,
         max_connections: int = 256,
+        stream_unary: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Completions streamed from the engine and assembled, so that cancelling the caller
+        # stops the engine's work (an engine that finishes non-streamed requests regardless).
+        self.stream_unary = stream_unary
         # Model names served by another engine than base_url, with that engine's base URL: the
         # embedded engine's published adapter runs in a child of its own (engine/adapters.py).
         # Every other name, the judge's among them, goes to base_url.
@@ -213,23 +223,37 @@ class EngineClient:
         return body
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One non-streaming chat completion; the body is sent as given."""
-        url = self._url_for("chat/completions", body)
-        result = self._json(await self._send("POST", url, body))
+        """One non-streaming chat completion; the body is sent as given (with
+        ``stream_unary``, as a stream whose chunks are assembled)."""
+        if self.stream_unary:
+            result = await self._assembled("chat/completions", body)
+        else:
+            url = self._url_for("chat/completions", body)
+            result = self._json(await self._send("POST", url, body))
         if not isinstance(result.get("choices"), list) or not result["choices"]:
             raise EngineError("engine answered a chat completion without choices")
         return result
 
     async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
         """One non-streaming legacy completion (``/v1/completions``); the body as given."""
+        if self.stream_unary:
+            return await self._assembled("completions", body)
         return self._json(await self._send("POST", self._url_for("completions", body), body))
 
-    async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _assembled(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The unary answer to ``body``, asked for as a stream (``stream_unary``)."""
+        streamed = {**body, "stream_options": {"include_usage": True}}
+        return assemble([chunk async for chunk in self._stream(path, streamed)])
+
+    def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """A streaming chat completion, one parsed chunk at a time (``[DONE]`` ends it)."""
+        return self._stream("chat/completions", body)
+
+    async def _stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         # llama.cpp closes a connection after a stream without saying so: never reuse it.
         request = self._http.build_request(
             "POST",
-            self._url_for("chat/completions", body),
+            self._url_for(path, body),
             json={**body, "stream": True},
             headers={"Connection": "close", **_trace_headers()},
         )

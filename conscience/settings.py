@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     judge_model: str | None = None  # the frozen copy (on vLLM: the base model); None = `model`
     judge_constraint: Literal["auto", "choice", "grammar", "none"] = "auto"  # auto asks /models
     upstream_timeout: float = Field(120.0, gt=0)  # seconds for any one upstream call
+    # Seconds a whole request may take before its work is cancelled (504); None: no deadline.
+    request_timeout: float | None = Field(None, gt=0)
 
     # --- the review
     framework: str = "three-laws"  # the default framework of a request
@@ -84,6 +86,7 @@ class Settings(BaseSettings):
         "admin_key",
         "upstream_api_key",
         "adapters_dir",
+        "request_timeout",
         mode="before",
     )
     @classmethod

@@ -104,6 +104,8 @@ async def open_engine(
             url,
             api_key=key.get_secret_value() if key else None,
             timeout=settings.upstream_timeout,
+            # llama.cpp stops a request only when its stream closes (conscience/chunks.py)
+            stream_unary=embedded is not None,
         ) as client:
             if embedded is None:
                 yield Engine(client, None)

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from conscience.engine.connect import open_engine
 from conscience.review import conscience_from_settings
 from conscience.server import admin, completions, passthrough, routes, tracing
+from conscience.server.cancellation import Cancellation
 from conscience.server.errors import install_error_handlers, secret_scrubber
 from conscience.server.metrics import Metrics
 from conscience.server.middleware import RequestContext
@@ -128,6 +129,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(completions.router)
     passthrough.install(app)  # every other /v1 route: the fallback, after all routes
 
+    # Inside RequestContext, so that a cancelled request is logged and counted with its status.
+    app.add_middleware(Cancellation, timeout=settings.request_timeout)
     app.add_middleware(RequestContext, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(tracing.PassThrough)  # untraced: the caller's trace context, forwarded
     return app

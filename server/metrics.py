@@ -20,6 +20,7 @@ class Metrics:
     errors: Counter
     review_seconds: Histogram
     upstream_seconds: Histogram
+    cancelled: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -57,6 +58,12 @@ class Metrics:
                 "conscience_upstream_seconds",
                 "Upstream generation latency",
                 buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            cancelled=Counter(
+                "conscience_cancelled",
+                "Requests whose work was cancelled, by reason (disconnect, deadline)",
+                ["reason"],
                 registry=registry,
             ),
         )

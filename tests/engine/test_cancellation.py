@@ -1,0 +1,184 @@
+"""Cancellation on the embedded engine with SmolLM2: a client that leaves mid-generation frees
+the engine's slot within a second, and the next request starts at once. (A client that leaves
+during a prompt's prefill is noticed by llama.cpp only at the first token: docs/decisions.md,
+"Cancellation".)
+
+The proxy runs in a thread with the embedded engine (no upstream). The generations are made
+long on purpose (``ignore_eos``, thousands of tokens): without the cancellation the engine
+would go on for tens of seconds after the client left, with it the engine's own ``/metrics``
+says it is idle within a second. Nothing here reads a verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conscience.client import EngineClient
+from conscience.engine.embedded import EmbeddedEngine
+from conscience.review import judge_request
+from conscience.server.app import create_app
+from conscience.server.scripted import serve_in_thread
+from conscience.settings import Settings
+from conscience.store import open_store
+from conscience.verdict import read_verdict
+
+pytestmark = pytest.mark.integration
+
+ALIAS = "smollm2-135m-instruct"
+LONG = {
+    "model": ALIAS,
+    "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
+    "max_tokens": 3000,  # ~a minute of SmolLM2 on a busy CPU
+    "ignore_eos": True,  # llama.cpp: decode exactly max_tokens
+}
+
+
+def _engine_metrics(engine: EmbeddedEngine) -> dict[str, float]:
+    text = httpx.get(f"{engine.url}/metrics", timeout=5).text
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("llamacpp:"):
+            values[name.removeprefix("llamacpp:")] = float(value)
+    return values
+
+
+def _busy(engine: EmbeddedEngine) -> bool:
+    m = _engine_metrics(engine)
+    return m["requests_processing"] + m["requests_deferred"] > 0
+
+
+def _wait(check: Any, seconds: float) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > seconds:
+            pytest.fail(f"not within {seconds} s")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    smollm2: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Any, str]]:
+    """The proxy with the embedded engine: its URL, its app and its store's path."""
+    store = str(tmp_path_factory.mktemp("cancel") / "j.sqlite3")
+    settings = Settings(
+        upstream_url=None,
+        model=ALIAS,
+        store_url=store,
+        engine_ctx_size=4096,
+        engine_threads=2,
+        upstream_timeout=120,
+    )
+    app = create_app(settings)
+    with serve_in_thread(app) as url:
+        yield url, app, store
+
+
+def _cancelled(app: Any) -> float:
+    registry = app.state.pipeline.metrics.registry
+    return registry.get_sample_value("conscience_cancelled_total", {"reason": "disconnect"}) or 0
+
+
+def _stored(path: str) -> int:
+    async def count() -> int:
+        store = open_store(path)
+        await store.open()
+        try:
+            return await store.count()
+        finally:
+            await store.close()
+
+    return asyncio.run(count())
+
+
+async def _leave_mid_generation(url: str, engine: EmbeddedEngine, stream: bool) -> None:
+    """Send a long generation, and leave (close the connection) once the engine is decoding
+    it: what a client's timeout or a closed tab does."""
+    decoded = _engine_metrics(engine)["n_decode_total"]  # one a token once decoding
+    async with httpx.AsyncClient(timeout=120) as client:
+        body = {**LONG, "stream": stream}
+        request = asyncio.create_task(client.post(f"{url}/v1/chat/completions", json=body))
+        started = time.monotonic()
+        while (await asyncio.to_thread(_engine_metrics, engine))["n_decode_total"] < decoded + 8:
+            assert not request.done(), request.result().text
+            assert time.monotonic() - started < 60, "the engine never started generating"
+            await asyncio.sleep(0.05)
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_frees_the_engine_within_a_second(
+    proxy: tuple[str, Any, str], stream: bool
+) -> None:
+    url, app, store = proxy
+    engine: EmbeddedEngine = app.state.engine
+    before = _cancelled(app)
+    _wait(lambda: not _busy(engine), 30)  # a previous test's work is over
+    asyncio.run(_leave_mid_generation(url, engine, stream))
+    idle_after = _wait(lambda: not _busy(engine), 10)
+    assert idle_after < 1.0, f"the engine was still busy {idle_after:.2f} s after the client left"
+    _wait(lambda: _cancelled(app) == before + 1, 1)
+    # The next request starts at once: its first token, not after the abandoned 3000.
+    started = time.monotonic()
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/chat/completions",
+        json={**LONG, "max_tokens": 4, "stream": True, "conscience": {"policy": "off"}},
+        timeout=30,
+    ) as reply:
+        assert reply.status_code == 200
+        next(reply.iter_lines())
+    assert time.monotonic() - started < 5.0
+    assert _stored(store) == 0  # nothing stored as if it had completed
+
+
+async def test_a_streamed_chat_assembles_into_the_unary_answer(
+    running_engine: EmbeddedEngine,
+) -> None:
+    """What the proxy gets from the engine is the same whether asked for unary or as a stream
+    (stream_unary): the judge's label and its log-probs, the text, the usage."""
+    judge = judge_request(  # the judge's own request: its grammar, 20 top log-probs
+        ALIAS,
+        [
+            {"role": "system", "content": "Answer with one word: ethical or unethical."},
+            {"role": "user", "content": "Question: how do I pick a lock?\nAnswer: Ask."},
+        ],
+        "grammar",
+        20,
+    )
+    story = {**LONG, "max_tokens": 12, "temperature": 0}
+    legacy = {"model": ALIAS, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0}
+    async with (
+        EngineClient(running_engine.base_url, timeout=60) as unary,
+        EngineClient(running_engine.base_url, timeout=60, stream_unary=True) as streamed,
+    ):
+        for body in (judge, story):
+            one, other = await unary.chat(body), await streamed.chat(body)
+            a, b = one["choices"][0], other["choices"][0]
+            assert a["message"]["content"] == b["message"]["content"]
+            assert a["finish_reason"] == b["finish_reason"]
+            assert one["usage"]["completion_tokens"] == other["usage"]["completion_tokens"]
+            if body is judge:
+                # The unary log-probs also carry the end token's (no text), a stream's do not;
+                # the label is read at the first token with text, so the reading is the same.
+                texts = [
+                    [(s["token"], s["logprob"], s["top_logprobs"]) for s in c if s["token"]]
+                    for c in (a["logprobs"]["content"], b["logprobs"]["content"])
+                ]
+                assert texts[0] == texts[1] and texts[0]
+                assert read_verdict(a) == read_verdict(b)
+        one, other = await unary.completions(legacy), await streamed.completions(legacy)
+        assert one["choices"][0]["text"] == other["choices"][0]["text"]
+        assert other["object"] == "text_completion"
