@@ -75,7 +75,10 @@ class Settings(BaseSettings):
     # --- the embedded engine (no upstream_url)
     model_cache_dir: Path = Field(default_factory=_default_model_cache)
     engine_threads: int | None = None  # llama.cpp threads; None = all cores
-    engine_ctx_size: int = Field(8192, gt=0)  # context of the embedded engine
+    engine_ctx_size: int = Field(8192, gt=0)  # context of each slot of the embedded engine
+    # Requests the embedded engine decodes together (llama.cpp slots); None: from the machine,
+    # engine/connect.py default_parallel (2 to 4, by cores and memory).
+    engine_parallel: int | None = Field(None, gt=0)
     # Trained adapters (NAME/ directories in peft's format, and CURRENT): the embedded engine
     # serves the one published (POST /admin/adapter), and the one in CURRENT from its start.
     adapters_dir: Path | None = None
@@ -87,6 +90,7 @@ class Settings(BaseSettings):
         "upstream_api_key",
         "adapters_dir",
         "request_timeout",
+        "engine_parallel",
         mode="before",
     )
     @classmethod

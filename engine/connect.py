@@ -10,6 +10,7 @@ engine's lifetime is the block's, so no caller can leave a model resident in mem
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,11 +25,26 @@ if TYPE_CHECKING:
     from conscience.engine.embedded import EmbeddedEngine
     from conscience.settings import Settings
 
-__all__ = ["Engine", "open_engine"]
+__all__ = ["Engine", "default_parallel", "open_engine"]
 
 log = logging.getLogger("conscience.engine")
 
 EMBEDDED = "embedded llama.cpp"
+_GIB = 1 << 30
+
+
+def default_parallel(cores: int | None = None, memory_bytes: int | None = None) -> int:
+    """The embedded engine's slots when ``CONSCIENCE_ENGINE_PARALLEL`` is unset: one per core,
+    at least 2 (the judge's request decodes beside a generation) and at most 4, and no more than
+    one per 2 GiB of physical memory (each slot holds a KV cache of ``engine_ctx_size`` tokens:
+    224 MiB at 8192 on the default 1.5B model, about 0.5 GiB on a 7B one). ``cores`` and
+    ``memory_bytes`` default to this machine's (the CPUs this process may run on)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = cores or os.cpu_count() or 1
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, min(max(2, min(cores, 4)), memory_bytes // (2 * _GIB)))
 
 
 @dataclass(frozen=True)
@@ -57,12 +73,13 @@ async def start_embedded(
     *,
     gguf: str | Path | None = None,
     alias: str | None = None,
-    parallel: int = 1,
+    parallel: int | None = None,
     embeddings: bool = False,
 ) -> EmbeddedEngine:
     """Start llama.cpp on ``gguf`` (default: the packaged ``settings.model``), serving it under
-    ``alias`` (default: ``settings.model``) with ``parallel`` slots, ``/v1/embeddings``
-    when asked or when the judge reads hidden states (``judge_method`` probe)."""
+    ``alias`` (default: ``settings.model``) with ``parallel`` slots (default:
+    ``settings.engine_parallel``, else ``default_parallel()``), ``/v1/embeddings`` when asked
+    or when the judge reads hidden states (``judge_method`` probe)."""
     from conscience.engine.embedded import EmbeddedEngine
     from conscience.engine.weights import model_path
 
@@ -71,7 +88,7 @@ async def start_embedded(
         path,
         threads=settings.engine_threads,
         ctx_size=settings.engine_ctx_size,
-        parallel=max(1, parallel),
+        parallel=max(1, parallel or settings.engine_parallel or default_parallel()),
         model_alias=alias or settings.model,
         embeddings=embeddings or settings.judge_method == "probe",
     )
@@ -85,7 +102,7 @@ async def open_engine(
     *,
     gguf: str | Path | None = None,
     alias: str | None = None,
-    parallel: int = 1,
+    parallel: int | None = None,
     embeddings: bool = False,
 ) -> AsyncIterator[Engine]:
     """The configured upstream, or (without one) the embedded engine, started here and stopped
