@@ -1,7 +1,7 @@
 """Cancellation through the real proxy, against the scripted engine: a client that leaves, or a
 deadline that passes, stops the request's work where it waits (generation, review, rewrite),
 counts it, and stores nothing. That the embedded engine's slot is then free is
-tests/engine/test_cancellation.py's."""
+tests/engine/test_engine_cancellation.py's."""
 
 from __future__ import annotations
 
