@@ -34,6 +34,7 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("openai")
 
+from conscience.evals.harm_judging import DEFAULT_DIR
 from conscience.evals.loop import JOURNAL, LoopConfig, run_loop
 from conscience.evals.loop_blind import export_blind, score_blind, sign_test
 from conscience.server.scripted import ScriptedEngine, serve_in_thread
@@ -143,6 +144,9 @@ def _lines(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow  # one `conscience train` subprocess (torch import) and one loop process
+@pytest.mark.skipif(
+    not DEFAULT_DIR.is_dir(), reason="needs ../shared/data/harm_judging (the prompts' pools)"
+)
 def test_nights_resume_after_a_kill_and_report(tmp_path: Path, em_data_dir: Path) -> None:
     model = save_random_model(tmp_path / "model", "tiny")
     em, humaneval = _data(tmp_path, em_data_dir)
