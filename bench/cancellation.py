@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from conscience.engine.embedded import EmbeddedEngine
+from conscience.engine.embedded import EmbeddedEngine, busy, metrics
 from conscience.server.app import create_app
 from conscience.server.threaded import serve_in_thread
 from conscience.settings import Settings
@@ -32,28 +32,18 @@ from conscience.settings import Settings
 __all__ = ["main"]
 
 
-async def _metrics(client: httpx.AsyncClient, engine: EmbeddedEngine) -> dict[str, float]:
-    text = (await client.get(f"{engine.url}/metrics")).text
-    values = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.startswith("llamacpp:"):
-            values[name.removeprefix("llamacpp:")] = float(value)
-    return values
-
-
 async def _leave(engine: EmbeddedEngine, url: str, body: dict[str, Any], limit_s: float) -> float:
     """Seconds from leaving mid-generation to an idle engine (``limit_s`` if never)."""
     async with httpx.AsyncClient(timeout=600) as client, httpx.AsyncClient(timeout=30) as probe:
 
         async def idle() -> bool:
-            return not await _busy(probe, engine)
+            return not busy(await metrics(probe, engine.url))
 
         await _until(idle, 0.2)  # the previous way's abandoned work, if any
-        decoded = (await _metrics(probe, engine))["n_decode_total"]
+        decoded = (await metrics(probe, engine.url))["n_decode_total"]
 
         async def decoding() -> bool:
-            return (await _metrics(probe, engine))["n_decode_total"] >= decoded + 8
+            return (await metrics(probe, engine.url))["n_decode_total"] >= decoded + 8
 
         async def send() -> None:
             if body.get("stream"):
@@ -80,11 +70,6 @@ async def _until(check: Callable[[], Awaitable[bool]], period: float) -> None:
         if await check():
             return
         await asyncio.sleep(period)
-
-
-async def _busy(probe: httpx.AsyncClient, engine: EmbeddedEngine) -> bool:
-    m = await _metrics(probe, engine)
-    return m["requests_processing"] + m["requests_deferred"] > 0
 
 
 def main(argv: list[str] | None = None) -> None:

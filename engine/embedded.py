@@ -37,7 +37,14 @@ import httpx
 
 from conscience.errors import EngineError
 
-__all__ = ["CHILD_SCRIPT", "STREAM_REQUEST_HEADERS", "EmbeddedEngine"]
+__all__ = [
+    "CHILD_SCRIPT",
+    "STREAM_REQUEST_HEADERS",
+    "EmbeddedEngine",
+    "busy",
+    "metrics",
+    "parse_metrics",
+]
 
 CHILD_SCRIPT = Path(__file__).with_name("child.py")
 # llama.cpp's HTTP server closes the connection right after the last chunk of a streamed
@@ -171,7 +178,7 @@ class EmbeddedEngine:
             async with httpx.AsyncClient(timeout=5.0) as client:
                 while time.monotonic() < deadline and self.alive():
                     try:
-                        if not await self._busy(client):
+                        if not busy(await metrics(client, self.url)):
                             break
                     except (httpx.HTTPError, ValueError):
                         break  # an engine that cannot say is not waited for
@@ -200,16 +207,6 @@ class EmbeddedEngine:
         await self.stop()
 
     # -- internals --------------------------------------------------------------------------
-
-    async def _busy(self, client: httpx.AsyncClient) -> bool:
-        """Whether the child still processes or queues a request (llama.cpp's /metrics)."""
-        text = (await client.get(f"{self.url}/metrics")).text
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            busy = name in ("llamacpp:requests_processing", "llamacpp:requests_deferred")
-            if busy and float(value or 0) > 0:
-                return True
-        return False
 
     def _command(self) -> list[str]:
         cmd = [
@@ -291,6 +288,27 @@ class EmbeddedEngine:
             proc.stdout.close()
         self._last_returncode = proc.returncode
         self._proc = None
+
+
+async def metrics(client: httpx.AsyncClient, url: str) -> dict[str, float]:
+    """llama.cpp's ``/metrics`` at the server root ``url`` (``parse_metrics``)."""
+    return parse_metrics((await client.get(f"{url}/metrics")).text)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """llama.cpp's Prometheus text without the ``llamacpp:`` prefix (``requests_processing``,
+    ``requests_deferred``, ``n_decode_total``, ...)."""
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("llamacpp:"):
+            values[name.removeprefix("llamacpp:")] = float(value)
+    return values
+
+
+def busy(values: dict[str, float]) -> bool:
+    """Whether an engine's ``metrics`` show a request processed or queued."""
+    return values.get("requests_processing", 0) + values.get("requests_deferred", 0) > 0
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:

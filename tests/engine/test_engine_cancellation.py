@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from conscience.client import EngineClient
-from conscience.engine.embedded import EmbeddedEngine
+from conscience.engine.embedded import EmbeddedEngine, busy, parse_metrics
 from conscience.review import judge_request
 from conscience.server.app import create_app
 from conscience.server.scripted import serve_in_thread
@@ -42,18 +42,11 @@ LONG = {
 
 
 def _engine_metrics(engine: EmbeddedEngine) -> dict[str, float]:
-    text = httpx.get(f"{engine.url}/metrics", timeout=5).text
-    values = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.startswith("llamacpp:"):
-            values[name.removeprefix("llamacpp:")] = float(value)
-    return values
+    return parse_metrics(httpx.get(f"{engine.url}/metrics", timeout=5).text)
 
 
 def _busy(engine: EmbeddedEngine) -> bool:
-    m = _engine_metrics(engine)
-    return m["requests_processing"] + m["requests_deferred"] > 0
+    return busy(_engine_metrics(engine))
 
 
 def _wait(check: Any, seconds: float) -> float:
