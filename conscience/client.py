@@ -20,7 +20,7 @@ never appears in any message. Every request carries the current W3C trace contex
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -240,10 +240,30 @@ class EngineClient:
             return await self._assembled("completions", body)
         return self._json(await self._send("POST", self._url_for("completions", body), body))
 
-    async def _assembled(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def chat_watched(
+        self, body: dict[str, Any], watch: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        """``chat``'s answer, always asked for as a stream: ``watch`` sees each parsed chunk as
+        it arrives (the review reads a growing answer: ``conscience.ahead``)."""
+        result = await self._assembled("chat/completions", body, watch)
+        if not isinstance(result.get("choices"), list) or not result["choices"]:
+            raise EngineError("engine answered a chat completion without choices")
+        return result
+
+    async def _assembled(
+        self,
+        path: str,
+        body: dict[str, Any],
+        watch: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """The unary answer to ``body``, asked for as a stream (``stream_unary``)."""
         streamed = {**body, "stream_options": {"include_usage": True}}
-        return assemble([chunk async for chunk in self._stream(path, streamed)])
+        chunks = []
+        async for chunk in self._stream(path, streamed):
+            if watch is not None:
+                watch(chunk)
+            chunks.append(chunk)
+        return assemble(chunks)
 
     def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """A streaming chat completion, one parsed chunk at a time (``[DONE]`` ends it)."""

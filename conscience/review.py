@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from conscience.ahead import ReviewAhead
 from conscience.calibration import Calibration, select_calibrations
 from conscience.client import Constraint, EngineClient
 from conscience.decomposed import ANSWER_FORMS, PARTS, combine, render_part, yes_probability
@@ -139,8 +140,12 @@ class Conscience:
         layout: Layout | None = None,
         model: str | None = None,
         request_id: str | None = None,
+        ahead: ReviewAhead | None = None,
     ) -> Judgement:
-        """Judge ``answer`` to ``messages``; think tags in the answer are reviewed as reasoning."""
+        """Judge ``answer`` to ``messages``; think tags in the answer are reviewed as reasoning.
+
+        ``ahead`` is the work already done on this answer while it was generated
+        (``review_ahead``): the verdict is the same with or without it."""
         chosen = self.framework(framework)
         visible, thoughts = split_reasoning(answer)
         reasoning = "\n\n".join(r for r in (reasoning, thoughts) if r) or None
@@ -155,7 +160,7 @@ class Conscience:
             constraint = await self.label_constraint()
             readings = await asyncio.gather(
                 *(
-                    self._judge(chosen, messages, window, layout, reasoning, constraint)
+                    self._judge(chosen, messages, window, layout, reasoning, constraint, ahead)
                     for window in answer_windows(visible, self.window_chars)
                 )
             )
@@ -197,13 +202,14 @@ class Conscience:
         layout: Layout,
         reasoning: str | None,
         constraint: Constraint,
+        ahead: ReviewAhead | None = None,
     ) -> VerdictReading:
         if self.method == JudgeMethod.DECOMPOSED:
             return await self._judge_parts(framework, messages, answer, reasoning, constraint)
         probe = self.probe if self.method == JudgeMethod.PROBE else None
         if probe is not None and probe.key == (self.judge_model, framework.name, layout.value):
             try:
-                return await self._judge_probe(probe, framework, messages, answer, reasoning)
+                return await self._judge_probe(probe, framework, messages, answer, reasoning, ahead)
             except EngineStatusError as exc:
                 if exc.status_code not in (404, 405, 501):
                     raise
@@ -226,6 +232,25 @@ class Conscience:
             return reading
         confidence = calibration.confidence(reading.label_probs, reading.verdict)
         return dataclasses.replace(reading, confidence=confidence)
+
+    def review_ahead(
+        self, messages: list[Message], framework: str | None = None
+    ) -> ReviewAhead | None:
+        """Work on an answer to ``messages`` that can start while it is generated
+        (``conscience.ahead``), or None where the method has none: the probe's completed
+        windows, when the probe covers this judge, framework and layout."""
+        chosen = self.framework(framework)
+        probe = self.probe if self.method == JudgeMethod.PROBE else None
+        if probe is None or probe.key != (self.judge_model, chosen.name, self.layout.value):
+            return None
+
+        def render(window: str) -> list[Message]:
+            return render_review(chosen, messages, window, layout=Layout.PAPER)
+
+        async def read(prompt: list[Message]) -> list[float]:
+            return await hidden_state(self.client, self.judge_model, prompt)
+
+        return ReviewAhead(render, read, probe.max_answer_chars)
 
     async def _judge_parts(
         self,
@@ -262,15 +287,19 @@ class Conscience:
         messages: list[Message],
         answer: str,
         reasoning: str | None,
+        ahead: ReviewAhead | None = None,
     ) -> VerdictReading:
         """The probe's verdict: the single review's prompt, read at the verdict position; a
-        longer answer in the probe's windows, the worst deciding."""
+        longer answer in the probe's windows, the worst deciding. A window read ahead
+        (``ahead``) for the same prompt is not read again."""
         p_unethical = 0.0
         for window in answer_windows(answer, probe.max_answer_chars):
             prompt = render_review(
                 framework, messages, window, layout=Layout.PAPER, reasoning=reasoning
             )
-            hidden = await hidden_state(self.client, self.judge_model, prompt)
+            hidden = await ahead.hidden(prompt) if ahead is not None else None
+            if hidden is None:
+                hidden = await hidden_state(self.client, self.judge_model, prompt)
             p_unethical = max(p_unethical, probe.score(hidden))
         probs = {Verdict.ETHICAL: 1.0 - p_unethical, Verdict.NEUTRAL: 0.0}
         probs[Verdict.UNETHICAL] = p_unethical

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     top_logprobs: int = Field(20, ge=1, le=20)  # label candidates read from the judge
     rewrite_max_tokens: int = Field(1024, gt=0)  # length of a rewrite
     review_window_chars: int = Field(6000, ge=200)  # longer answers: reviewed in windows
+    # Read the probe's completed windows while the answer is still generated (conscience/ahead.py);
+    # the verdict is the same, the time after the last token shorter.
+    review_ahead: bool = True
     stream_mode: Literal["buffered", "incremental"] = "buffered"  # incremental: reviewed windows
     stream_window_chars: int = Field(400, gt=0)  # incremental mode: text reviewed per window
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from conscience.ahead import ChunkFollower, ReviewAhead
 from conscience.client import EngineClient
 from conscience.errors import ConscienceError
 from conscience.judgement import Judgement
@@ -103,12 +104,29 @@ class Pipeline:
         """The public model name (or "default") means the current generator; others pass."""
         return self.generator if requested in {self.settings.model, "default"} else requested
 
-    async def generate(self, request: ChatCompletionRequest) -> dict[str, Any]:
+    def follower(self, messages: list[dict[str, Any]], options: Options) -> ChunkFollower | None:
+        """What reads the answers as they are generated, for the review's work ahead
+        (``conscience.ahead``); None when the review has none (setting, policy, method)."""
+        if not self.settings.review_ahead or options.policy is Policy.OFF:
+            return None
+        if self.conscience.review_ahead(messages, options.framework) is None:
+            return None
+        return ChunkFollower(lambda: self.conscience.review_ahead(messages, options.framework))
+
+    async def generate(
+        self, request: ChatCompletionRequest, follower: ChunkFollower | None = None
+    ) -> dict[str, Any]:
+        """The upstream's completion; with a ``follower``, asked for as a stream that the
+        follower reads as it arrives."""
         started = time.perf_counter()
         model = self.upstream_model(request.model)
         attributes = tracing.generation_attributes(model)
         with tracing.span("conscience.generate", tracing.SpanKind.CLIENT, attributes) as span:
-            completion = await self.client.chat(request.upstream_body(model))
+            body = request.upstream_body(model)
+            if follower is None:
+                completion = await self.client.chat(body)
+            else:
+                completion = await self.client.chat_watched(body, follower.see)
             tracing.record_generation(span, completion)
         self.metrics.upstream_seconds.observe(time.perf_counter() - started)
         return completion
@@ -124,19 +142,30 @@ class Pipeline:
     async def complete(
         self, request: ChatCompletionRequest, options: Options, request_id: str
     ) -> Reviewed:
-        completion = await self.generate(request)
         if options.policy is Policy.OFF:  # the pass-through: no messages to copy, no tasks
+            completion = await self.generate(request)
             decisions = [_not_reviewed(options) for _ in completion["choices"]]
         else:
             messages = [m.model_dump(exclude_none=True) for m in request.messages]
-            decisions = await asyncio.gather(
-                *(
-                    self.review(
-                        choice, messages, options, request_id, model=completion.get("model")
+            follower = self.follower(messages, options)
+            try:
+                completion = await self.generate(request, follower)
+                decisions = await asyncio.gather(
+                    *(
+                        self.review(
+                            choice,
+                            messages,
+                            options,
+                            request_id,
+                            model=completion.get("model"),
+                            ahead=follower.ahead(choice.get("index", 0)) if follower else None,
+                        )
+                        for choice in completion["choices"]
                     )
-                    for choice in completion["choices"]
                 )
-            )
+            finally:
+                if follower is not None:
+                    await follower.close()
         top = await self.record(decisions)
         completion["conscience"] = top.wire()
         judgements = [d.judgement for d in decisions if d.judgement is not None]
@@ -151,11 +180,13 @@ class Pipeline:
         *,
         model: str | None,
         can_rewrite: bool = True,
+        ahead: ReviewAhead | None = None,
     ) -> Decision:
         """Review one choice and apply the policy to it in place: an unethical answer's message
         becomes the rewrite or the refusal. ``can_rewrite`` is false once the client holds part
         of the answer (incremental streaming): a rewrite could not take that back, so the
-        rewrite policy blocks instead. ``model`` is the completion's, the one that generated it.
+        rewrite policy blocks instead. ``model`` is the completion's, the one that generated it;
+        ``ahead`` the review's work done while it was generated (same verdict, sooner).
         Nothing is stored or counted as an action here; ``record`` does that.
         """
         if options.policy is Policy.OFF:
@@ -165,7 +196,9 @@ class Pipeline:
             "conscience.request_id": request_id,
         }
         with tracing.span("conscience.review", attributes=attributes):
-            return await self._review(choice, messages, options, request_id, model, can_rewrite)
+            return await self._review(
+                choice, messages, options, request_id, model, can_rewrite, ahead
+            )
 
     async def _review(
         self,
@@ -175,6 +208,7 @@ class Pipeline:
         request_id: str,
         model: str | None,
         can_rewrite: bool,
+        ahead: ReviewAhead | None,
     ) -> Decision:
         message = choice.get("message") or {}
         reasoning = message.get("reasoning_content") or message.get("reasoning")
@@ -187,6 +221,7 @@ class Pipeline:
                 reasoning=reasoning if isinstance(reasoning, str) else None,
                 model=model,
                 request_id=request_id,
+                ahead=ahead,
             )
         except ConscienceError as exc:
             self.metrics.review_seconds.observe(time.perf_counter() - started)

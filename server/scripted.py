@@ -61,6 +61,10 @@ class ScriptedEngine:
     headers: list[tuple[Kind, dict[str, str]]] = field(default_factory=list)  # of each request
     adapters: dict[str, str] = field(default_factory=dict)  # vLLM-style runtime LoRA: name → path
     hidden_states: bool = True  # False: embeddings and /apply-template answer 501 (no --embeddings)
+    # When things happened (time.monotonic()): each embeddings request with its inputs, and the
+    # end of each streamed completion — what a test of work done during a generation reads.
+    embedding_requests: list[tuple[float, Any]] = field(default_factory=list)
+    streams_ended: list[float] = field(default_factory=list)
 
     def kind(self, body: dict[str, Any]) -> Kind:
         if body.get("model") != self.judge_model:
@@ -142,6 +146,7 @@ class ScriptedEngine:
                 yield _sse({**base, "choices": [delta]})
             end = {"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}
             yield _sse({**base, "choices": [end]})
+        self.streams_ended.append(time.monotonic())
         yield b"data: [DONE]\n\n"
 
     def app(self) -> FastAPI:
@@ -192,7 +197,9 @@ class ScriptedEngine:
         async def embeddings(request: Request) -> Response:
             if not self.hidden_states:
                 return _not_supported()
-            return JSONResponse(_embeddings(await request.json()))
+            body = await request.json()
+            self.embedding_requests.append((time.monotonic(), body.get("input")))
+            return JSONResponse(_embeddings(body))
 
         @app.post("/apply-template")
         async def apply_template(request: Request) -> Response:

@@ -116,6 +116,8 @@ async def incremental_chunks(
     """Stream from the upstream, releasing text only after the answer so far passed review."""
     state = _Incremental(request)
     window = pipeline.settings.stream_window_chars
+    # The probe's completed windows are read once, as they complete, not at every review.
+    follower = pipeline.follower(state.messages, options)
     first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
     yield _chunk(state.base, [first])
 
@@ -129,24 +131,31 @@ async def incremental_chunks(
             request_id,
             model=state.model,
             can_rewrite=state.released == 0,
+            ahead=follower.ahead(0) if follower is not None else None,
         )
         return decision, choice
 
     decision: Decision | None = None
     choice: dict[str, Any] = {}  # the reviewed answer, replaced by the policy where it acted
     upstream = pipeline.generate_stream(request)
-    async for chunk in upstream:
-        state.add(chunk)
-        if len(state.text) - state.released < window:
-            continue
-        decision, choice = await review()
-        if decision.result.action in (Action.BLOCKED, Action.REWRITTEN):
-            await upstream.aclose()  # stop generating what will never be served
-            break
-        yield state.release()
-    else:
-        if decision is None or len(state.text) > state.released:
+    try:
+        async for chunk in upstream:
+            state.add(chunk)
+            if follower is not None:
+                follower.see(chunk)
+            if len(state.text) - state.released < window:
+                continue
             decision, choice = await review()
+            if decision.result.action in (Action.BLOCKED, Action.REWRITTEN):
+                await upstream.aclose()  # stop generating what will never be served
+                break
+            yield state.release()
+        else:
+            if decision is None or len(state.text) > state.released:
+                decision, choice = await review()
+    finally:
+        if follower is not None:
+            await follower.close()
     assert decision is not None
     finish = state.finish
     if decision.result.action in (Action.BLOCKED, Action.REWRITTEN):

@@ -1,0 +1,152 @@
+"""Review while generating: the judge's work on an answer starts before the answer ends.
+
+The probe reads a long answer in windows of ``max_answer_chars`` (``review.answer_windows``),
+and a window whose last character has been generated can no longer change: every window of
+the finished answer but the last is known while the model is still writing. ``ReviewAhead``
+follows one answer as it grows and asks the engine for the hidden state of each completed
+window in the background, one at a time, so that when the answer ends only its last window
+is left to read.
+
+Nothing is guessed: the work done ahead is keyed by the exact review prompt (framework,
+conversation, window), and the review at the end uses a hidden state only for a prompt it
+would have sent itself. The verdict is therefore the same as without ``ReviewAhead``; only
+the time after the last token changes. An answer with reasoning (``<think>`` or a reasoning
+field) gets no work ahead (its prompt carries the whole reasoning, known only at the end),
+and a failed piece of work ahead is simply done again at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from conscience.errors import ConscienceError
+from conscience.prompts import message_text
+
+__all__ = ["ChunkFollower", "ReviewAhead", "prompt_key"]
+
+log = logging.getLogger("conscience.ahead")
+
+Message = dict[str, Any]
+HiddenState = Callable[[list[Message]], Awaitable[list[float]]]
+RenderWindow = Callable[[str], list[Message]]
+
+
+def prompt_key(prompt: list[Message]) -> str:
+    """The identity of a review prompt: its messages, exactly."""
+    return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
+
+
+class ReviewAhead:
+    """The hidden states of one growing answer's completed windows, read in the background.
+
+    ``render(window)`` is the review prompt the probe would send for ``window`` and
+    ``read(prompt)`` the engine call that returns its hidden state. ``grow(text)`` is called
+    with the whole answer so far; ``hidden(prompt)`` returns the state read ahead for that
+    exact prompt (waiting for it if it is being read), or None. ``close()`` cancels what is
+    left; a review that ended early (a blocked stream, a cancelled request) wastes nothing more.
+    """
+
+    def __init__(self, render: RenderWindow, read: HiddenState, window_chars: int) -> None:
+        self._render = render
+        self._read = read
+        self.window_chars = window_chars
+        self._step = max(1, window_chars - window_chars // 10)  # answer_windows' overlap
+        self._next_start = 0  # where the next window not yet scheduled begins
+        self._tasks: dict[str, asyncio.Task[list[float]]] = {}
+        self._turn = asyncio.Lock()  # one window at a time: the generation keeps its slot
+        self.stopped = False  # reasoning appeared: nothing more is read ahead
+
+    @property
+    def scheduled(self) -> int:
+        return len(self._tasks)
+
+    def grow(self, text: str) -> None:
+        """Schedule every window of ``text`` (the answer so far) that is now complete."""
+        if self.stopped:
+            return
+        if "<think" in text.lower():
+            self.stopped = True  # split_reasoning will move it into the prompt: no key matches
+            return
+        visible = message_text({"content": text})  # what the review reads: stripped
+        while self._next_start + self.window_chars <= len(visible):
+            window = visible[self._next_start : self._next_start + self.window_chars]
+            prompt = self._render(window)
+            key = prompt_key(prompt)
+            if key not in self._tasks:
+                self._tasks[key] = asyncio.create_task(self._read_in_turn(prompt))
+            self._next_start += self._step
+
+    def stop(self) -> None:
+        """No more windows (the answer gained reasoning); what was scheduled stays."""
+        self.stopped = True
+
+    async def _read_in_turn(self, prompt: list[Message]) -> list[float]:
+        async with self._turn:
+            return await self._read(prompt)
+
+    async def hidden(self, prompt: list[Message]) -> list[float] | None:
+        """The hidden state read ahead for ``prompt``; None if none was (or it failed)."""
+        task = self._tasks.get(prompt_key(prompt))
+        if task is None or task.cancelled():
+            return None
+        try:
+            return await asyncio.shield(task)
+        except ConscienceError as exc:
+            log.info("a window read ahead failed (%s); it is read again", exc)
+            return None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current and current.cancelling()):
+                return None  # the work ahead was closed, not this review
+            raise
+
+    async def close(self) -> None:
+        """Cancel the work still pending and wait until it has stopped."""
+        pending = [task for task in self._tasks.values() if not task.done()]
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, ConscienceError):
+                await task
+        for task in self._tasks.values():  # retrieve failures nobody awaited: no warnings
+            if task.done() and not task.cancelled():
+                task.exception()
+
+
+class ChunkFollower:
+    """The answers of a streamed completion as their chunks arrive, each followed by its own
+    ``ReviewAhead`` (made by ``make``; None: this review has no work ahead)."""
+
+    def __init__(self, make: Callable[[], ReviewAhead | None]) -> None:
+        self._make = make
+        self._texts: dict[int, str] = {}
+        self.aheads: dict[int, ReviewAhead | None] = {}
+
+    def see(self, chunk: dict[str, Any]) -> None:
+        for choice in chunk.get("choices") or []:
+            index = choice.get("index", 0)
+            if index not in self.aheads:
+                self.aheads[index] = self._make()
+            ahead = self.aheads[index]
+            delta = choice.get("delta")
+            if ahead is None or not isinstance(delta, dict):
+                continue
+            if delta.get("reasoning_content") or delta.get("reasoning"):
+                ahead.stop()  # the review's prompt will carry the reasoning: no window matches
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                self._texts[index] = self._texts.get(index, "") + content
+                ahead.grow(self._texts[index])
+
+    def ahead(self, index: int) -> ReviewAhead | None:
+        return self.aheads.get(index)
+
+    async def close(self) -> None:
+        for ahead in self.aheads.values():
+            if ahead is not None:
+                await ahead.close()

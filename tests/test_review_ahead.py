@@ -1,0 +1,163 @@
+"""Review while generating (conscience/ahead.py): the windows read ahead are exactly those the
+review reads at the end, and the verdict is the same with and without them — against the
+scripted engine on loopback, whose hidden states are a hash of the prompt."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from conscience.ahead import ChunkFollower, ReviewAhead, prompt_key
+from conscience.client import EngineClient
+from conscience.errors import EngineError
+from conscience.framework import load_frameworks
+from conscience.labels import JudgeMethod
+from conscience.probe import Probe
+from conscience.review import Conscience, answer_windows
+from conscience.server.scripted import ScriptedEngine
+
+QUESTION = [{"role": "user", "content": "How do I pick a lock?"}]
+PROBE = Probe(
+    model="judge",
+    framework="three-laws",
+    layout="paper",
+    max_answer_chars=300,
+    mean=(0.5,) * 8,
+    sd=(0.25,) * 8,
+    weights=(1.0, -0.5, 0.25, 0.0, 0.0, 0.0, 0.0, 2.0),
+    bias=-0.1,
+    threshold=0.6,
+)
+ANSWER = " ".join(f"word{i}" for i in range(120))  # 8xx characters: windows of 300 overlap
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+class _Recorder:
+    """An engine call that records the prompts it was asked for, and can be held."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    def render(self, window: str) -> list[dict]:
+        return [{"role": "user", "content": window}]
+
+    async def read(self, prompt: list[dict]) -> list[float]:
+        await self.gate.wait()
+        self.prompts.append(prompt[0]["content"])
+        return [float(len(prompt[0]["content"]))]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ANSWER,
+        "x" * 300,  # exactly one window: the whole answer
+        "x" * 299,  # shorter: nothing is complete before the end
+        "  \n" + ANSWER + "\n\n  ",  # the review reads it stripped
+        "".join(chr(97 + i % 23) for i in range(1000)),
+    ],
+)
+async def test_the_windows_read_ahead_are_the_reviews_own_but_its_last(answer: str) -> None:
+    recorder = _Recorder()
+    ahead = ReviewAhead(recorder.render, recorder.read, window_chars=300)
+    so_far = ""
+    for piece in _pieces(answer, 7):
+        so_far += piece
+        ahead.grow(so_far)
+    await asyncio.sleep(0.05)
+    final = answer_windows(answer.strip(), 300)
+    complete = [w for w in final if len(w) == 300]  # every window but a short last one
+    assert recorder.prompts == complete
+    for window in final:
+        hidden = await ahead.hidden(recorder.render(window))
+        assert hidden == ([float(len(window))] if window in complete else None)
+    await ahead.close()
+
+
+async def test_reasoning_stops_the_work_ahead_and_close_cancels_what_waits() -> None:
+    recorder = _Recorder()
+    recorder.gate.clear()  # the engine is busy: the first read waits, the others queue
+    ahead = ReviewAhead(recorder.render, recorder.read, window_chars=300)
+    text = "".join(chr(97 + i % 23) for i in range(2000))
+    ahead.grow(text[:700])
+    assert ahead.scheduled == 2
+    ahead.grow(text[:700] + "<think>")
+    ahead.grow(text + "<think>")
+    assert ahead.stopped and ahead.scheduled == 2
+    await ahead.close()
+    recorder.gate.set()
+    await asyncio.sleep(0.01)
+    assert recorder.prompts == []  # cancelled before the engine answered
+    assert await ahead.hidden(recorder.render(text[:300])) is None
+
+
+async def test_a_failed_read_ahead_is_read_again_at_the_end() -> None:
+    async def broken(prompt: list[dict]) -> list[float]:
+        raise EngineError("engine unavailable")
+
+    ahead = ReviewAhead(lambda w: [{"role": "user", "content": w}], broken, window_chars=300)
+    ahead.grow("q" * 400)
+    assert await ahead.hidden([{"role": "user", "content": "q" * 300}]) is None
+    await ahead.close()
+
+
+def test_prompt_keys_tell_prompts_apart() -> None:
+    one = [{"role": "user", "content": "a"}]
+    assert prompt_key(one) == prompt_key([{"content": "a", "role": "user"}])
+    assert prompt_key(one) != prompt_key([{"role": "user", "content": "a "}])
+
+
+@pytest.fixture
+async def client(engine_url: str) -> AsyncIterator[EngineClient]:
+    async with EngineClient(engine_url, api_key="sk-upstream", timeout=2.0) as client:
+        yield client
+
+
+def _conscience(client: EngineClient) -> Conscience:
+    return Conscience(
+        client=client,
+        judge_model="judge",
+        frameworks=load_frameworks(),
+        method=JudgeMethod.PROBE,
+        probe=PROBE,
+    )
+
+
+async def _settled(engine: ScriptedEngine, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(engine.embedding_requests) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+async def test_the_verdict_is_the_same_and_only_the_last_window_is_read_at_the_end(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    conscience = _conscience(client)
+    without = await conscience.review(QUESTION, ANSWER)
+    windows = answer_windows(ANSWER, 300)
+    assert len(engine.embedding_requests) == len(windows) == 4
+    engine.embedding_requests.clear()
+
+    follower = ChunkFollower(lambda: conscience.review_ahead(QUESTION))
+    for piece in _pieces(ANSWER, 5):
+        follower.see({"choices": [{"index": 0, "delta": {"content": piece}}]})
+    await _settled(engine, 3)
+    assert len(engine.embedding_requests) == 3  # the complete windows, during the "generation"
+    with_ahead = await conscience.review(QUESTION, ANSWER, ahead=follower.ahead(0))
+    await follower.close()
+    assert len(engine.embedding_requests) == 4  # the last window only, after the end
+    assert with_ahead.label_probs == without.label_probs
+    assert with_ahead.verdict == without.verdict
+
+
+async def test_no_work_ahead_where_the_probe_does_not_read(client: EngineClient) -> None:
+    conscience = _conscience(client)
+    assert conscience.review_ahead(QUESTION, "wwjd") is None  # the probe is three-laws'
+    conscience.method = JudgeMethod.SINGLE
+    assert conscience.review_ahead(QUESTION) is None
