@@ -1,18 +1,22 @@
 """Review while generating: the judge's work on an answer starts before the answer ends.
 
-The probe reads a long answer in windows of ``max_answer_chars`` (``review.answer_windows``),
-and a window whose last character has been generated can no longer change: every window of
-the finished answer but the last is known while the model is still writing. ``ReviewAhead``
-follows one answer as it grows and asks the engine for the hidden state of each completed
-window in the background, one at a time, so that when the answer ends only its last window
-is left to read.
+Two kinds of work can be done while the model is still writing, one per judge method:
 
-Nothing is guessed: the work done ahead is keyed by the exact review prompt (framework,
-conversation, window), and the review at the end uses a hidden state only for a prompt it
-would have sent itself. The verdict is therefore the same as without ``ReviewAhead``; only
-the time after the last token changes. An answer with reasoning (``<think>`` or a reasoning
-field) gets no work ahead (its prompt carries the whole reasoning, known only at the end),
-and a failed piece of work ahead is simply done again at the end.
+- ``WindowsAhead`` (the probe): the probe reads a long answer in windows of
+  ``max_answer_chars`` (``review.answer_windows``), and a window whose last character has been
+  generated can no longer change, so every window of the finished answer but the last is known
+  while the model is still writing. Their hidden states are read in the background, one at a
+  time, keyed by the exact review prompt (framework, conversation, window); the review at the
+  end uses a hidden state only for a prompt it would have sent itself.
+- ``PrefixAhead`` (the single review): the judge's prompt up to the answer so far is sent to
+  the engine as a one-token completion every ``every_chars`` of new text, so the engine's
+  prefix cache (llama.cpp, vLLM) holds it; the review at the end sends its usual request and
+  only the tokens after the cached prefix are prefilled.
+
+Either way the review's requests at the end are the ones it sends without work ahead, so the
+verdict is the same; only the time after the last token changes. An answer with reasoning
+(``<think>`` or a reasoning field) gets no work ahead (its prompt carries the whole reasoning,
+known only at the end), and a failed piece of work ahead is simply done again at the end.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 from conscience.errors import ConscienceError
 from conscience.prompts import message_text
 
-__all__ = ["ChunkFollower", "ReviewAhead", "prompt_key"]
+__all__ = ["ChunkFollower", "PrefixAhead", "ReviewAhead", "WindowsAhead", "prompt_key"]
 
 log = logging.getLogger("conscience.ahead")
 
@@ -42,6 +46,27 @@ def prompt_key(prompt: list[Message]) -> str:
 
 
 class ReviewAhead:
+    """Work on one growing answer (see the module): ``grow(text)`` is called with the whole
+    answer so far, ``stop()`` when it gains reasoning, ``close()`` when the review is done."""
+
+    stopped: bool = False
+
+    def grow(self, text: str) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """No more work (the answer gained reasoning); what was started stays."""
+        self.stopped = True
+
+    async def hidden(self, prompt: list[Message]) -> list[float] | None:
+        """A hidden state read ahead for exactly ``prompt``, or None."""
+        return None
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class WindowsAhead(ReviewAhead):
     """The hidden states of one growing answer's completed windows, read in the background.
 
     ``render(window)`` is the review prompt the probe would send for ``window`` and
@@ -81,10 +106,6 @@ class ReviewAhead:
                 self._tasks[key] = asyncio.create_task(self._read_in_turn(prompt))
             self._next_start += self._step
 
-    def stop(self) -> None:
-        """No more windows (the answer gained reasoning); what was scheduled stays."""
-        self.stopped = True
-
     async def _read_in_turn(self, prompt: list[Message]) -> list[float]:
         async with self._turn:
             return await self._read(prompt)
@@ -116,6 +137,66 @@ class ReviewAhead:
         for task in self._tasks.values():  # retrieve failures nobody awaited: no warnings
             if task.done() and not task.cancelled():
                 task.exception()
+
+
+class PrefixAhead(ReviewAhead):
+    """The single review's prompt, prefilled in the engine as the answer grows.
+
+    ``warm(visible)`` sends the engine the review's prompt up to the end of the answer so far,
+    for one token, which leaves it in the engine's prefix cache. One warm-up is in flight at a
+    time; a new one starts when ``every_chars`` of answer arrived since the last, and none past
+    ``max_chars`` (longer answers are reviewed in windows whose prompts start otherwise).
+    """
+
+    def __init__(
+        self, warm: Callable[[str], Awaitable[None]], every_chars: int, max_chars: int
+    ) -> None:
+        self._warm = warm
+        self.every_chars = every_chars
+        self.max_chars = max_chars
+        self._latest = ""  # the visible answer so far
+        self._warmed = 0  # the length of the answer the last warm-up covered
+        self._task: asyncio.Task[None] | None = None
+        self.warm_ups = 0  # sent so far
+
+    def grow(self, text: str) -> None:
+        if self.stopped:
+            return
+        if "<think" in text.lower():
+            self.stopped = True
+            return
+        self._latest = message_text({"content": text})
+        if len(self._latest) > self.max_chars:
+            self.stopped = True
+            return
+        self._maybe_warm()
+
+    def _maybe_warm(self) -> None:
+        if self.stopped or (self._task is not None and not self._task.done()):
+            return
+        if len(self._latest) - self._warmed < self.every_chars:
+            return
+        self._warmed = len(self._latest)
+        self._task = asyncio.create_task(self._warm_up(self._latest))
+
+    async def _warm_up(self, visible: str) -> None:
+        try:
+            await self._warm(visible)
+            self.warm_ups += 1
+        except ConscienceError as exc:
+            log.info("a warm-up of the judge's prompt failed (%s); it is not retried", exc)
+            self.stopped = True
+            return
+        self._task = None
+        self._maybe_warm()  # the answer may have grown meanwhile
+
+    async def close(self) -> None:
+        self.stopped = True
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConscienceError):
+                await task
 
 
 class ChunkFollower:

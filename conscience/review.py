@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from conscience.ahead import ReviewAhead
+from conscience.ahead import PrefixAhead, ReviewAhead, WindowsAhead
 from conscience.calibration import Calibration, select_calibrations
 from conscience.client import Constraint, EngineClient
 from conscience.decomposed import ANSWER_FORMS, PARTS, combine, render_part, yes_probability
@@ -45,6 +45,10 @@ Message = dict[str, Any]
 def _grammar(forms: tuple[str, ...]) -> str:
     return "root ::= " + " | ".join(f'"{form}"' for form in forms)
 
+
+# Where the answer so far ends in a rendered review prompt (invisible separators and a word no
+# answer or template writes), so the text before it can be prefilled (``_warm_prefix``).
+_CUT = "\u2063\u2063conscience-cut\u2063\u2063"
 
 _THINK_RE = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 
@@ -108,6 +112,8 @@ class Conscience:
     rewrite_max_tokens: int = 1024
     rewrite_temperature: float = 0.3
     window_chars: int = 6000  # longer answers are reviewed in overlapping windows, never cut
+    warm_every_chars: int = 400  # review while generating: the judge's prompt prefilled so often
+    _templates: bool = field(default=True, repr=False, compare=False)  # /apply-template answers
     # Fitted decision rules and confidence scaling by (judge model, framework, layout).
     calibrations: dict[tuple[str, str, str], Calibration] = field(default_factory=dict)
     calibration_source: str = "no calibration file"  # said at start-up
@@ -237,20 +243,51 @@ class Conscience:
         self, messages: list[Message], framework: str | None = None
     ) -> ReviewAhead | None:
         """Work on an answer to ``messages`` that can start while it is generated
-        (``conscience.ahead``), or None where the method has none: the probe's completed
-        windows, when the probe covers this judge, framework and layout."""
+        (``conscience.ahead``): the probe's complete windows when the probe covers this judge,
+        framework and layout; else, for the single method, the judge's prompt prefilled in the
+        engine's cache. None for the decomposed verdict."""
         chosen = self.framework(framework)
         probe = self.probe if self.method == JudgeMethod.PROBE else None
-        if probe is None or probe.key != (self.judge_model, chosen.name, self.layout.value):
+        if probe is not None and probe.key == (self.judge_model, chosen.name, self.layout.value):
+
+            def render(window: str) -> list[Message]:
+                return render_review(chosen, messages, window, layout=Layout.PAPER)
+
+            async def read(prompt: list[Message]) -> list[float]:
+                return await hidden_state(self.client, self.judge_model, prompt)
+
+            return WindowsAhead(render, read, probe.max_answer_chars)
+        if self.method == JudgeMethod.DECOMPOSED:
             return None
 
-        def render(window: str) -> list[Message]:
-            return render_review(chosen, messages, window, layout=Layout.PAPER)
+        async def warm(visible: str) -> None:
+            await self._warm_prefix(chosen, messages, visible)
 
-        async def read(prompt: list[Message]) -> list[float]:
-            return await hidden_state(self.client, self.judge_model, prompt)
+        return PrefixAhead(warm, self.warm_every_chars, self.window_chars)
 
-        return ReviewAhead(render, read, probe.max_answer_chars)
+    async def _warm_prefix(
+        self, framework: Framework, messages: list[Message], answer: str
+    ) -> None:
+        """Leave the single review's prompt, up to the end of ``answer``, in the engine's prefix
+        cache: the prompt text cut where the answer ends (llama.cpp's ``/apply-template``) as a
+        one-token completion; an engine without that route gets the review's own request with
+        the answer so far, whose shared beginning its cache keeps (vLLM's prefix caching)."""
+        prompt = render_review(framework, messages, answer + _CUT, layout=self.layout)
+        if self._templates:
+            try:
+                rendered = await self.client.apply_template(prompt)
+            except EngineStatusError as exc:
+                if exc.status_code not in (404, 405, 501):
+                    raise
+                self._templates = False
+            else:
+                head, found, _ = rendered.partition(_CUT)
+                if found:
+                    body = {"model": self.judge_model, "prompt": head, "max_tokens": 1}
+                    await self.client.completions({**body, "temperature": 0.0})
+                return
+        prompt = render_review(framework, messages, answer, layout=self.layout)
+        await self.client.chat({"model": self.judge_model, "messages": prompt, "max_tokens": 1})
 
     async def _judge_parts(
         self,

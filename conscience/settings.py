@@ -58,9 +58,11 @@ class Settings(BaseSettings):
     top_logprobs: int = Field(20, ge=1, le=20)  # label candidates read from the judge
     rewrite_max_tokens: int = Field(1024, gt=0)  # length of a rewrite
     review_window_chars: int = Field(6000, ge=200)  # longer answers: reviewed in windows
-    # Read the probe's completed windows while the answer is still generated (conscience/ahead.py);
-    # the verdict is the same, the time after the last token shorter.
-    review_ahead: bool = True
+    # Review while generating (conscience/ahead.py): the generation is streamed from the engine
+    # and the judge starts on the answer before it ends; the verdict is the same, the time
+    # after the last token shorter. "auto": on the embedded engine, which is always asked for
+    # streams; "on": any upstream (it must stream with usage, as vLLM and llama-server do).
+    review_ahead: Literal["auto", "on", "off"] = "auto"
     stream_mode: Literal["buffered", "incremental"] = "buffered"  # incremental: reviewed windows
     stream_window_chars: int = Field(400, gt=0)  # incremental mode: text reviewed per window
 

@@ -53,8 +53,8 @@ class ScriptedEngine:
     verdict_probs: dict[str, float] | None = None  # None: the verdict gets 0.9
     rewrite: str = "Here is a safe and helpful answer."
     tool_calls: list[dict[str, Any]] | None = None  # the generator calls tools instead
-    stream_delay: float = 0.0  # seconds between streamed chunks
-    latency: dict[Kind, float] = field(default_factory=dict)  # simulated seconds per request
+    stream_delay: float = 0.0  # seconds per word of an answer, streamed or not
+    latency: dict[Kind, float] = field(default_factory=dict)  # seconds before a request's answer
     faults: dict[Kind, Fault] = field(default_factory=dict)
     handler: Callable[[Kind, dict[str, Any]], dict[str, Any] | None] | None = None
     requests: list[tuple[Kind, dict[str, Any]]] = field(default_factory=list)
@@ -129,13 +129,19 @@ class ScriptedEngine:
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
         }
 
-    async def _stream(self, completion: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def _stream(self, completion: dict[str, Any], usage: bool) -> AsyncIterator[bytes]:
+        """The completion as an OpenAI stream: reasoning, tool calls, then the content word by
+        word; with ``usage`` (``stream_options.include_usage``), a last chunk that carries it."""
         base = {k: completion[k] for k in ("id", "created", "model")}
         base["object"] = "chat.completion.chunk"
         for choice in completion["choices"]:
             index, message = choice["index"], choice["message"]
             first = {"index": index, "delta": {"role": "assistant", "content": ""}}
             yield _sse({**base, "choices": [{**first, "finish_reason": None}]})
+            for name in ("reasoning_content", "reasoning"):
+                if message.get(name):
+                    delta = {"index": index, "delta": {name: message[name]}, "finish_reason": None}
+                    yield _sse({**base, "choices": [delta]})
             if message.get("tool_calls"):
                 calls = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
                 delta = {"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}
@@ -147,6 +153,8 @@ class ScriptedEngine:
             end = {"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}
             yield _sse({**base, "choices": [end]})
         self.streams_ended.append(time.monotonic())
+        if usage and completion.get("usage") is not None:
+            yield _sse({**base, "choices": [], "usage": completion["usage"]})
         yield b"data: [DONE]\n\n"
 
     def app(self) -> FastAPI:
@@ -180,10 +188,18 @@ class ScriptedEngine:
             if faulted is not None:
                 return faulted
             completion = self.completion(kind, body)
-            if self.latency.get(kind) and not body.get("stream"):
+            if self.latency.get(kind):  # before the first byte, streamed or not
                 await asyncio.sleep(self.latency[kind])
+            if self.stream_delay and not body.get("stream"):  # as long as streaming it would
+                words = sum(
+                    len(_words(c["message"].get("content") or "")) for c in completion["choices"]
+                )
+                await asyncio.sleep(words * self.stream_delay)
             if body.get("stream"):
-                return StreamingResponse(self._stream(completion), media_type="text/event-stream")
+                usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                return StreamingResponse(
+                    self._stream(completion, usage), media_type="text/event-stream"
+                )
             return JSONResponse(completion)
 
         @app.post("/v1/completions")
@@ -304,8 +320,6 @@ def main() -> None:
     )
     if args.words:
         engine.generation = " ".join(f"word{i}" for i in range(args.words))
-        # A non-streamed generation takes as long as streaming it would.
-        engine.latency["generate"] = args.words * args.stream_delay
     uvicorn.run(
         engine.app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False
     )

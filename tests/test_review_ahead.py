@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from conscience.ahead import ChunkFollower, ReviewAhead, prompt_key
+from conscience.ahead import ChunkFollower, PrefixAhead, WindowsAhead, prompt_key
 from conscience.client import EngineClient
 from conscience.errors import EngineError
 from conscience.framework import load_frameworks
 from conscience.labels import JudgeMethod
 from conscience.probe import Probe
+from conscience.prompts import render_review
 from conscience.review import Conscience, answer_windows
 from conscience.server.scripted import ScriptedEngine
 
@@ -65,7 +66,7 @@ class _Recorder:
 )
 async def test_the_windows_read_ahead_are_the_reviews_own_but_its_last(answer: str) -> None:
     recorder = _Recorder()
-    ahead = ReviewAhead(recorder.render, recorder.read, window_chars=300)
+    ahead = WindowsAhead(recorder.render, recorder.read, window_chars=300)
     so_far = ""
     for piece in _pieces(answer, 7):
         so_far += piece
@@ -83,7 +84,7 @@ async def test_the_windows_read_ahead_are_the_reviews_own_but_its_last(answer: s
 async def test_reasoning_stops_the_work_ahead_and_close_cancels_what_waits() -> None:
     recorder = _Recorder()
     recorder.gate.clear()  # the engine is busy: the first read waits, the others queue
-    ahead = ReviewAhead(recorder.render, recorder.read, window_chars=300)
+    ahead = WindowsAhead(recorder.render, recorder.read, window_chars=300)
     text = "".join(chr(97 + i % 23) for i in range(2000))
     ahead.grow(text[:700])
     assert ahead.scheduled == 2
@@ -101,7 +102,7 @@ async def test_a_failed_read_ahead_is_read_again_at_the_end() -> None:
     async def broken(prompt: list[dict]) -> list[float]:
         raise EngineError("engine unavailable")
 
-    ahead = ReviewAhead(lambda w: [{"role": "user", "content": w}], broken, window_chars=300)
+    ahead = WindowsAhead(lambda w: [{"role": "user", "content": w}], broken, window_chars=300)
     ahead.grow("q" * 400)
     assert await ahead.hidden([{"role": "user", "content": "q" * 300}]) is None
     await ahead.close()
@@ -156,8 +157,79 @@ async def test_the_verdict_is_the_same_and_only_the_last_window_is_read_at_the_e
     assert with_ahead.verdict == without.verdict
 
 
-async def test_no_work_ahead_where_the_probe_does_not_read(client: EngineClient) -> None:
+async def test_which_work_ahead_each_method_gets(client: EngineClient) -> None:
     conscience = _conscience(client)
-    assert conscience.review_ahead(QUESTION, "wwjd") is None  # the probe is three-laws'
-    conscience.method = JudgeMethod.SINGLE
+    assert isinstance(conscience.review_ahead(QUESTION), WindowsAhead)
+    # wwjd is not the probe's framework: its reviews use the single method, prefilled ahead.
+    assert isinstance(conscience.review_ahead(QUESTION, "wwjd"), PrefixAhead)
+    conscience.method = JudgeMethod.DECOMPOSED
     assert conscience.review_ahead(QUESTION) is None
+
+
+async def test_warm_ups_follow_the_answer_one_at_a_time() -> None:
+    sent: list[str] = []
+    release = asyncio.Event()
+
+    async def warm(visible: str) -> None:
+        await release.wait()
+        sent.append(visible)
+
+    ahead = PrefixAhead(warm, every_chars=100, max_chars=1000)
+    ahead.grow("a" * 50)
+    assert ahead.warm_ups == 0 and sent == []  # not yet every_chars of answer
+    ahead.grow("a" * 120)  # the first warm-up starts and waits for the engine
+    ahead.grow("a" * 400)  # one in flight: this one waits its turn
+    release.set()
+    await asyncio.sleep(0.01)
+    assert sent == ["a" * 120, "a" * 400]  # the second covers everything that arrived meanwhile
+    ahead.grow("a" * 450)
+    await asyncio.sleep(0.01)
+    assert len(sent) == 2  # 50 new characters: too few
+    ahead.grow("a" * 1001)
+    assert ahead.stopped  # longer answers are reviewed in windows: nothing more to prefill
+    await ahead.close()
+
+
+async def test_the_single_reviews_prompt_is_prefilled_up_to_the_answer_so_far(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    conscience = _conscience(client)
+    conscience.method = JudgeMethod.SINGLE
+    conscience.warm_every_chars = 200
+    ahead = conscience.review_ahead(QUESTION)
+    assert isinstance(ahead, PrefixAhead)
+    so_far = ""
+    for piece in _pieces(ANSWER, 50):
+        so_far += piece
+        ahead.grow(so_far)
+        await asyncio.sleep(0.02)  # the scripted engine answers each warm-up at once
+    await ahead.close()
+    warmed = [body["prompt"] for kind, body in engine.requests if "prompt" in body]
+    assert len(warmed) == ahead.warm_ups >= 3
+    final = render_review(
+        load_frameworks()["three-laws"], QUESTION, ANSWER, layout=conscience.layout
+    )
+    rendered = await client.apply_template(final)
+    for prompt in warmed:  # each a beginning of the review's prompt, ending in the answer
+        assert rendered.startswith(prompt) and ANSWER.startswith(prompt.rsplit("\n", 1)[-1])
+    assert (await conscience.review(QUESTION, ANSWER, ahead=ahead)).verdict == "ethical"
+    assert engine.of_kind("review")[-1]["messages"] == final  # the review's own request
+
+
+async def test_without_a_template_route_the_reviews_request_warms_the_cache(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    engine.hidden_states = False  # no /apply-template (vLLM)
+    conscience = _conscience(client)
+    conscience.method = JudgeMethod.SINGLE
+    ahead = conscience.review_ahead(QUESTION)
+    assert isinstance(ahead, PrefixAhead)
+    ahead.grow(ANSWER[:500])
+    await asyncio.sleep(0.1)
+    await ahead.close()
+    warm = engine.of_kind("rewrite")  # a judge request without log-probs
+    framework = load_frameworks()["three-laws"]
+    assert warm[0]["messages"] == render_review(
+        framework, QUESTION, ANSWER[:500], layout=conscience.layout
+    )
+    assert warm[0]["max_tokens"] == 1

@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +105,8 @@ def _row_of_table(outcome: str, fail_mode: str, mode: str) -> str:
 
 @dataclass
 class ReasoningEngine(ScriptedEngine):
-    """The scripted engine, answering as reasoning models do: ``message.reasoning_content``,
-    and when streaming, a ``delta.reasoning_content`` chunk before the text."""
+    """The scripted engine, answering as reasoning models do: ``message.reasoning_content``
+    (streamed as a ``delta.reasoning_content`` chunk before the text)."""
 
     def _choices(self, kind: Any, body: dict[str, Any]) -> list[dict[str, Any]]:
         choices = super()._choices(kind, body)
@@ -114,14 +114,6 @@ class ReasoningEngine(ScriptedEngine):
             for choice in choices:
                 choice["message"]["reasoning_content"] = REASONING
         return choices
-
-    async def _stream(self, completion: dict[str, Any]) -> AsyncIterator[bytes]:
-        base = {k: completion[k] for k in ("id", "created", "model")}
-        delta = {"index": 0, "delta": {"reasoning_content": REASONING}, "finish_reason": None}
-        chunk = {**base, "object": "chat.completion.chunk", "choices": [delta]}
-        yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-        async for line in super()._stream(completion):
-            yield line
 
 
 @dataclass
