@@ -3,14 +3,16 @@
     python -m conscience.bench.review_ahead                        # the probe (the default)
     python -m conscience.bench.review_ahead --judge-method single  # the paper's single review
 
-For each setting of ``CONSCIENCE_REVIEW_AHEAD`` (``auto`` = on for the embedded engine, then
-``off``) a proxy with the embedded engine and the default model is started, and each question
-is asked twice, one after the other: unguarded (``conscience.policy = off``: generation only)
+For each setting of ``CONSCIENCE_REVIEW_AHEAD`` (``true``, then ``false``) a proxy with the
+embedded engine and the default model is started, and each question is asked twice, one
+after the other: unguarded (``conscience.policy = off``: generation only)
 and guarded (the default policy). Reported per setting, over the guarded answers judged
 ethical (the target is about them): the guarded/unguarded end-to-end latency (median of the
 per-question ratios) and the time from the last token to the verdict (the judgement's
 ``review_ms``: the review call, which starts when the generation has ended). Answers are
-greedy and as long as ``--max-tokens`` allows, so both settings judge the same answers.
+greedy, but llama.cpp does not repeat a greedy answer exactly from one request to the next
+(its prefix cache and batching change the arithmetic): each line says whether the two
+answers to a question differed.
 """
 
 from __future__ import annotations
@@ -65,13 +67,14 @@ def _ask(client: httpx.Client, url: str, question: str, max_tokens: int, guarded
 
 
 def _run(setting: str, args: argparse.Namespace, tmp: str) -> Run:
+    """One proxy with ``review_ahead`` as ``setting`` says ("on" or "off")."""
     store = f"{tmp}/{setting}.sqlite3"
     settings = Settings(
         upstream_url=None,
         model=args.model,
         judge_model=args.model,
         store_url=store,
-        review_ahead=setting,
+        review_ahead=setting == "on",
         judge_method=args.judge_method,
         engine_threads=args.threads,
         upstream_timeout=900,
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--questions", type=int, default=len(QUESTIONS))
     p.add_argument("--max-tokens", type=int, default=256, help="tokens of each answer at most")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all)")
-    p.add_argument("--settings", default="auto,off", help="CONSCIENCE_REVIEW_AHEAD values")
+    p.add_argument("--settings", default="on,off", help="review ahead on, off, or both")
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
     print(f"judge method {args.judge_method}, load average {os.getloadavg()}", flush=True)

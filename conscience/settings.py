@@ -59,10 +59,10 @@ class Settings(BaseSettings):
     rewrite_max_tokens: int = Field(1024, gt=0)  # length of a rewrite
     review_window_chars: int = Field(6000, ge=200)  # longer answers: reviewed in windows
     # Review while generating (conscience/ahead.py): the generation is streamed from the engine
-    # and the judge starts on the answer before it ends; the verdict is the same, the time
-    # after the last token shorter. "auto": on the embedded engine, which is always asked for
-    # streams; "on": any upstream (it must stream with usage, as vLLM and llama-server do).
-    review_ahead: Literal["auto", "on", "off"] = "auto"
+    # and the judge starts on the answer before it ends; the verdict is the same. Off by
+    # default: on 2 CPU cores it moves the judge's work without saving time (docs/decisions.md,
+    # "Review while generating"). An upstream must stream with usage (vLLM, llama-server do).
+    review_ahead: bool = False
     stream_mode: Literal["buffered", "incremental"] = "buffered"  # incremental: reviewed windows
     stream_window_chars: int = Field(400, gt=0)  # incremental mode: text reviewed per window
 

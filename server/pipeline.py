@@ -107,10 +107,7 @@ class Pipeline:
     def follower(self, messages: list[dict[str, Any]], options: Options) -> ChunkFollower | None:
         """What reads the answers as they are generated, for the review's work ahead
         (``conscience.ahead``); None when the review has none (setting, policy, method)."""
-        mode = self.settings.review_ahead
-        if mode == "off" or (mode == "auto" and not self.client.stream_unary):
-            return None
-        if options.policy is Policy.OFF:
+        if not self.settings.review_ahead or options.policy is Policy.OFF:
             return None
         if self.conscience.review_ahead(messages, options.framework) is None:
             return None

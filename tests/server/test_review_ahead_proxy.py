@@ -1,7 +1,7 @@
 """The proxy reviews while the answer is generated (``review_ahead``): through the real app on
 loopback, in front of the scripted engine streaming a long answer word by word, the probe's
 complete windows are read before the generation ends, and the verdict is the one the proxy
-gives with the setting off. (The scripted engine is an upstream: ``auto`` leaves it alone.)"""
+gives with the setting off."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +49,7 @@ def test_windows_are_read_during_the_generation_and_the_verdict_is_unchanged(
 ) -> None:
     engine.generation = ANSWER
     engine.stream_delay = 0.01  # 120 words: the generation lasts more than a second
-    ahead = _ask(make_proxy(probe_file=probe_file, upstream_timeout=10, review_ahead="on"))
+    ahead = _ask(make_proxy(probe_file=probe_file, upstream_timeout=10, review_ahead=True))
     assert len(engine.streams_ended) == 1
     ended = engine.streams_ended[0]
     before = [t for t, _ in engine.embedding_requests if t < ended]
@@ -57,7 +57,7 @@ def test_windows_are_read_during_the_generation_and_the_verdict_is_unchanged(
     assert len(engine.embedding_requests) == len(answer_windows(ANSWER, 300)) == 4
 
     engine.embedding_requests.clear()
-    plain = _ask(make_proxy(probe_file=probe_file, upstream_timeout=10, review_ahead="off"))
+    plain = _ask(make_proxy(probe_file=probe_file, upstream_timeout=10, review_ahead=False))
     assert len(engine.embedding_requests) == 4  # all of them after the generation
     assert ahead.choices[0].message.content == plain.choices[0].message.content == ANSWER
     assert ahead.conscience["verdict"] == plain.conscience["verdict"]  # type: ignore[attr-defined]
@@ -81,10 +81,10 @@ def test_incremental_streaming_reads_each_window_once(
         assert text == ANSWER
         return chunks[-1].conscience  # type: ignore[attr-defined]
 
-    plain = stream(make_proxy(**settings, review_ahead="off"))
+    plain = stream(make_proxy(**settings, review_ahead=False))
     read_plain = len(engine.embedding_requests)
     engine.embedding_requests.clear()
-    ahead = stream(make_proxy(**settings, review_ahead="on"))
+    ahead = stream(make_proxy(**settings, review_ahead=True))
     # Without the work ahead, every review of the growing answer reads all its windows again.
     assert len(engine.embedding_requests) < read_plain
     assert (ahead["verdict"], ahead["confidence"]) == (plain["verdict"], plain["confidence"])
