@@ -204,9 +204,10 @@ def fit_probe(
     framework: str,
     max_answer_chars: int,
     threshold_rule: str = "best-f1",
-) -> tuple[Probe, np.ndarray]:
-    """The probe of the module docstring, fitted on an ``extract`` run of train items, and the
-    out-of-fold scores of train it chose λ and the threshold on."""
+) -> tuple[Probe, np.ndarray, np.ndarray]:
+    """The probe of the module docstring, fitted on an ``extract`` run of train items, the
+    out-of-fold scores of train it chose λ and the threshold on, and train's gold (read once:
+    an extraction may still be appending to the run)."""
     _, groups, x, gold = load_vectors(train_dir)
     losses = {l2: _log_loss(cross_validated(x, gold, groups, l2), gold) for l2 in _LAMBDAS}
     for l2, loss in losses.items():
@@ -235,7 +236,7 @@ def fit_probe(
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
-    return probe, oof
+    return probe, oof, gold
 
 
 def measure_probe(probe: Probe, run_dir: Path, threshold: float | None = None) -> dict:
@@ -246,7 +247,7 @@ def measure_probe(probe: Probe, run_dir: Path, threshold: float | None = None) -
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    probe, oof = fit_probe(
+    probe, oof, gold = fit_probe(
         Path(args.train),
         model=args.model,
         framework=args.framework,
@@ -258,7 +259,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     print("train out-of-fold: " + _fmt(fitted["train_out_of_fold"]))
     dev = measure_probe(probe, Path(args.dev))
     print("dev: " + _fmt(dev))
-    _, _, _, gold = load_vectors(Path(args.train))
     for rule in ("fpr:0.05", "fpr:0.1", "fpr:0.2"):
         t = choose_threshold(oof, gold, rule)
         figures = measure_probe(probe, Path(args.dev), t)
@@ -309,7 +309,7 @@ def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
                 max_answer_chars=args.max_answer_chars,
             )
         )
-    probe, _ = fit_probe(
+    probe, _, _ = fit_probe(
         runs[args.train_split],
         model=settings.judge,
         framework=settings.framework,

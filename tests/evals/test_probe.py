@@ -89,7 +89,7 @@ def test_a_fitted_probe_file_scores_as_the_fit_did(tmp_path: Path) -> None:
             }
         )
     (tmp_path / VECTORS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    probe, oof = fit_probe(tmp_path, model="m", framework="three-laws", max_answer_chars=800)
+    probe, oof, _ = fit_probe(tmp_path, model="m", framework="three-laws", max_answer_chars=800)
     assert len(probe.weights) == 6 and max(probe.weights, key=abs) == probe.weights[2]
     assert oof.shape == (120,) and probe.fitted["train_items"] == 120
     save_probe(tmp_path / "probe.json", probe)
