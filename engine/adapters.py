@@ -102,18 +102,9 @@ class AdapterEngine:
         when the engine with it does not start; in both cases nothing changed.
         """
         gguf = await asyncio.to_thread(adapter_gguf, adapters_dir / name, self.base.model_path)
-        base = self.base
-        engine = EmbeddedEngine(
-            base.model_path,
-            host=base.host,
-            threads=base.threads,
-            ctx_size=base.ctx_size,
-            parallel=base.parallel,
-            model_alias=name,
-            cache_ram_mib=base.cache_ram_mib,
-            adapters=[gguf],
-            startup_timeout=base.startup_timeout,
-            stop_timeout=base.stop_timeout,
+        # The base engine's twin on a port of its own, generating only: no embeddings, no log.
+        engine = self.base.like(
+            port=None, model_alias=name, adapters=(gguf,), embeddings=False, log_path=None
         )
         await engine.start()
         old, self.name, self.engine = self.engine, name, engine

@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import httpx
 
@@ -97,6 +97,25 @@ class EmbeddedEngine:
         self._last_returncode: int | None = None  # of the previous child, once stopped
         self._address: str | None = None
         self.startup_s: float | None = None  # measured by start(), for logs and benches
+
+    def like(self, **changes: Any) -> EmbeddedEngine:
+        """A new engine, not started, with this one's settings and ``changes`` (the adapter
+        engine is the base engine's twin with a LoRA and its own alias)."""
+        settings: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "threads": self.threads,
+            "ctx_size": self.ctx_size,
+            "parallel": self.parallel,
+            "model_alias": self.model_alias,
+            "cache_ram_mib": self.cache_ram_mib,
+            "embeddings": self.embeddings,
+            "adapters": self.adapters,
+            "log_path": self._log_path,
+            "startup_timeout": self.startup_timeout,
+            "stop_timeout": self.stop_timeout,
+        }
+        return EmbeddedEngine(self.model_path, **{**settings, **changes})
 
     # -- state ------------------------------------------------------------------------------
 

@@ -118,6 +118,7 @@ class Stack:
             proxies.base_url,
             api_key=key.get_secret_value() if key else None,
             timeout=self.config.timeout,
+            stream_unary=proxies.stream_unary,  # a run killed mid-review frees the engine
         )
         client.adapters = dict(getattr(proxies, "adapters", {}))
         return client

@@ -75,6 +75,33 @@ def test_urls_need_a_started_engine(tmp_path: Path) -> None:
         _ = engine.base_url
 
 
+def test_a_twin_keeps_every_setting_but_the_changed_ones(tmp_path: Path) -> None:
+    base = EmbeddedEngine(
+        tmp_path / "m.gguf",
+        threads=3,
+        ctx_size=2048,
+        parallel=2,
+        cache_ram_mib=64,
+        embeddings=True,
+        startup_timeout=5.0,
+        stop_timeout=2.0,
+    )
+    twin = base.like(model_alias="adapter-1", adapters=(tmp_path / "a.gguf",), embeddings=False)
+    assert (twin.model_path, twin.threads, twin.ctx_size, twin.parallel) == (
+        base.model_path,
+        3,
+        2048,
+        2,
+    )
+    assert (twin.cache_ram_mib, twin.startup_timeout, twin.stop_timeout) == (64, 5.0, 2.0)
+    assert (twin.model_alias, twin.adapters, twin.embeddings) == (
+        "adapter-1",
+        (tmp_path / "a.gguf",),
+        False,
+    )
+    assert (base.model_alias, base.adapters, base.embeddings) == ("local", (), True)
+
+
 async def test_a_missing_model_file_fails_before_spawning(tmp_path: Path) -> None:
     engine = EmbeddedEngine(tmp_path / "absent.gguf")
     with pytest.raises(EngineError, match="no model file"):
