@@ -57,8 +57,10 @@ _CONFIG_FLAGS: dict[str, tuple[type, str]] = {
 def gate(report: dict[str, Any], min_reward_accuracy: float) -> str | None:
     """Why an adapter must not be published, or None when it may be.
 
-    The gate reads the run's own last-step metrics: a run that trained, whose loss is finite
-    and whose reward accuracy (chosen preferred over rejected) reached the bar.
+    A run that trained, whose last step's loss is finite, and whose finished adapter's reward
+    accuracy on the pairs it trained on (``after``: chosen preferred over rejected, measured
+    after the last update) reached the bar. A report without ``after`` (written before it
+    existed) is gated on its last step's accuracy, which was taken before that step's update.
     """
     if report.get("status") != "trained":
         return f"the run did not train (status {report.get('status')!r})"
@@ -66,9 +68,11 @@ def gate(report: dict[str, Any], min_reward_accuracy: float) -> str | None:
     loss = final.get("loss")
     if not isinstance(loss, int | float) or loss != loss or loss in (float("inf"), float("-inf")):
         return f"the final loss is not finite ({loss!r})"
-    accuracy = final.get("reward_accuracy")
+    after = report.get("after")
+    accuracy = (after or final).get("reward_accuracy")
+    when = "of the finished adapter" if after else "at the last step"
     if not isinstance(accuracy, int | float) or accuracy < min_reward_accuracy:
-        return f"reward accuracy {accuracy!r} is below the gate's {min_reward_accuracy}"
+        return f"reward accuracy {accuracy!r} {when} is below the gate's {min_reward_accuracy}"
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +39,8 @@ from conscience.trainer.loss import (
 from conscience.trainer.metrics import MetricsLog, plot_metrics, write_report
 from conscience.trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
 from conscience.trainer.schedule import lr_at, plan_steps
+
+logger = logging.getLogger("conscience.trainer")
 
 __all__ = [
     "LOGITS_PER_CHUNK",
@@ -194,6 +197,47 @@ def _fill_reference(
         c, r = reference_logps(model, collate([pairs[i] for i in chunk], pad).to(device))
         ref[0][chunk] = c.float().cpu()
         ref[1][chunk] = r.float().cpu()
+
+
+AFTER_PAIRS = 64  # the most trained pairs the finished adapter is measured on
+
+
+def after_training(
+    model: Any,
+    pairs: list[EncodedPair],
+    indices: Sequence[int],
+    ref: tuple[torch.Tensor, torch.Tensor] | None,
+    config: TrainConfig,
+    pad: int,
+    device: torch.device,
+) -> dict[str, float | int]:
+    """The finished adapter on (up to ``AFTER_PAIRS`` of) the pairs it trained on: reward
+    accuracy (the share of pairs whose chosen answer gained more than the rejected one,
+    ``β·(Δ log π_chosen - Δ log π_rejected) > 0`` against the reference) and the mean margin.
+
+    A step's own metrics are taken before its update — a one-step run always reports the
+    untrained adapter (accuracy 0: both rewards are 0) — so the publishing gate reads these.
+    Dropout off; the reference is the precomputed one, else the adapter switched off.
+    """
+    chosen = list(indices[:AFTER_PAIRS])
+    model.eval()
+    hits, margin = 0.0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(chosen), config.batch_size):
+            part = chosen[start : start + config.batch_size]
+            batch = collate([pairs[i] for i in part], pad).to(device)
+            given = None
+            if ref is not None and not torch.isnan(ref[0][part]).any():
+                given = (ref[0][part].to(device), ref[1][part].to(device))
+            terms = pair_terms(model, batch, config.beta, given)
+            gained = terms.chosen_rewards - terms.rejected_rewards
+            hits += float((gained > 0).float().sum())
+            margin += float(gained.sum())
+    return {
+        "pairs": len(chosen),
+        "reward_accuracy": hits / len(chosen),
+        "reward_margin": margin / len(chosen),
+    }
 
 
 def train(
@@ -373,7 +417,11 @@ def train(
         remove_checkpoint(out)
     records = log.read()
     plot_metrics(records, out / "loss.png")
+    after = after_training(model, dataset, trained, ref, config, pad, device)
+    log_line = "finished adapter on %d trained pairs: reward accuracy %.3f, margin %.4f"
+    logger.info(log_line, after["pairs"], after["reward_accuracy"], after["reward_margin"])
     report.update(
+        after=after,
         steps=done,
         resumed_from=start_step or None,
         first=records[0],

@@ -331,3 +331,39 @@ def test_the_chunked_logps_keep_no_logits_for_the_backward(
         assert vocab_sized_saves(lambda: loop.batch_logps(model, batch, 2)) == []
     monkeypatch.setattr(loop, "_plain_head", lambda base: None)
     assert vocab_sized_saves(lambda: loop.batch_logps(model, batch))  # the test can see them
+
+
+def test_the_gate_reads_the_finished_adapter_not_the_last_steps_pre_update_metrics(
+    tiny_model_dir, tmp_path, rows, captured
+):
+    from conscience.trainer.cli import gate
+    from conscience.trainer.data import collate, encode_pairs
+    from conscience.trainer.model import load_tokenizer, pad_id
+
+    config = _config(tiny_model_dir, tmp_path / "one", epochs=1)  # one step of all six pairs
+    report = loop.train(config, rows)
+    assert report["steps"] == 1
+    # The step's metrics are taken before its update: the untrained adapter, margin 0.
+    assert report["final"]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
+    assert report["final"]["reward_accuracy"] == 0.0
+    after = report["after"]
+    assert after["pairs"] == 6
+
+    # The same figures, recomputed from the model as the run left it.
+    model = captured["model"]
+    model.eval()
+    tokenizer = load_tokenizer(config)
+    dataset, _ = encode_pairs(rows, tokenizer, config.max_length)
+    with torch.no_grad():
+        terms = loop.pair_terms(model, collate(dataset, pad_id(tokenizer)), config.beta)
+    gained = terms.chosen_rewards - terms.rejected_rewards
+    assert after["reward_margin"] == pytest.approx(float(gained.mean()), abs=1e-5)
+    assert after["reward_accuracy"] == pytest.approx(float((gained > 0).float().mean()))
+    assert after["reward_margin"] != pytest.approx(0.0, abs=1e-6)  # the update is measured
+
+    bar = after["reward_accuracy"]
+    assert gate(report, bar) is None
+    refusal = gate(report, bar + 0.01)
+    assert refusal is not None and "of the finished adapter" in refusal
+    older = {key: value for key, value in report.items() if key != "after"}
+    assert "at the last step" in (gate(older, 0.5) or "")
