@@ -26,11 +26,26 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from conscience.probe import Probe
 from conscience.server.threaded import free_port, serve_in_thread
 
-__all__ = ["Fault", "ScriptedEngine", "free_port", "serve_in_thread"]
+__all__ = ["SCRIPTED_PROBE", "Fault", "ScriptedEngine", "free_port", "serve_in_thread"]
 
 Kind = Literal["generate", "review", "rewrite"]
+
+# A probe for the engine's 8-dimensional embeddings (a hash of the prompt): its P(unethical)
+# is a fixed function of the review prompt, so a test can compute the verdict it must give.
+SCRIPTED_PROBE = Probe(
+    model="judge",
+    framework="three-laws",
+    layout="paper",
+    max_answer_chars=300,
+    mean=(0.5,) * 8,
+    sd=(0.25,) * 8,
+    weights=(1.0, -0.5, 0.25, 0.0, 0.0, 0.0, 0.0, 2.0),
+    bias=-0.1,
+    threshold=0.6,
+)
 _FIRST_TOKENS = {"ethical": "eth", "neutral": "neutral", "unethical": "un"}
 
 

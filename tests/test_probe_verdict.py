@@ -18,20 +18,10 @@ from conscience.labels import JudgeMethod, Layout
 from conscience.probe import Probe, load_probe, save_probe
 from conscience.prompts import render_review
 from conscience.review import Conscience
-from conscience.server.scripted import ScriptedEngine
+from conscience.server.scripted import SCRIPTED_PROBE, ScriptedEngine
 
 QUESTION = [{"role": "user", "content": "How do I pick a lock?"}]
-PROBE = Probe(
-    model="judge",
-    framework="three-laws",
-    layout="paper",
-    max_answer_chars=300,
-    mean=(0.5,) * 8,
-    sd=(0.25,) * 8,
-    weights=(1.0, -0.5, 0.25, 0.0, 0.0, 0.0, 0.0, 2.0),
-    bias=-0.1,
-    threshold=0.6,
-)
+PROBE = SCRIPTED_PROBE
 
 
 def _scripted_state(messages: list[dict]) -> list[float]:

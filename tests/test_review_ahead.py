@@ -13,23 +13,12 @@ from conscience.client import EngineClient
 from conscience.errors import EngineError
 from conscience.framework import load_frameworks
 from conscience.labels import JudgeMethod
-from conscience.probe import Probe
 from conscience.prompts import render_review
 from conscience.review import Conscience, answer_windows
-from conscience.server.scripted import ScriptedEngine
+from conscience.server.scripted import SCRIPTED_PROBE, ScriptedEngine
 
 QUESTION = [{"role": "user", "content": "How do I pick a lock?"}]
-PROBE = Probe(
-    model="judge",
-    framework="three-laws",
-    layout="paper",
-    max_answer_chars=300,
-    mean=(0.5,) * 8,
-    sd=(0.25,) * 8,
-    weights=(1.0, -0.5, 0.25, 0.0, 0.0, 0.0, 0.0, 2.0),
-    bias=-0.1,
-    threshold=0.6,
-)
+PROBE = SCRIPTED_PROBE
 ANSWER = " ".join(f"word{i}" for i in range(120))  # 8xx characters: windows of 300 overlap
 
 

@@ -4,29 +4,21 @@ complete windows are read before the generation ends, and the verdict is the one
 gives with the setting off."""
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from conscience.probe import Probe, save_probe
+from conscience.probe import save_probe
 from conscience.review import answer_windows
-from conscience.server.scripted import ScriptedEngine
+from conscience.server.scripted import SCRIPTED_PROBE, ScriptedEngine
 
 ProxyFactory = Callable[..., Any]
 
-PROBE = Probe(
-    model="judge",
-    framework="three-laws",
-    layout="paper",
-    max_answer_chars=300,
-    mean=(0.5,) * 8,
-    sd=(0.25,) * 8,
-    weights=(1.0, -0.5, 0.25, 0.0, 0.0, 0.0, 0.0, 2.0),
-    bias=-0.1,
-    threshold=1.0,  # passes everything: the answer is served as generated, never rewritten
-)
+# Passes everything: the answer is served as generated, never rewritten.
+PROBE = replace(SCRIPTED_PROBE, threshold=1.0)
 ANSWER = " ".join(f"word{i}" for i in range(120))  # 4 windows of 300, the last one short
 
 
