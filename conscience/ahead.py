@@ -58,6 +58,13 @@ class ReviewAhead:
         """No more work (the answer gained reasoning); what was started stays."""
         self.stopped = True
 
+    def _visible(self, text: str) -> str | None:
+        """What the review will read of ``text`` (stripped), or None once there is no more
+        work: stopped, or a ``<think>`` appeared (the review moves it into its prompt)."""
+        if not self.stopped and "<think" in text.lower():
+            self.stopped = True
+        return None if self.stopped else message_text({"content": text})
+
     async def hidden(self, prompt: list[Message]) -> list[float] | None:
         """A hidden state read ahead for exactly ``prompt``, or None."""
         return None
@@ -84,7 +91,6 @@ class WindowsAhead(ReviewAhead):
         self._next_start = 0  # where the next window not yet scheduled begins
         self._tasks: dict[str, asyncio.Task[list[float]]] = {}
         self._turn = asyncio.Lock()  # one window at a time: the generation keeps its slot
-        self.stopped = False  # reasoning appeared: nothing more is read ahead
 
     @property
     def scheduled(self) -> int:
@@ -92,12 +98,9 @@ class WindowsAhead(ReviewAhead):
 
     def grow(self, text: str) -> None:
         """Schedule every window of ``text`` (the answer so far) that is now complete."""
-        if self.stopped:
+        visible = self._visible(text)
+        if visible is None:
             return
-        if "<think" in text.lower():
-            self.stopped = True  # split_reasoning will move it into the prompt: no key matches
-            return
-        visible = message_text({"content": text})  # what the review reads: stripped
         while self._next_start + self.window_chars <= len(visible):
             window = visible[self._next_start : self._next_start + self.window_chars]
             prompt = self._render(window)
@@ -160,12 +163,10 @@ class PrefixAhead(ReviewAhead):
         self.warm_ups = 0  # sent so far
 
     def grow(self, text: str) -> None:
-        if self.stopped:
+        visible = self._visible(text)
+        if visible is None:
             return
-        if "<think" in text.lower():
-            self.stopped = True
-            return
-        self._latest = message_text({"content": text})
+        self._latest = visible
         if len(self._latest) > self.max_chars:
             self.stopped = True
             return
