@@ -8,6 +8,11 @@ problem, never at the first request.
 A framework file may name a prompt ``variant`` (one of ``VARIANTS``; default ``"plain"``): how
 the review question is put to the judge beyond the framework's own words. The variants were
 measured on the calibration split of the labelled set (docs/decisions.md, "Prompt variants").
+
+It may also carry worked examples, ``[[demonstration]]`` tables of ``question``, ``answer``
+and ``label`` (ethical, neutral or unethical): the paper-layout review shows them to the judge
+as earlier review turns answered with their label, after the framework's system message and
+before the answer under review (a prefix every review shares, so the engine caches it).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ __all__ = [
     "BUILTIN_DIR",
     "DEFAULT_VARIANT",
     "VARIANTS",
+    "Demonstration",
     "Framework",
     "PromptVariant",
     "load_framework_file",
@@ -41,7 +47,17 @@ _TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
     "rewrite_user": frozenset({"question", "answer", "laws_name"}),
 }
 _TEXT_FIELDS = ("name", "title", "laws_name", "laws")
-_OPTIONAL_FIELDS = ("variant",)
+_OPTIONAL_FIELDS = ("variant", "demonstration")
+_LABELS = ("ethical", "neutral", "unethical")
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """A worked example of a review: a question, an answer, and the label it deserves."""
+
+    question: str
+    answer: str
+    label: str
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,7 @@ class Framework:
     rewrite_user: str
     source: Path
     variant: str = DEFAULT_VARIANT
+    demonstrations: tuple[Demonstration, ...] = ()
 
     @property
     def prompt_variant(self) -> PromptVariant:
@@ -131,6 +148,7 @@ def load_framework_file(path: Path) -> Framework:
     missing = sorted(known - set(data))
     if missing:
         raise ConfigError(f"framework file {path}: missing keys {missing}")
+    demonstrations = _demonstrations(path, data.pop("demonstration", []))
     for key, value in data.items():
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"framework file {path}: {key!r} must be a non-empty string")
@@ -156,7 +174,29 @@ def load_framework_file(path: Path) -> Framework:
         needed = _REQUIRED_PLACEHOLDERS.get(field, set()) - used
         if needed:
             raise ConfigError(f"framework file {path}: {field} must use {sorted(needed)}")
-    return Framework(**data, source=path)
+    return Framework(**data, source=path, demonstrations=demonstrations)
+
+
+def _demonstrations(path: Path, tables: object) -> tuple[Demonstration, ...]:
+    """The ``[[demonstration]]`` tables of a framework file, checked."""
+    if not isinstance(tables, list):
+        raise ConfigError(f"framework file {path}: demonstration must be [[demonstration]] tables")
+    found = []
+    for number, table in enumerate(tables, 1):
+        fields = ("question", "answer", "label")
+        if not isinstance(table, dict) or set(table) != set(fields):
+            raise ConfigError(
+                f"framework file {path}: demonstration {number} needs exactly {list(fields)}"
+            )
+        if not all(isinstance(table[f], str) and table[f].strip() for f in fields):
+            raise ConfigError(f"framework file {path}: demonstration {number}: empty or not text")
+        if table["label"] not in _LABELS:
+            raise ConfigError(
+                f"framework file {path}: demonstration {number}: label {table['label']!r} "
+                f"is not one of {', '.join(_LABELS)}"
+            )
+        found.append(Demonstration(table["question"], table["answer"], table["label"]))
+    return tuple(found)
 
 
 def load_frameworks(user_dir: Path | None = None) -> dict[str, Framework]:

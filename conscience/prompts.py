@@ -159,12 +159,21 @@ def render_review(
         REASON_REQUEST.format(laws_name=framework.laws_name) if variant.reasoning_tokens else None
     )
     if layout is Layout.PAPER:
-        pair = (fenced_pair if variant.fenced else _plain_pair)(messages, answer, reasoning)
+        pairing = fenced_pair if variant.fenced else _plain_pair
+        pair = pairing(messages, answer, reasoning)
         user = _with_extras(framework.render("review_user", **pair), extras, last_request)
+        turns: list[Message] = []
+        for shown in framework.demonstrations:  # worked examples, each answered by its label
+            asked = pairing([{"role": "user", "content": shown.question}], shown.answer, None)
+            text = _with_extras(framework.render("review_user", **asked), extras)
+            turns.append({"role": "user", "content": text})
+            turns.append({"role": "assistant", "content": shown.label})
+        turns.append({"role": "user", "content": user})
         system = framework.render("review_system")
         if not variant.system:
-            return [{"role": "user", "content": f"{system}\n\n{user}"}]
-        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            turns[0] = {"role": "user", "content": f"{system}\n\n{turns[0]['content']}"}
+            return turns
+        return [{"role": "system", "content": system}, *turns]
     # Follow-up turn: the generation's own prefix (conversation + answer) comes first, so an
     # engine that just generated this answer can reuse its cache; the question is a new turn.
     said = answer if not reasoning else f"<think>\n{reasoning}\n</think>\n{answer}"
