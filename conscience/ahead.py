@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,14 +46,15 @@ def prompt_key(prompt: list[Message]) -> str:
     return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
 
 
-class ReviewAhead:
+class ReviewAhead(ABC):
     """Work on one growing answer (see the module): ``grow(text)`` is called with the whole
     answer so far, ``stop()`` when it gains reasoning, ``close()`` when the review is done."""
 
     stopped: bool = False
 
+    @abstractmethod
     def grow(self, text: str) -> None:
-        raise NotImplementedError
+        """Start whatever work ``text`` (the whole answer so far) makes possible."""
 
     def stop(self) -> None:
         """No more work (the answer gained reasoning); what was started stays."""
@@ -69,8 +71,9 @@ class ReviewAhead:
         """A hidden state read ahead for exactly ``prompt``, or None."""
         return None
 
+    @abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Cancel the work still pending and wait until it has stopped."""
 
 
 class WindowsAhead(ReviewAhead):
