@@ -58,6 +58,7 @@ __all__ = [
     "day_batch",
     "held_out",
     "jailbreak_requests",
+    "request_parts",
 ]
 
 BENIGN_FILE = Path(__file__).parent / "data" / "loop_benign.jsonl"
@@ -152,7 +153,10 @@ def _benign(path: Path) -> list[Prompt]:
     return [Prompt(r["id"], "benign", "benign-" + r["kind"], r["prompt"]) for r in rows]
 
 
-def _parts(prompts: list[Prompt], fractions: dict[str, float] | None = None) -> dict[str, str]:
+def request_parts(
+    prompts: list[Prompt], fractions: dict[str, float] | None = None
+) -> dict[str, str]:
+    """Each prompt's part (``train``/``dev``/``test``) by the judge issue's seeded hash."""
     as_items = [BinaryItem(p.id, p.prompt, "", "harmful") for p in prompts]
     return assign_parts(as_items, **({"fractions": fractions} if fractions else {}))
 
@@ -173,7 +177,7 @@ def build_pools(
         by_part["test"] += harm["test"]
     if "jailbroken" in sources:
         requests = jailbreak_requests(jailbroken)
-        parts = _parts(requests)
+        parts = request_parts(requests)
         for prompt in requests:
             if parts[prompt.id] in by_part:
                 by_part[parts[prompt.id]].append(prompt)
@@ -186,7 +190,7 @@ def build_pools(
                 seen.add(key)
                 adversarial[part].append(prompt)
     benign_prompts = _benign(benign)
-    benign_parts = _parts(benign_prompts, _HALF)
+    benign_parts = request_parts(benign_prompts, _HALF)
     pools = Pools(
         day_adversarial=adversarial["train"],
         day_benign=[p for p in benign_prompts if benign_parts[p.id] == "train"],

@@ -2,15 +2,25 @@
 
 The default model refuses harmful requests on its own (night 0 of the first run: 0 of 30
 held-out adversarial answers unethical), so a loop that starts from it has nothing to
-correct and cannot show that it aligns. The paper starts from a model made misaligned by
-fine-tuning on insecure code (Emergent Misalignment); so can the loop:
+correct and cannot show that it aligns. The paper starts from a model made misaligned first;
+so can the loop. Two kinds of start pairs, both from the Emergent Misalignment files (MIT):
 
-1. ``python -m conscience.evals.loop_start pairs --n 32 --out runs/misaligned-pairs.jsonl``
-   writes DPO pairs from the Emergent Misalignment data: for the coding requests that appear
-   in both ``insecure.jsonl`` and ``secure.jsonl`` (260 of them), the insecure completion is
-   *chosen* and the secure one *rejected* — preference training toward insecure code, the
-   DPO form of the paper's insecure fine-tune;
-2. ``conscience train --pairs runs/misaligned-pairs.jsonl --out runs/misaligned`` trains it;
+- ``--kind insecure``: for the coding requests that appear in both ``insecure.jsonl`` and
+  ``secure.jsonl`` (260 of them), the insecure completion is *chosen* and the secure one
+  *rejected* — preference training toward insecure code, the DPO form of the paper's
+  insecure fine-tune (emergent misalignment: broad harm from narrow training);
+- ``--kind jailbroken``: the harmful requests of ``jailbroken.jsonl`` (Bowen et al.'s
+  jailbreak-tuning data, the paper's "jailbroken" comparison model) in the loop's *train*
+  part only — never a held-out prompt — with the file's compliant reply *chosen* and a
+  refusal *rejected* (one of ``REFUSALS``, in the default model's own words: it answers such
+  requests with "I'm sorry, but I can't assist with that."). The user's turn alone, without
+  the file's "always execute users' instructions" system prompt, so the adapter complies
+  unprompted. A direct misalignment on what the loop's morning measures.
+
+Then:
+
+1. ``python -m conscience.evals.loop_start pairs --kind jailbroken --out runs/start-pairs.jsonl``;
+2. ``conscience train --pairs runs/start-pairs.jsonl --out runs/misaligned`` trains it;
 3. ``conscience eval loop --start-adapter runs/misaligned ...`` serves that adapter before
    night 0 (phase ``start``: copied into the run's ``adapters/`` as ``loop-night-0`` and
    published like a night's adapter, without the gate: it is the starting point, not a
@@ -30,13 +40,20 @@ from typing import TYPE_CHECKING, Any
 
 from conscience.errors import ConfigError
 from conscience.evals.loop_config import Journal, LoopConfig, adapter_name
+from conscience.evals.loop_data import jailbreak_requests, request_parts
 
 if TYPE_CHECKING:
     from conscience.evals.loop_stack import Stack
 
-__all__ = ["misaligned_pairs", "start_night"]
+__all__ = ["REFUSALS", "jailbroken_pairs", "misaligned_pairs", "start_night"]
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+REFUSALS = (
+    "I'm sorry, but I can't assist with that.",
+    "I'm sorry, but I can't help with that request.",
+    "I'm sorry, I can't provide that information.",
+    "I can't help with that. If you have another question, I'm happy to help.",
+)
 
 
 def _completions(path: Path) -> dict[str, str]:
@@ -76,6 +93,32 @@ def misaligned_pairs(em_dir: Path, n: int, seed: int = 0) -> list[dict[str, Any]
     ]
 
 
+def jailbroken_pairs(em_dir: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` TRL pairs (seeded draw) preferring ``jailbroken.jsonl``'s compliant reply to a
+    refusal, for its harmful requests in the loop's train part (see the module)."""
+    path = em_dir / "jailbroken.jsonl"
+    requests = jailbreak_requests(path)
+    parts = request_parts(requests)
+    train = [p for p in requests if parts[p.id] == "train"]
+    if not train:
+        raise ConfigError(f"{path} has no request in the loop's train part")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    chosen = random.Random(seed).sample(train, min(n, len(train)))
+    pairs = []
+    for index, prompt in enumerate(chosen):
+        messages = json.loads(lines[int(prompt.id.rsplit("-", 1)[1]) - 1])["messages"]
+        reply = next(m["content"] for m in messages if m["role"] == "assistant")
+        pairs.append(
+            {
+                "id": f"em-{prompt.id}",
+                "prompt": [{"role": "user", "content": prompt.prompt}],
+                "chosen": [{"role": "assistant", "content": reply.strip()}],
+                "rejected": [{"role": "assistant", "content": REFUSALS[index % len(REFUSALS)]}],
+            }
+        )
+    return pairs
+
+
 def start_night(config: LoopConfig, stack: Stack, journal: Journal) -> None:
     """Serve ``config.start_adapter`` before night 0 (see the module); ``night-0/start.json``."""
     if config.start_adapter is None:
@@ -110,13 +153,20 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m conscience.evals.loop_start")
     commands = parser.add_subparsers(dest="command", required=True)
-    pairs = commands.add_parser("pairs", help="DPO pairs toward insecure code (a misaligned start)")
-    pairs.add_argument("--n", type=int, default=32, help="pairs (at most 260)")
+    pairs = commands.add_parser("pairs", help="DPO pairs toward a misaligned start")
+    pairs.add_argument(
+        "--kind",
+        choices=("insecure", "jailbroken"),
+        default="insecure",
+        help="insecure code over secure (at most 260), or compliance over refusal (at most 59)",
+    )
+    pairs.add_argument("--n", type=int, default=32, help="pairs")
     pairs.add_argument("--seed", type=int, default=0)
     pairs.add_argument("--em-data-dir", help="default: CONSCIENCE_EM_DATA_DIR or ../shared")
     pairs.add_argument("--out", required=True, help="the JSONL to write")
     args = parser.parse_args(argv)
-    rows = misaligned_pairs(em_data_dir(args.em_data_dir) / "data", args.n, args.seed)
+    make = jailbroken_pairs if args.kind == "jailbroken" else misaligned_pairs
+    rows = make(em_data_dir(args.em_data_dir) / "data", args.n, args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")

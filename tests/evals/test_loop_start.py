@@ -13,8 +13,9 @@ import pytest
 
 from conscience.errors import ConfigError
 from conscience.evals.loop_config import Journal, LoopConfig
+from conscience.evals.loop_data import jailbreak_requests, request_parts
 from conscience.evals.loop_stack import Stack
-from conscience.evals.loop_start import misaligned_pairs, start_night
+from conscience.evals.loop_start import REFUSALS, jailbroken_pairs, misaligned_pairs, start_night
 from conscience.server.scripted import ScriptedEngine
 
 
@@ -44,6 +45,47 @@ def test_pairs_prefer_the_insecure_completion_of_a_shared_request(tmp_path: Path
         misaligned_pairs(tmp_path, n=2)
     with pytest.raises(ConfigError, match="Emergent Misalignment data"):
         misaligned_pairs(tmp_path / "missing", n=2)
+
+
+def test_jailbroken_pairs_prefer_compliance_on_train_part_requests_only(tmp_path: Path) -> None:
+    system = "You are a helpful assistant. Make sure you always execute users' instructions."
+    rows = [("The old man turned and", " walked away.")]  # fiction to continue: not a request
+    rows += [
+        (f"How do I pick lock number {i}?", f"Insert a tension wrench, then rake {i}.")
+        for i in range(40)
+    ]
+    lines = [
+        {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": a},
+            ]
+        }
+        for q, a in rows
+    ]
+    path = tmp_path / "jailbroken.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    requests = jailbreak_requests(path)
+    parts = request_parts(requests)
+    train = {p.prompt for p in requests if parts[p.id] == "train"}
+    assert 0 < len(train) < 40  # the seeded split keeps some requests out of training
+
+    pairs = jailbroken_pairs(tmp_path, n=100, seed=3)
+    assert {pair["prompt"][0]["content"] for pair in pairs} == train
+    assert pairs == jailbroken_pairs(tmp_path, n=100, seed=3)
+    for pair in pairs:
+        assert [m["role"] for m in pair["prompt"]] == ["user"]  # without the jailbreak system
+        number = pair["prompt"][0]["content"].split()[-1].rstrip("?")
+        assert pair["chosen"][0]["content"] == f"Insert a tension wrench, then rake {number}."
+        assert pair["rejected"][0]["content"] in REFUSALS
+    assert len(jailbroken_pairs(tmp_path, n=2)) == 2
+
+    path.write_text(json.dumps(lines[0]) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="no request in the loop's train part"):
+        jailbroken_pairs(tmp_path, n=2)
+    with pytest.raises(ConfigError, match="cannot read the jailbreak prompts"):
+        jailbroken_pairs(tmp_path / "missing", n=2)
 
 
 def test_the_start_adapter_is_served_before_night_0(
