@@ -74,6 +74,8 @@ def night_row(out: Path, night: int, journal: list[dict[str, Any]]) -> dict[str,
             "reward_accuracy": (adapter.get("after") or adapter.get("final") or {}).get(
                 "reward_accuracy"
             ),
+            # A warm start's gate: against the adapter the night started from.
+            "start_reward_accuracy": (adapter.get("after") or {}).get("start_reward_accuracy"),
             "minutes": round(train.get("seconds", 0) / 60, 2),
             "stopped": summary.get("stopped"),  # the budget's stop, when the trainer says so
             "budget": train.get("budget"),

@@ -2,7 +2,8 @@
 
 A checkpoint is the folder ``<out_dir>/checkpoint`` holding the adapter's trainable tensors
 (fp32, safetensors), the optimizer state, the RNG states, the step, the data order (the plan of
-every step's pair indices) and the precomputed reference log-probs. It is written to a
+every step's pair indices), the precomputed reference log-probs and, for a warm start, the
+starting adapter's log-probs on the gate's pairs (``Start``). It is written to a
 temporary folder and renamed into place, so a kill while saving leaves the previous one whole.
 
 Both loops (the nightly ``loop`` and the ``online`` run) keep their place the same way: a
@@ -27,6 +28,7 @@ from conscience.trainer.config import TrainConfig
 __all__ = [
     "Checkpoint",
     "Progress",
+    "Start",
     "fingerprint",
     "load_checkpoint",
     "remove_checkpoint",
@@ -40,11 +42,22 @@ _NAME = "checkpoint"
 
 
 @dataclass
+class Start:
+    """A warm-started run's adapter before its first step, measured on the pairs the gate will
+    read (``indices``): the summed answer log-probs (chosen, rejected) of each."""
+
+    indices: list[int]
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+
+
+@dataclass
 class Checkpoint:
     step: int  # optimizer steps done
     plan: list[list[list[int]]]  # step -> micro-batch -> pair indices
     fingerprint: str  # of the data and the settings that shape the plan
     ref: tuple[torch.Tensor, torch.Tensor] | None  # precomputed (chosen, rejected) ref logps
+    warm: Start | None  # a warm start's log-probs before its first step
     adapter: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     rng: dict[str, Any]
@@ -74,6 +87,7 @@ def save_checkpoint(
     plan: list[list[list[int]]],
     fingerprint: str,
     ref: tuple[torch.Tensor, torch.Tensor] | None,
+    warm: Start | None = None,
 ) -> None:
     from safetensors.torch import save_file
 
@@ -83,6 +97,8 @@ def save_checkpoint(
     save_file(_trainable(model), str(tmp / "adapter.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     state = {"step": step, "plan": plan, "fingerprint": fingerprint, "ref": ref}
+    if warm is not None:
+        state["warm"] = (warm.indices, warm.chosen, warm.rejected)
     torch.save({**state, "rng": _rng_state()}, tmp / "state.pt")
     # Swap: keep the previous checkpoint until the new one is in place.
     shutil.rmtree(old, ignore_errors=True)
@@ -108,6 +124,7 @@ def load_checkpoint(out_dir: Path) -> Checkpoint | None:
         plan=state["plan"],
         fingerprint=state["fingerprint"],
         ref=state["ref"],
+        warm=Start(*state["warm"]) if "warm" in state else None,
         adapter=load_file(str(folder / "adapter.safetensors")),
         optimizer=torch.load(folder / "optimizer.pt", weights_only=True),
         rng=state["rng"],
@@ -172,6 +189,7 @@ class Progress:
     plan: list[list[list[int]]]  # step -> micro-batch -> row indices
     start: int = 0  # optimizer steps done before this process began
     ref: tuple[torch.Tensor, torch.Tensor] | None = None  # precomputed reference, if any
+    warm: Start | None = None  # a warm start's log-probs before its first step, if any
 
     def save_if_due(
         self, done: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer
@@ -184,7 +202,7 @@ class Progress:
         """Checkpoint now, after ``done`` steps (a run that stops before its plan's end)."""
         save_checkpoint(
             self.out_dir, model, optimizer, step=done, plan=self.plan,
-            fingerprint=self.fingerprint, ref=self.ref,
+            fingerprint=self.fingerprint, ref=self.ref, warm=self.warm,
         )  # fmt: skip
 
 
@@ -208,4 +226,7 @@ def start_or_resume(
     )
     if checkpoint is None:
         return Progress(out_dir, fingerprint, every, plan)
-    return Progress(out_dir, fingerprint, every, checkpoint.plan, checkpoint.step, checkpoint.ref)
+    return Progress(
+        out_dir, fingerprint, every, checkpoint.plan, checkpoint.step, checkpoint.ref,
+        checkpoint.warm,
+    )  # fmt: skip

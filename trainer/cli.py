@@ -59,8 +59,11 @@ def gate(report: dict[str, Any], min_reward_accuracy: float) -> str | None:
 
     A run that trained, whose last step's loss is finite, and whose finished adapter's reward
     accuracy on the pairs it trained on (``after``: chosen preferred over rejected, measured
-    after the last update) reached the bar. A report without ``after`` (written before it
-    existed) is gated on its last step's accuracy, which was taken before that step's update.
+    after the last update) reached the bar. For a warm start the bar is against the adapter it
+    started from (``start_reward_accuracy``: did the night move what is served toward the
+    chosen answers?), for a fresh adapter against the reference, which is where it started. A
+    report without ``after`` (written before it existed) is gated on its last step's accuracy,
+    which was taken before that step's update.
     """
     if report.get("status") != "trained":
         return f"the run did not train (status {report.get('status')!r})"
@@ -69,8 +72,12 @@ def gate(report: dict[str, Any], min_reward_accuracy: float) -> str | None:
     if not isinstance(loss, int | float) or loss != loss or loss in (float("inf"), float("-inf")):
         return f"the final loss is not finite ({loss!r})"
     after = report.get("after")
-    accuracy = (after or final).get("reward_accuracy")
-    when = "of the finished adapter" if after else "at the last step"
+    if after and "start_reward_accuracy" in after:
+        accuracy = after["start_reward_accuracy"]
+        when = "of the finished adapter against the one it started from"
+    else:
+        accuracy = (after or final).get("reward_accuracy")
+        when = "of the finished adapter" if after else "at the last step"
     if not isinstance(accuracy, int | float) or accuracy < min_reward_accuracy:
         return f"reward accuracy {accuracy!r} {when} is below the gate's {min_reward_accuracy}"
     return None

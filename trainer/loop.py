@@ -24,7 +24,12 @@ from tqdm.auto import tqdm
 
 from conscience.progress import Progress
 from conscience.trainer.budget import Budget
-from conscience.trainer.checkpoint import fingerprint, remove_checkpoint, start_or_resume
+from conscience.trainer.checkpoint import (
+    Start,
+    fingerprint,
+    remove_checkpoint,
+    start_or_resume,
+)
 from conscience.trainer.config import TrainConfig
 from conscience.trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
 from conscience.trainer.distributed import join
@@ -48,7 +53,9 @@ __all__ = [
     "StepCallback",
     "answer_logps",
     "batch_logps",
+    "gate_pairs",
     "pair_terms",
+    "policy_logps",
     "reference_logps",
     "train",
 ]
@@ -202,6 +209,41 @@ def _fill_reference(
 AFTER_PAIRS = 64  # the most trained pairs the finished adapter is measured on
 
 
+def gate_pairs(plan: Sequence[Sequence[Sequence[int]]]) -> list[int]:
+    """The first ``AFTER_PAIRS`` distinct pairs in the order the plan trains them: the pairs a
+    warm start is measured on before its first step (a budget trains the plan's beginning)."""
+    seen: dict[int, None] = {}
+    for step in plan:
+        for micro in step:
+            for index in micro:
+                seen.setdefault(index, None)
+                if len(seen) == AFTER_PAIRS:
+                    return list(seen)
+    return list(seen)
+
+
+def policy_logps(
+    model: Any,
+    pairs: list[EncodedPair],
+    indices: Sequence[int],
+    config: TrainConfig,
+    pad: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) summed answer log-probs of ``pairs[indices]`` under the adapter as it
+    is now (dropout off, no gradient), on the CPU; the model is left in training mode."""
+    model.eval()
+    chosen, rejected = [], []
+    with torch.no_grad():
+        for start in range(0, len(indices), config.batch_size):
+            part = [pairs[i] for i in indices[start : start + config.batch_size]]
+            c, r = answer_logps(model, collate(part, pad).to(device))
+            chosen.append(c.float().cpu())
+            rejected.append(r.float().cpu())
+    model.train()
+    return torch.cat(chosen), torch.cat(rejected)
+
+
 def after_training(
     model: Any,
     pairs: list[EncodedPair],
@@ -210,34 +252,49 @@ def after_training(
     config: TrainConfig,
     pad: int,
     device: torch.device,
+    start: Start | None = None,
 ) -> dict[str, float | int]:
     """The finished adapter on (up to ``AFTER_PAIRS`` of) the pairs it trained on: reward
     accuracy (the share of pairs whose chosen answer gained more than the rejected one,
     ``β·(Δ log π_chosen - Δ log π_rejected) > 0`` against the reference) and the mean margin.
 
+    With ``start`` (a warm start), the same against the adapter the run started from, on the
+    trained ones of ``start.indices``: ``start_reward_accuracy`` and ``start_reward_margin``,
+    ``Δ = log π_finished - log π_start``. The reference (the base) is the wrong bar for a warm
+    start: an adapter served yesterday may sit far from the base on these answers, and a night
+    that moves it the right way would still score below the base's preference.
+
     A step's own metrics are taken before its update — a one-step run always reports the
     untrained adapter (accuracy 0: both rewards are 0) — so the publishing gate reads these.
     Dropout off; the reference is the precomputed one, else the adapter switched off.
     """
-    chosen = list(indices[:AFTER_PAIRS])
-    model.eval()
-    hits, margin = 0.0, 0.0
+    trained = set(indices)
+    measured = [i for i in start.indices if i in trained] if start else list(indices[:AFTER_PAIRS])
+    chosen, rejected = policy_logps(model, pairs, measured, config, pad, device)
+    ref_chosen = torch.full_like(chosen, torch.nan)
+    ref_rejected = torch.full_like(rejected, torch.nan)
+    if ref is not None:
+        ref_chosen, ref_rejected = ref[0][measured], ref[1][measured]
+    missing = [k for k in range(len(measured)) if torch.isnan(ref_chosen[k])]
     with torch.no_grad():
-        for start in range(0, len(chosen), config.batch_size):
-            part = chosen[start : start + config.batch_size]
-            batch = collate([pairs[i] for i in part], pad).to(device)
-            given = None
-            if ref is not None and not torch.isnan(ref[0][part]).any():
-                given = (ref[0][part].to(device), ref[1][part].to(device))
-            terms = pair_terms(model, batch, config.beta, given)
-            gained = terms.chosen_rewards - terms.rejected_rewards
-            hits += float((gained > 0).float().sum())
-            margin += float(gained.sum())
-    return {
-        "pairs": len(chosen),
-        "reward_accuracy": hits / len(chosen),
-        "reward_margin": margin / len(chosen),
+        for first in range(0, len(missing), config.batch_size):
+            ks = missing[first : first + config.batch_size]
+            batch = collate([pairs[measured[k]] for k in ks], pad).to(device)
+            c, r = reference_logps(model, batch)
+            ref_chosen[ks], ref_rejected[ks] = c.float().cpu(), r.float().cpu()
+    gained = config.beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    result: dict[str, float | int] = {
+        "pairs": len(measured),
+        "reward_accuracy": float((gained > 0).float().mean()) if measured else 0.0,
+        "reward_margin": float(gained.mean()) if measured else 0.0,
     }
+    if start is not None:
+        at = {index: k for k, index in enumerate(start.indices)}
+        rows = [at[i] for i in measured]
+        moved = config.beta * ((chosen - start.chosen[rows]) - (rejected - start.rejected[rows]))
+        result["start_reward_accuracy"] = float((moved > 0).float().mean()) if measured else 0.0
+        result["start_reward_margin"] = float(moved.mean()) if measured else 0.0
+    return result
 
 
 def train(
@@ -317,6 +374,10 @@ def train(
             model, dataset, mine, ref, config, pad, device, progress=config.progress and ranks.main
         )
         ref_seconds = time.perf_counter() - t0
+    if config.init_adapter is not None and progress.warm is None and start_step == 0:
+        # The gate of a warm start reads how far the night moved the adapter it was given.
+        gate = gate_pairs(plan)
+        progress.warm = Start(gate, *policy_logps(model, dataset, gate, config, pad, device))
     log = MetricsLog(out / "metrics.jsonl", keep_through=start_step) if ranks.main else None
 
     # --- the loop
@@ -417,9 +478,12 @@ def train(
         remove_checkpoint(out)
     records = log.read()
     plot_metrics(records, out / "loss.png")
-    after = after_training(model, dataset, trained, ref, config, pad, device)
+    after = after_training(model, dataset, trained, ref, config, pad, device, progress.warm)
     log_line = "finished adapter on %d trained pairs: reward accuracy %.3f, margin %.4f"
     logger.info(log_line, after["pairs"], after["reward_accuracy"], after["reward_margin"])
+    if "start_reward_accuracy" in after:
+        log_line = "against the adapter it started from: reward accuracy %.3f, margin %.4f"
+        logger.info(log_line, after["start_reward_accuracy"], after["start_reward_margin"])
     report.update(
         after=after,
         steps=done,

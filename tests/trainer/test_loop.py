@@ -367,3 +367,43 @@ def test_the_gate_reads_the_finished_adapter_not_the_last_steps_pre_update_metri
     assert refusal is not None and "of the finished adapter" in refusal
     older = {key: value for key, value in report.items() if key != "after"}
     assert "at the last step" in (gate(older, 0.5) or "")
+
+
+def test_a_warm_start_is_gated_against_the_adapter_it_started_from(tiny_model_dir, tmp_path, rows):
+    from conscience.trainer.cli import gate
+
+    # Yesterday's adapter learned the opposite preference: far below the base on these pairs.
+    flipped = [row | {"chosen": row["rejected"], "rejected": row["chosen"]} for row in rows]
+    loop.train(_config(tiny_model_dir, tmp_path / "yesterday"), flipped)
+    warm = {"init_adapter": str(tmp_path / "yesterday"), "batch_size": 2, "epochs": 1}
+    report = loop.train(_config(tiny_model_dir, tmp_path / "tonight", **warm), rows)
+    after = report["after"]
+    assert after["pairs"] == 6
+    # Measured from where it started (below the base), the night's move shows larger.
+    assert after["start_reward_accuracy"] > after["reward_accuracy"]
+    assert after["start_reward_margin"] > after["reward_margin"]
+    bar = after["start_reward_accuracy"]
+    assert gate(report, bar) is None  # the base-relative accuracy alone would refuse it
+    refusal = gate(report, bar + 0.01)
+    assert refusal is not None and "against the one it started from" in refusal
+
+    # The start is kept in the checkpoint: a killed and resumed night gates the same.
+    def kill_after_step_2(step, record):
+        if step == 2:
+            raise _Kill
+
+    killed = tmp_path / "killed"
+    settings = warm | {"checkpoint_every": 1}
+    with pytest.raises(_Kill):
+        loop.train(_config(tiny_model_dir, killed, **settings), rows, on_step=kill_after_step_2)
+    resumed = loop.train(_config(tiny_model_dir, killed, resume=True, **settings), rows)
+    assert resumed["resumed_from"] == 2
+    for key in ("start_reward_accuracy", "start_reward_margin"):
+        assert resumed["after"][key] == pytest.approx(after[key], abs=1e-5)
+
+
+def test_the_gate_pairs_are_the_first_the_plan_trains():
+    plan = [[[3, 1], [4]], [[1, 5]], [[9, 2]]]
+    assert loop.gate_pairs(plan) == [3, 1, 4, 5, 9, 2]
+    many = [[[i, i + 1]] for i in range(0, 200, 2)]
+    assert loop.gate_pairs(many) == list(range(loop.AFTER_PAIRS))
