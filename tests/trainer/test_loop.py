@@ -405,5 +405,6 @@ def test_a_warm_start_is_gated_against_the_adapter_it_started_from(tiny_model_di
 def test_the_gate_pairs_are_the_first_the_plan_trains():
     plan = [[[3, 1], [4]], [[1, 5]], [[9, 2]]]
     assert loop.gate_pairs(plan) == [3, 1, 4, 5, 9, 2]
+    assert loop.gate_pairs(plan, most=4) == [3, 1, 4, 5]
     many = [[[i, i + 1]] for i in range(0, 200, 2)]
-    assert loop.gate_pairs(many) == list(range(loop.AFTER_PAIRS))
+    assert loop.gate_pairs(many) == list(range(loop.WARM_GATE_PAIRS))
