@@ -61,6 +61,7 @@ class Progress:
         self._clock = clock
         self._started = clock()
         self._last_line = self._started
+        self._unit = unit
         self._postfix: dict[str, object] = {}
         if terminal is None:
             terminal = sys.stderr.isatty()
@@ -78,7 +79,8 @@ class Progress:
         new = self.done - self._resumed
         if new > 0 and elapsed > 0:
             rate = new / elapsed
-            text += f", {rate:.2f}/s"
+            # Slow work (a training step of minutes) reads better as seconds per item.
+            text += f", {rate:.2f}/s" if rate >= 0.1 else f", {1 / rate:.0f} s/{self._unit}"
             if self.done < self.total:
                 text += f", ETA {format_seconds((self.total - self.done) / rate)}"
         for name, value in self._postfix.items():

@@ -55,3 +55,12 @@ def test_figures_set_after_the_count_end_the_log_line(caplog):
     assert caplog.records[-1].getMessage() == (
         "dpo: 1/4 (25%), 0.12/s, ETA 24s, loss 0.6931, margin 0.012"
     )
+
+
+def test_slow_work_reads_in_seconds_per_item(caplog):
+    clock = Clock()
+    caplog.set_level(logging.INFO, logger="conscience.progress")
+    with Progress(6, "dpo", unit="step", terminal=False, clock=clock) as progress:
+        clock.now += 412  # a training step of minutes: "0.00/s" would say nothing
+        progress.update()
+    assert caplog.records[-1].getMessage() == "dpo: 1/6 (17%), 412 s/step, ETA 34m20s"
