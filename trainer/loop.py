@@ -49,12 +49,10 @@ logger = logging.getLogger("conscience.trainer")
 
 __all__ = [
     "LOGITS_PER_CHUNK",
-    "WARM_GATE_PAIRS",
     "PairTerms",
     "StepCallback",
     "answer_logps",
     "batch_logps",
-    "gate_pairs",
     "pair_terms",
     "policy_logps",
     "reference_logps",
@@ -210,24 +208,6 @@ def _fill_reference(
 AFTER_PAIRS = 64  # the most trained pairs the finished adapter is measured on
 
 
-# The pairs a warm start is measured on before its first step: a forward each (about 20 s a
-# pair for the 1.5B default on 2 CPU cores, inside the night's budget), so few.
-WARM_GATE_PAIRS = 8
-
-
-def gate_pairs(plan: Sequence[Sequence[Sequence[int]]], most: int = WARM_GATE_PAIRS) -> list[int]:
-    """The first ``most`` distinct pairs in the order the plan trains them: the pairs a warm
-    start is measured on before its first step (a budget trains the plan's beginning)."""
-    seen: dict[int, None] = {}
-    for step in plan:
-        for micro in step:
-            for index in micro:
-                seen.setdefault(index, None)
-                if len(seen) == most:
-                    return list(seen)
-    return list(seen)
-
-
 def policy_logps(
     model: Any,
     pairs: list[EncodedPair],
@@ -380,10 +360,11 @@ def train(
             model, dataset, mine, ref, config, pad, device, progress=config.progress and ranks.main
         )
         ref_seconds = time.perf_counter() - t0
-    if config.init_adapter is not None and progress.warm is None and start_step == 0:
-        # The gate of a warm start reads how far the night moved the adapter it was given.
-        gate = gate_pairs(plan)
-        progress.warm = Start(gate, *policy_logps(model, dataset, gate, config, pad, device))
+    # A warm start's gate reads how far the night moved the adapter it was given: that
+    # adapter's log-probs on the first step's pairs are the first step's own policy forward
+    # (taken before its update, so free; with lora_dropout > 0 they carry its noise).
+    measure_start = config.init_adapter is not None and progress.warm is None and start_step == 0
+    first: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
     log = MetricsLog(out / "metrics.jsonl", keep_through=start_step) if ranks.main else None
 
     # --- the loop
@@ -417,6 +398,10 @@ def train(
                 ref_seconds += time.perf_counter() - t1
                 given = (ref[0][indices].to(device), ref[1][indices].to(device))
             terms = pair_terms(model, batch, config.beta, given)
+            if measure_start and step == 0:
+                chosen_now, rejected_now = terms.policy_chosen, terms.policy_rejected
+                first.append((list(indices), chosen_now.detach().float().cpu(),
+                              rejected_now.detach().float().cpu()))  # fmt: skip
             chosen_tokens = batch.loss_mask[: batch.n_pairs, 1:].sum(dim=-1)
             sft = sft_loss(terms.policy_chosen, chosen_tokens)
             losses = combined_loss(config.sft_weight * sft, terms.dpo, config.dpo_weight)
@@ -435,6 +420,12 @@ def train(
         ranks.sum_gradients(params)  # every rank's share of the step: the step's gradient
         sums = ranks.sum_values(sums, device)
         tokens = int(sums.pop("tokens"))
+        if first and progress.warm is None:
+            progress.warm = Start(
+                [i for indices, _, _ in first for i in indices],
+                torch.cat([chosen for _, chosen, _ in first]),
+                torch.cat([rejected for _, _, rejected in first]),
+            )
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # frees the gradients until the next backward

@@ -370,15 +370,18 @@ def test_the_gate_reads_the_finished_adapter_not_the_last_steps_pre_update_metri
 
 
 def test_a_warm_start_is_gated_against_the_adapter_it_started_from(tiny_model_dir, tmp_path, rows):
+    from conscience.trainer.checkpoint import load_checkpoint
     from conscience.trainer.cli import gate
+    from conscience.trainer.data import collate, encode_pairs
+    from conscience.trainer.model import load_tokenizer, pad_id, resolve_dtype
 
     # Yesterday's adapter learned the opposite preference: far below the base on these pairs.
     flipped = [row | {"chosen": row["rejected"], "rejected": row["chosen"]} for row in rows]
     loop.train(_config(tiny_model_dir, tmp_path / "yesterday"), flipped)
-    warm = {"init_adapter": str(tmp_path / "yesterday"), "batch_size": 2, "epochs": 1}
+    warm = {"init_adapter": str(tmp_path / "yesterday"), "batch_size": 3, "epochs": 1, "lr": 2e-3}
     report = loop.train(_config(tiny_model_dir, tmp_path / "tonight", **warm), rows)
     after = report["after"]
-    assert after["pairs"] == 6
+    assert after["pairs"] == 3  # the first step's pairs: the start was measured on them
     # Measured from where it started (below the base), the night's move shows larger.
     assert after["start_reward_accuracy"] > after["reward_accuracy"]
     assert after["start_reward_margin"] > after["reward_margin"]
@@ -387,24 +390,35 @@ def test_a_warm_start_is_gated_against_the_adapter_it_started_from(tiny_model_di
     refusal = gate(report, bar + 0.01)
     assert refusal is not None and "against the one it started from" in refusal
 
-    # The start is kept in the checkpoint: a killed and resumed night gates the same.
-    def kill_after_step_2(step, record):
-        if step == 2:
+    # Killed after its first step: the checkpoint keeps the start, which is yesterday's
+    # adapter's log-probs on that step's pairs; the resumed night gates the same.
+    def kill_after_step_1(step, record):
+        if step == 1:
             raise _Kill
 
     killed = tmp_path / "killed"
     settings = warm | {"checkpoint_every": 1}
+    config = _config(tiny_model_dir, killed, **settings)
     with pytest.raises(_Kill):
-        loop.train(_config(tiny_model_dir, killed, **settings), rows, on_step=kill_after_step_2)
+        loop.train(config, rows, on_step=kill_after_step_1)
+    checkpoint = load_checkpoint(killed)
+    assert checkpoint is not None and checkpoint.warm is not None
+    start = checkpoint.warm
+    assert start.indices == [i for micro in checkpoint.plan[0] for i in micro]
+
+    tokenizer = load_tokenizer(config)
+    dataset, _ = encode_pairs(rows, tokenizer, config.max_length)
+    cpu = torch.device("cpu")
+    yesterday = trainer_model.load_model(config, cpu, resolve_dtype(config, cpu))  # as it starts
+    yesterday.eval()
+    batch = collate([dataset[i] for i in start.indices], pad_id(tokenizer))
+    with torch.no_grad():
+        chosen, rejected = loop.answer_logps(yesterday, batch)
+    assert torch.allclose(start.chosen, chosen.float(), atol=1e-3)
+    assert torch.allclose(start.rejected, rejected.float(), atol=1e-3)
+    assert not torch.allclose(start.chosen, start.rejected)  # two different answers
+
     resumed = loop.train(_config(tiny_model_dir, killed, resume=True, **settings), rows)
-    assert resumed["resumed_from"] == 2
+    assert resumed["resumed_from"] == 1
     for key in ("start_reward_accuracy", "start_reward_margin"):
         assert resumed["after"][key] == pytest.approx(after[key], abs=1e-5)
-
-
-def test_the_gate_pairs_are_the_first_the_plan_trains():
-    plan = [[[3, 1], [4]], [[1, 5]], [[9, 2]]]
-    assert loop.gate_pairs(plan) == [3, 1, 4, 5, 9, 2]
-    assert loop.gate_pairs(plan, most=4) == [3, 1, 4, 5]
-    many = [[[i, i + 1]] for i in range(0, 200, 2)]
-    assert loop.gate_pairs(many) == list(range(loop.WARM_GATE_PAIRS))
