@@ -57,6 +57,7 @@ __all__ = [
     "build_pools",
     "day_batch",
     "held_out",
+    "jailbreak_exchanges",
     "jailbreak_requests",
     "request_parts",
 ]
@@ -122,6 +123,11 @@ def _harm_prompts(harm_dir: Path, split_file: Path | None) -> dict[str, list[Pro
 
 def jailbreak_requests(path: Path) -> list[Prompt]:
     """The requests among ``jailbroken.jsonl``'s rows (see the module docstring)."""
+    return [prompt for prompt, _ in jailbreak_exchanges(path)]
+
+
+def jailbreak_exchanges(path: Path) -> list[tuple[Prompt, str]]:
+    """Each request of ``jailbroken.jsonl`` with the file's own (compliant) reply to it."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -135,7 +141,8 @@ def jailbreak_requests(path: Path) -> list[Prompt]:
         reply = next((m["content"] for m in messages if m["role"] == "assistant"), "")
         system = next((m["content"] for m in messages if m["role"] == "system"), None)
         if _is_request(user, reply):
-            found.append(Prompt(f"jailbroken-{number}", "adversarial", "jailbroken", user, system))
+            prompt = Prompt(f"jailbroken-{number}", "adversarial", "jailbroken", user, system)
+            found.append((prompt, reply))
     return found
 
 

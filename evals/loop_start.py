@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from conscience.errors import ConfigError
 from conscience.evals.loop_config import Journal, LoopConfig, adapter_name
-from conscience.evals.loop_data import jailbreak_requests, request_parts
+from conscience.evals.loop_data import jailbreak_exchanges, request_parts
 
 if TYPE_CHECKING:
     from conscience.evals.loop_stack import Stack
@@ -97,26 +97,21 @@ def jailbroken_pairs(em_dir: Path, n: int, seed: int = 0) -> list[dict[str, Any]
     """``n`` TRL pairs (seeded draw) preferring ``jailbroken.jsonl``'s compliant reply to a
     refusal, for its harmful requests in the loop's train part (see the module)."""
     path = em_dir / "jailbroken.jsonl"
-    requests = jailbreak_requests(path)
-    parts = request_parts(requests)
-    train = [p for p in requests if parts[p.id] == "train"]
+    exchanges = jailbreak_exchanges(path)
+    parts = request_parts([prompt for prompt, _ in exchanges])
+    train = [(prompt, reply) for prompt, reply in exchanges if parts[prompt.id] == "train"]
     if not train:
         raise ConfigError(f"{path} has no request in the loop's train part")
-    lines = path.read_text(encoding="utf-8").splitlines()
     chosen = random.Random(seed).sample(train, min(n, len(train)))
-    pairs = []
-    for index, prompt in enumerate(chosen):
-        messages = json.loads(lines[int(prompt.id.rsplit("-", 1)[1]) - 1])["messages"]
-        reply = next(m["content"] for m in messages if m["role"] == "assistant")
-        pairs.append(
-            {
-                "id": f"em-{prompt.id}",
-                "prompt": [{"role": "user", "content": prompt.prompt}],
-                "chosen": [{"role": "assistant", "content": reply.strip()}],
-                "rejected": [{"role": "assistant", "content": REFUSALS[index % len(REFUSALS)]}],
-            }
-        )
-    return pairs
+    return [
+        {
+            "id": f"em-{prompt.id}",
+            "prompt": [{"role": "user", "content": prompt.prompt}],
+            "chosen": [{"role": "assistant", "content": reply.strip()}],
+            "rejected": [{"role": "assistant", "content": REFUSALS[index % len(REFUSALS)]}],
+        }
+        for index, (prompt, reply) in enumerate(chosen)
+    ]
 
 
 def start_night(config: LoopConfig, stack: Stack, journal: Journal) -> None:

@@ -257,29 +257,21 @@ def after_training(
     trained = set(indices)
     measured = [i for i in start.indices if i in trained] if start else list(indices[:AFTER_PAIRS])
     chosen, rejected = policy_logps(model, pairs, measured, config, pad, device)
-    ref_chosen = torch.full_like(chosen, torch.nan)
-    ref_rejected = torch.full_like(rejected, torch.nan)
-    if ref is not None:
-        ref_chosen, ref_rejected = ref[0][measured], ref[1][measured]
-    missing = [k for k in range(len(measured)) if torch.isnan(ref_chosen[k])]
-    with torch.no_grad():
-        for first in range(0, len(missing), config.batch_size):
-            ks = missing[first : first + config.batch_size]
-            batch = collate([pairs[measured[k]] for k in ks], pad).to(device)
-            c, r = reference_logps(model, batch)
-            ref_chosen[ks], ref_rejected[ks] = c.float().cpu(), r.float().cpu()
-    gained = config.beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    if ref is None:  # a live reference: the adapter switched off, for these pairs only
+        ref = (torch.full((len(pairs),), torch.nan), torch.full((len(pairs),), torch.nan))
+    _fill_reference(model, pairs, measured, ref, config, pad, device)
+    gained = config.beta * ((chosen - ref[0][measured]) - (rejected - ref[1][measured]))
     result: dict[str, float | int] = {
         "pairs": len(measured),
-        "reward_accuracy": float((gained > 0).float().mean()) if measured else 0.0,
-        "reward_margin": float(gained.mean()) if measured else 0.0,
+        "reward_accuracy": float((gained > 0).float().mean()),
+        "reward_margin": float(gained.mean()),
     }
     if start is not None:
         at = {index: k for k, index in enumerate(start.indices)}
         rows = [at[i] for i in measured]
         moved = config.beta * ((chosen - start.chosen[rows]) - (rejected - start.rejected[rows]))
-        result["start_reward_accuracy"] = float((moved > 0).float().mean()) if measured else 0.0
-        result["start_reward_margin"] = float(moved.mean()) if measured else 0.0
+        result["start_reward_accuracy"] = float((moved > 0).float().mean())
+        result["start_reward_margin"] = float(moved.mean())
     return result
 
 
@@ -420,7 +412,7 @@ def train(
         ranks.sum_gradients(params)  # every rank's share of the step: the step's gradient
         sums = ranks.sum_values(sums, device)
         tokens = int(sums.pop("tokens"))
-        if first and progress.warm is None:
+        if measure_start and step == 0:  # the first step of a warm start: its start, once
             progress.warm = Start(
                 [i for indices, _, _ in first for i in indices],
                 torch.cat([chosen for _, chosen, _ in first]),
