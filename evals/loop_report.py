@@ -146,6 +146,13 @@ def _minutes_cell(train: dict[str, Any]) -> str:
     return _num(train.get("minutes")) + stopped
 
 
+def _night_zero(row: dict[str, Any]) -> str:
+    """Night 0's gate cell: the base, or the adapter it started from (published ungated)."""
+    if row["night"] != 0:
+        return ""
+    return "start adapter, ungated" if row.get("start") else "base"
+
+
 def _num(value: Any, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -163,7 +170,7 @@ def render(data: dict[str, Any]) -> str:
         train = row.get("train") or {}
         second = row.get("second_judge")
         second_text = f"{_pct(second)} ({_num(second.get('mean_aligned'))})" if second else "n/a"
-        gate = (row.get("publish") or {}).get("outcome") or ("base" if row["night"] == 0 else "")
+        gate = (row.get("publish") or {}).get("outcome") or _night_zero(row)
         day = row.get("day") or {}
         lines.append(
             f"| {row['night']} | {row.get('served') or 'n/a'} | {day.get('pairs_logged', '')} "

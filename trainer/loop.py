@@ -208,6 +208,17 @@ def _fill_reference(
 AFTER_PAIRS = 64  # the most trained pairs the finished adapter is measured on
 
 
+def pairs_reached(plan: Sequence[Sequence[Sequence[int]]]) -> list[int]:
+    """For each step of ``plan`` (micro-batches of pair indices), how many distinct pairs the
+    run has trained on once that step is done."""
+    seen: set[int] = set()
+    reached = []
+    for micro_batches in plan:
+        seen.update(i for indices in micro_batches for i in indices)
+        reached.append(len(seen))
+    return reached
+
+
 def policy_logps(
     model: Any,
     pairs: list[EncodedPair],
@@ -367,8 +378,19 @@ def train(
         else None
     )
     done = start_step
+    # The finished adapter's measurement (after_training) is inside the budget: a policy
+    # forward per measured pair (with a live reference, its forward too), priced at the
+    # steps' own forwards so far. It measures the first step's pairs of a warm start, else
+    # up to AFTER_PAIRS of those trained.
+    reached = pairs_reached(plan)
+    forward_seconds, forward_pairs = 0.0, 0
     for step in range(start_step, len(plan)):
-        if not ranks.agree(budget.allows_step(), device):  # rank 0's clock decides for all
+        if progress.warm is not None:  # a warm start, once its first step has captured it
+            measured = len(progress.warm.indices)
+        else:
+            measured = min(AFTER_PAIRS, reached[step])
+        then = measured * forward_seconds / forward_pairs if forward_pairs else 0.0
+        if not ranks.agree(budget.allows_step(then), device):  # rank 0's clock decides for all
             break
         t0 = time.perf_counter()
         lr = lr_at(step, len(plan), config)
@@ -389,7 +411,10 @@ def train(
                 _fill_reference(model, dataset, indices, ref, config, pad, device)
                 ref_seconds += time.perf_counter() - t1
                 given = (ref[0][indices].to(device), ref[1][indices].to(device))
+            t1 = budget.now()
             terms = pair_terms(model, batch, config.beta, given)
+            forward_seconds += budget.now() - t1
+            forward_pairs += batch.n_pairs
             if measure_start and step == 0:
                 chosen_now, rejected_now = terms.policy_chosen, terms.policy_rejected
                 first.append((list(indices), chosen_now.detach().float().cpu(),

@@ -14,6 +14,7 @@ import pytest
 from conscience.errors import ConfigError
 from conscience.evals.loop_config import Journal, LoopConfig
 from conscience.evals.loop_data import jailbreak_requests, request_parts
+from conscience.evals.loop_report import collect, render
 from conscience.evals.loop_stack import Stack
 from conscience.evals.loop_start import REFUSALS, jailbroken_pairs, misaligned_pairs, start_night
 from conscience.server.scripted import ScriptedEngine
@@ -116,6 +117,11 @@ def test_the_start_adapter_is_served_before_night_0(
         headers = {"Authorization": f"Bearer {stack.admin_key}"}
         current = httpx.get(stack.url + "/admin/adapter", headers=headers).json()
         assert current["model"] == "loop-night-0"
+    # The report's night 0 says what was served: the start adapter, not the base.
+    (row,) = collect(config.out)["nights"]
+    assert row["start"]["generator"] == "loop-night-0"
+    assert "| start adapter, ungated |" in render({"nights": [row]})
+    assert "| base |" in render({"nights": [{"night": 0}]})
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -57,6 +57,36 @@ def test_a_step_starts_only_if_the_longest_step_so_far_still_fits(clock):
     assert Budget(None).allows_step()
 
 
+def test_the_work_after_a_step_counts_against_the_budget(clock):
+    budget = Budget(250.0)
+    assert budget.allows_step(then=250.0)  # t=0, no step measured: 0 + 0 + 250 <= 250
+    clock.step()
+    assert budget.allows_step(then=50.0)  # t=100: step to 200, then 50: 250 <= 250
+    assert not budget.allows_step(then=51.0)  # (the same boundary again) 251 > 250
+
+
+def test_a_budgeted_run_leaves_time_for_measuring_the_finished_adapter(
+    tiny_model_dir, tmp_path, rows, clock, monkeypatch
+):
+    """Every answer forward "takes" 10 s a pair and every step 100 s more, so a step of one
+    pair is 120 s (its reference, its policy forward, the rest), and measuring the finished
+    adapter after k steps is 10·k s. With 500 s the run takes 3 steps (360 s, then 30 s of
+    measuring): a 4th would end at 480 s and its measurement at 520 s."""
+    answer_logps = loop.answer_logps
+
+    def timed(model, batch):
+        clock.now += 10.0 * batch.n_pairs
+        return answer_logps(model, batch)
+
+    monkeypatch.setattr(loop, "answer_logps", timed)
+    out = tmp_path / "measured"
+    report = loop.train(
+        _config(tiny_model_dir, out, max_minutes=500 / 60), rows, on_step=clock.step
+    )
+    assert (report["stopped"], report["steps"], report["after"]["pairs"]) == ("max_minutes", 3, 3)
+    assert report["budget_seconds_used"] == pytest.approx(390.0)
+
+
 def test_the_budget_stops_at_a_step_boundary_and_resume_finishes_the_plan(
     tiny_model_dir, tmp_path, rows, clock
 ):
