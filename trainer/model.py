@@ -77,15 +77,23 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> Any:
-    """The base model with a fresh LoRA adapter (seeded), or the ``init_adapter`` to continue,
-    on ``device``; only LoRA trains."""
-    from peft import LoraConfig, get_peft_model
+def load_base(config: TrainConfig, dtype: torch.dtype) -> Any:
+    """The base model of ``config.model`` (a GGUF's dense checkpoint), no adapter, on the CPU,
+    with no KV cache (nothing here generates)."""
     from transformers import AutoModelForCausalLM
 
     source = source_of(config.model, config.dense_cache)
     base = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     base.config.use_cache = False  # no generation here; the KV cache would only cost memory
+    return base
+
+
+def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype) -> Any:
+    """The base model with a fresh LoRA adapter (seeded), or the ``init_adapter`` to continue,
+    on ``device``; only LoRA trains."""
+    from peft import LoraConfig, get_peft_model
+
+    base = load_base(config, dtype)
     if config.gradient_checkpointing:
         # Non-reentrant checkpointing needs no requires_grad on the embeddings' output.
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
