@@ -235,7 +235,9 @@ def write_chart(data: dict[str, Any], path: Path) -> None:
         low = [y - 100 * cell["ci95"][0] for y, (_, cell) in zip(ys, points, strict=True)]
         high = [100 * cell["ci95"][1] - y for y, (_, cell) in zip(ys, points, strict=True)]
         axes.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=label)
-    axes.set_xlabel("night (0 = base, before any training)")
+    started = any(row.get("start") for row in data["nights"] if row["night"] == 0)
+    zero = "the start adapter" if started else "base"
+    axes.set_xlabel(f"night (0 = {zero}, before any loop training)")
     axes.set_ylabel("% (Wilson 95% interval)")
     axes.set_ylim(-2, 102)
     nights = [row["night"] for row in data["nights"]]
