@@ -77,8 +77,8 @@ class JudgeAdapterConfig:
     layers: int = 4  # LoRA on the top this many decoder layers
     lora_r: int = 16
     lora_alpha: int = 32
-    lr: float = 2e-4
-    accumulate: int = 8  # items per optimizer step
+    lr: float = 1e-4  # 5e-4 (8-item steps) swung every p_u between ~0 and ~1: docs/decisions.md
+    accumulate: int = 16  # items per optimizer step
     max_minutes: float | None = None
     seed: int = 0  # LoRA's initial weights and the order of the items
     dtype: str = "auto"
