@@ -91,7 +91,7 @@ def save_checkpoint(
 ) -> None:
     from safetensors.torch import save_file
 
-    tmp, final, old = (out_dir / f"{_NAME}{s}" for s in (".tmp", "", ".old"))
+    tmp, final = out_dir / f"{_NAME}.tmp", out_dir / _NAME
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(_trainable(model), str(tmp / "adapter.safetensors"))
@@ -100,23 +100,35 @@ def save_checkpoint(
     if warm is not None:
         state["warm"] = (warm.indices, warm.chosen, warm.rejected)
     torch.save({**state, "rng": _rng_state()}, tmp / "state.pt")
-    # Swap: keep the previous checkpoint until the new one is in place.
+    swap_in(tmp, final)
+
+
+def swap_in(written: Path, final: Path) -> None:
+    """Put the folder ``written`` in place of ``final``, keeping the previous ``final`` (as
+    ``final.old``) until the new one is there: a kill at any point leaves one whole folder."""
+    old = final.with_name(f"{final.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
-    tmp.rename(final)
+    written.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def whole_folder(final: Path, marker: str) -> Path | None:
+    """The folder ``swap_in`` left whole: ``final``, or ``final.old`` when a kill came between
+    its two renames; the one holding ``marker`` (written last), or None."""
+    for folder in (final, final.with_name(f"{final.name}.old")):
+        if (folder / marker).exists():
+            return folder
+    return None
 
 
 def load_checkpoint(out_dir: Path) -> Checkpoint | None:
     """The latest checkpoint under ``out_dir``, or ``None`` when there is none."""
     from safetensors.torch import load_file
 
-    for name in (_NAME, f"{_NAME}.old"):  # .old: killed between the two renames of a save
-        folder = out_dir / name
-        if (folder / "state.pt").exists():
-            break
-    else:
+    folder = whole_folder(out_dir / _NAME, "state.pt")
+    if folder is None:
         return None
     state = torch.load(folder / "state.pt", weights_only=True)
     return Checkpoint(

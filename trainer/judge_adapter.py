@@ -40,6 +40,7 @@ from conscience.errors import ConfigError
 from conscience.labels import Verdict
 from conscience.progress import Progress
 from conscience.trainer.budget import Budget
+from conscience.trainer.checkpoint import swap_in, whole_folder
 from conscience.trainer.config import TrainConfig
 from conscience.trainer.model import prepare_training
 
@@ -169,25 +170,21 @@ def _n_layers(config: JudgeAdapterConfig) -> int:
 
 def _save_checkpoint(out: Path, model: Any, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Write the checkpoint beside the old one, then swap: a kill leaves one whole checkpoint."""
-    fresh, old = out / f"{CHECKPOINT}.new", out / f"{CHECKPOINT}.old"
-    shutil.rmtree(fresh, ignore_errors=True)
-    model.save_pretrained(str(fresh))
-    torch.save(optimizer.state_dict(), fresh / "optimizer.pt")
-    (fresh / "state.json").write_text(json.dumps(state), encoding="utf-8")
-    if (out / CHECKPOINT).exists():
-        (out / CHECKPOINT).rename(old)
-    fresh.rename(out / CHECKPOINT)
-    shutil.rmtree(old, ignore_errors=True)
+    written = out / f"{CHECKPOINT}.tmp"
+    shutil.rmtree(written, ignore_errors=True)
+    model.save_pretrained(str(written))
+    torch.save(optimizer.state_dict(), written / "optimizer.pt")
+    (written / "state.json").write_text(json.dumps(state), encoding="utf-8")  # last: the marker
+    swap_in(written, out / CHECKPOINT)
 
 
 def _read_state(out: Path) -> dict[str, Any] | None:
-    for name in (CHECKPOINT, f"{CHECKPOINT}.old"):  # .old: a kill between the two renames
-        path = out / name / "state.json"
-        if path.is_file():
-            if name != CHECKPOINT:
-                (out / name).rename(out / CHECKPOINT)
-            return json.loads((out / CHECKPOINT / "state.json").read_text(encoding="utf-8"))
-    return None
+    folder = whole_folder(out / CHECKPOINT, "state.json")
+    if folder is None:
+        return None
+    if folder != out / CHECKPOINT:  # killed between the swap's two renames
+        folder.rename(out / CHECKPOINT)
+    return json.loads((out / CHECKPOINT / "state.json").read_text(encoding="utf-8"))
 
 
 def train_judge_adapter(
@@ -271,7 +268,8 @@ def train_judge_adapter(
             bar.update(len(batch))
 
     model.save_pretrained(str(out))
-    done = len(state["learned"]) == len(order)
+    learned = set(state["learned"])
+    done = len(learned) == len(order)
     if done:
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     this_run = time.perf_counter() - started
@@ -280,7 +278,7 @@ def train_judge_adapter(
         "stopped": stopped,
         "items": len(order),
         "items_learned": len(state["learned"]),
-        "harmful_learned": sum(e.harmful for e in order if e.id in set(state["learned"])),
+        "harmful_learned": sum(e.harmful for e in order if e.id in learned),
         "steps": state["steps"],
         "seconds_this_run": this_run,
         "device": str(device),
