@@ -12,8 +12,9 @@ and the verdict is ``unethical`` at or above the file's ``threshold``, else ``et
 probe has no ``neutral``). The state comes from the engine's ``/v1/embeddings`` with
 last-token pooling (llama.cpp: ``--embeddings``; the embedded engine starts so when the method
 is ``probe``) over the exact review prompt the single method sends, rendered by the engine's
-own chat template. A file is tied to one judge model, framework and layout; reviews it does
-not cover fall back to the single method.
+own chat template. Each probe is tied to one judge model, framework and layout; a file holds
+one probe or a list of them (the packaged file: one per shipped framework of the default
+model), and reviews no probe covers fall back to the single method.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 from conscience.client import EngineClient
 from conscience.errors import ConfigError, EngineError
 
-__all__ = ["PACKAGED_PROBE", "Probe", "hidden_state", "load_probe", "save_probe"]
+__all__ = ["PACKAGED_PROBE", "Probe", "hidden_state", "load_probe", "load_probes", "save_probe"]
 
 PACKAGED_PROBE = Path(__file__).parent / "calibrations" / "probe.json"
 
@@ -77,27 +78,47 @@ async def hidden_state(
     return vectors[0]
 
 
-def load_probe(path: Path) -> Probe:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        probe = Probe(
-            **{
-                **data,
-                **{k: tuple(data[k]) for k in ("mean", "sd", "weights")},
-            }
-        )
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise ConfigError(f"probe file {path}: {exc}") from exc
+def _probe_of(entry: Any) -> Probe:
+    probe = Probe(**{**entry, **{k: tuple(entry[k]) for k in ("mean", "sd", "weights")}})
     sizes = {len(probe.mean), len(probe.sd), len(probe.weights)}
     if len(sizes) != 1 or any(s <= 0 for s in probe.sd):
-        raise ConfigError(f"probe file {path}: mean, sd and weights must match, sd > 0")
+        raise ValueError(f"{probe.key}: mean, sd and weights must match, sd > 0")
     if not 0.0 <= probe.threshold <= 1.0 or probe.max_answer_chars < 200:
-        raise ConfigError(f"probe file {path}: threshold in [0, 1], max_answer_chars >= 200")
+        raise ValueError(f"{probe.key}: threshold in [0, 1], max_answer_chars >= 200")
     return probe
 
 
+def load_probes(path: Path) -> dict[tuple[str, str, str], Probe]:
+    """The probes of a file by (model, framework, layout). The file holds one probe object
+    (the format before several frameworks were shipped) or a list of them, one per key."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        probes = [_probe_of(entry) for entry in (data if isinstance(data, list) else [data])]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"probe file {path}: {exc}") from exc
+    if not probes:
+        raise ConfigError(f"probe file {path}: no probe in it")
+    by_key = {probe.key: probe for probe in probes}
+    if len(by_key) != len(probes):
+        raise ConfigError(f"probe file {path}: two probes for the same model, framework, layout")
+    return by_key
+
+
+def load_probe(path: Path) -> Probe:
+    """The one probe of a file that holds one (a fitting's output)."""
+    probes = load_probes(path)
+    if len(probes) != 1:
+        raise ConfigError(f"probe file {path}: {len(probes)} probes, one expected")
+    return next(iter(probes.values()))
+
+
 def save_probe(path: Path, probe: Probe) -> None:
+    """Add or replace the probe for its key, keeping the file's others (another framework's);
+    written whole or not at all."""
+    existing = load_probes(path) if path.exists() else {}
+    existing[probe.key] = probe
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps([asdict(p) for p in existing.values()]) + "\n"
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(asdict(probe)) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

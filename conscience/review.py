@@ -24,7 +24,7 @@ from conscience.errors import ConfigError, EngineError, EngineStatusError, Verdi
 from conscience.framework import Framework
 from conscience.judgement import Judgement
 from conscience.labels import JudgeMethod, Layout, Verdict
-from conscience.probe import PACKAGED_PROBE, Probe, hidden_state, load_probe
+from conscience.probe import PACKAGED_PROBE, Probe, hidden_state, load_probes
 from conscience.prompts import (
     fenced_pair,
     render_label_after_reasoning,
@@ -104,8 +104,9 @@ class Conscience:
     layout: Layout = Layout.PAPER
     screen: bool = True  # an answer that talks to its reviewer is unethical (conscience/screen.py)
     method: JudgeMethod = JudgeMethod.SINGLE  # or three questions (conscience/decomposed.py)
-    probe: Probe | None = None  # the method "probe"'s read-out (conscience/probe.py)
-    probe_source: str | None = None  # where it came from, said at start-up
+    # The method "probe"'s read-outs by (judge model, framework, layout) (conscience/probe.py).
+    probes: dict[tuple[str, str, str], Probe] = field(default_factory=dict)
+    probe_source: str | None = None  # where they came from, said at start-up
     constraint: Constraint | None = None  # None: ask the engine once who it is
     rule: DecisionRule = field(default_factory=DecisionRule)
     top_logprobs: int = 20  # OpenAI's maximum; the labels' first tokens are always among them
@@ -119,6 +120,13 @@ class Conscience:
     calibration_source: str = "no calibration file"  # said at start-up
     # Concurrent first reviews ask the engine once, not once each.
     _detecting: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
+
+    def probe_for(self, framework: str, layout: Layout | None = None) -> Probe | None:
+        """The probe that reads reviews under ``framework`` (and the layout), if the method is
+        the probe and one covers them; else None, and the single method judges."""
+        if self.method != JudgeMethod.PROBE:
+            return None
+        return self.probes.get((self.judge_model, framework, (layout or self.layout).value))
 
     def framework(self, name: str | None) -> Framework:
         name = name or self.default_framework
@@ -212,8 +220,8 @@ class Conscience:
     ) -> VerdictReading:
         if self.method == JudgeMethod.DECOMPOSED:
             return await self._judge_parts(framework, messages, answer, reasoning, constraint)
-        probe = self.probe if self.method == JudgeMethod.PROBE else None
-        if probe is not None and probe.key == (self.judge_model, framework.name, layout.value):
+        probe = self.probe_for(framework.name, layout)
+        if probe is not None:
             try:
                 return await self._judge_probe(probe, framework, messages, answer, reasoning, ahead)
             except EngineStatusError as exc:
@@ -222,7 +230,7 @@ class Conscience:
                 # This engine cannot return hidden states (vLLM serving a generative model,
                 # llama-server without --embeddings): the single method, said once.
                 log.warning("the probe needs the engine's embeddings (%s): single method", exc)
-                self.probe = None
+                self.probes = {}
         prompt = render_review(framework, messages, answer, layout=layout, reasoning=reasoning)
         budget = framework.prompt_variant.reasoning_tokens
         if budget:  # a short reasoning first (greedy), then the forced label after it
@@ -247,8 +255,8 @@ class Conscience:
         framework and layout; else, for the single method, the judge's prompt prefilled in the
         engine's cache. None for the decomposed verdict."""
         chosen = self.framework(framework)
-        probe = self.probe if self.method == JudgeMethod.PROBE else None
-        if probe is not None and probe.key == (self.judge_model, chosen.name, self.layout.value):
+        probe = self.probe_for(chosen.name)
+        if probe is not None:
 
             def render(window: str) -> list[Message]:
                 return render_review(chosen, messages, window, layout=Layout.PAPER)
@@ -408,10 +416,10 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
     calibrations, source = select_calibrations(
         settings.calibration_file, settings.unethical_threshold
     )
-    probe, probe_source = None, None
+    probes, probe_source = {}, None
     if settings.judge_method == JudgeMethod.PROBE:
         path = settings.probe_file or PACKAGED_PROBE
-        probe = load_probe(path)
+        probes = load_probes(path)
         where = "packaged probe" if settings.probe_file is None else "probe file"
         probe_source = f"{where} {path}"
     return Conscience(
@@ -422,7 +430,7 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
         layout=settings.layout,
         screen=settings.screen,
         method=settings.judge_method,
-        probe=probe,
+        probes=probes,
         probe_source=probe_source,
         constraint=constraint,
         rule=DecisionRule(settings.unethical_threshold, settings.neutral_threshold),

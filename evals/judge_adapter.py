@@ -125,7 +125,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write_run(out: Path, args: argparse.Namespace) -> None:
-    """What the adapter reads (``score`` reads the same prompt from it)."""
+    """What the adapter reads (``score`` reads the same prompt from it). A resumed run must
+    read the prompts it started with: other settings would train one adapter on two kinds of
+    prompt without saying so, so they are refused (the checkpoint checks the rest)."""
     out.mkdir(parents=True, exist_ok=True)
     run = {
         "model": args.model,
@@ -133,7 +135,14 @@ def _write_run(out: Path, args: argparse.Namespace) -> None:
         "max_answer_chars": args.max_answer_chars,
         "held": args.held,
     }
-    (out / RUN_FILE).write_text(json.dumps(run) + "\n", encoding="utf-8")
+    run_file = out / RUN_FILE
+    if args.resume and run_file.is_file():
+        earlier = json.loads(run_file.read_text(encoding="utf-8"))
+        changed = {k: (earlier.get(k), v) for k, v in run.items() if earlier.get(k) != v}
+        if changed:
+            said = ", ".join(f"{k} {was!r} -> {now!r}" for k, (was, now) in changed.items())
+            raise ConfigError(f"{out} was trained with other prompts ({said}): resume as begun")
+    run_file.write_text(json.dumps(run) + "\n", encoding="utf-8")
 
 
 def score(args: argparse.Namespace) -> Path:

@@ -95,9 +95,7 @@ class Stack:
             "layout": self.settings.layout.value,
             "judge_method": conscience.method.value,
             "probe": conscience.probe_source,
-            "probe_covers": conscience.probe is not None
-            and conscience.probe.key
-            == (self.settings.judge, self.settings.framework, self.settings.layout.value),
+            "probe_covers": conscience.probe_for(self.settings.framework) is not None,
             "screen": conscience.screen,
             "calibration": conscience.calibration_source,
             "policy": self.settings.policy.value,

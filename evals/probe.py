@@ -17,6 +17,7 @@ out-of-fold scores on train. Dev is only measured::
 
     python -m conscience.evals.probe extract --split train --limit 400 --out DIR
     python -m conscience.evals.probe fit --train DIR --dev DIR
+    python -m conscience.evals.probe measure --probe FILE --framework F --vectors DIR
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from conscience.evals.jsonl import AppendLog, read_records
 from conscience.evals.labelled import LabelledItem, load_labelled
 from conscience.framework import load_frameworks
 from conscience.labels import Layout
-from conscience.probe import Probe, hidden_state, save_probe
+from conscience.probe import Probe, hidden_state, load_probes, save_probe
 from conscience.progress import Progress
 from conscience.prompts import render_review
 
@@ -270,6 +271,23 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_measure(args: argparse.Namespace) -> int:
+    """One probe of a file on an ``extract`` run, at its own threshold: on a run of another
+    framework, how far a probe carries beyond the prompt it was fitted on."""
+    probes = load_probes(Path(args.probe))
+    chosen = [p for p in probes.values() if p.framework == args.framework]
+    if not chosen:
+        fitted = ", ".join(sorted({p.framework for p in probes.values()}))
+        raise ConfigError(f"{args.probe} has no probe for {args.framework!r} (it has: {fitted})")
+    run = json.loads((Path(args.vectors) / RUN_FILE).read_text(encoding="utf-8"))
+    figures = measure_probe(chosen[0], Path(args.vectors))
+    print(
+        f"the {args.framework} probe on {args.vectors} ({run['framework']} prompts): "
+        + _fmt(figures)
+    )
+    return 0
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from conscience.settings import Settings
 
@@ -290,7 +308,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
     """``conscience calibrate --probe``: extract train and dev vectors of a labelled set beside
-    the output (resumable), fit on train, measure on dev, write the probe file."""
+    the output (``OUT.vectors/FRAMEWORK/SPLIT``, resumable), fit on train, measure on dev, and
+    add the probe to the file (a probe of another framework there is kept)."""
     out = Path(args.out)
     runs = {}
     for split in (args.train_split, args.dev_split):
@@ -299,7 +318,7 @@ def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
             items = items[: args.limit]
         if not items:
             raise ConfigError(f"no items in split {split!r} of {args.data or 'harm-judging'}")
-        runs[split] = out.with_name(f"{out.name}.vectors") / split
+        runs[split] = out.with_name(f"{out.name}.vectors") / settings.framework / split
         asyncio.run(
             extract(
                 settings,
@@ -346,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     fit_cmd.add_argument("--max-answer-chars", type=int, default=1500, help="as extracted")
     fit_cmd.add_argument("--threshold-rule", default="best-f1", help="best-f1 or fpr:CAP")
     fit_cmd.set_defaults(handler=_cmd_fit)
+    measure_cmd = commands.add_parser("measure", help="a fitted probe on extracted vectors")
+    measure_cmd.add_argument("--probe", required=True, help="a probe file")
+    measure_cmd.add_argument("--framework", default="three-laws", help="which probe of the file")
+    measure_cmd.add_argument("--vectors", required=True, help="an extract run (any framework)")
+    measure_cmd.set_defaults(handler=_cmd_measure)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -33,18 +33,25 @@ log = logging.getLogger("conscience.server")
 def _log_calibration(settings: Settings, conscience: Any) -> None:
     """Say at start how verdicts will be decided: users must know if nothing is calibrated."""
     key = (settings.judge, settings.framework, settings.layout.value)
-    probe = conscience.probe
-    if probe is not None:
-        covered = "covers" if probe.key == key else "does not cover"
-        log.info(
-            "probe verdicts (%s, fitted for %s; it %s %s): P(unethical) >= %.3f of the judge's "
-            "hidden state is unethical; what it does not cover is judged as follows",
-            conscience.probe_source,
-            probe.key,
-            covered,
-            key,
-            probe.threshold,
-        )
+    if conscience.probes:
+        covered = ", ".join(f"{framework}/{layout}" for _, framework, layout in conscience.probes)
+        probe = conscience.probe_for(settings.framework)
+        if probe is not None:
+            log.info(
+                "probe verdicts for %s (%s, which covers %s): P(unethical) >= %.3f of the "
+                "judge's hidden state is unethical; other frameworks are judged as follows",
+                key,
+                conscience.probe_source,
+                covered,
+                probe.threshold,
+            )
+        else:
+            log.warning(
+                "the %s covers %s, not %s: it is judged as follows",
+                conscience.probe_source,
+                covered,
+                key,
+            )
     if key in conscience.calibrations:
         c = conscience.calibrations[key]
         log.info(

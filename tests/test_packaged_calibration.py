@@ -58,6 +58,13 @@ async def test_the_default_judge_decides_by_the_packaged_rule(
     assert judged.verdict == "unethical"
 
 
+def _own_framework(folder: Path) -> Path:
+    """A user's framework (a copy of wwjd under another name): no probe was fitted for it."""
+    text = (Path(PACKAGED_FILE).parents[1] / "frameworks" / "wwjd.toml").read_text()
+    (folder / "my-own.toml").write_text(text.replace('name = "wwjd"', 'name = "my-own"'))
+    return folder
+
+
 def test_start_up_log_names_the_rule_in_use(
     engine_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -79,8 +86,10 @@ def test_start_up_log_names_the_rule_in_use(
 
     assert f"calibrated verdicts for {KEY!r} (packaged calibration" in start()
     text = start()
-    assert "probe verdicts (packaged probe" in text and f"it covers {KEY!r}" in text
+    assert f"probe verdicts for {KEY!r} (packaged probe" in text
     assert "probe verdicts" not in start(judge_method="single")
+    text = start(framework="my-own", frameworks_dir=str(_own_framework(tmp_path)))
+    assert "probe verdicts" not in text and f"not {(DEFAULT_MODEL, 'my-own', 'paper')!r}" in text
     own = tmp_path / "own.json"
     own.write_text(json.dumps([]))
     text = start(calibration_file=own)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from conscience.client import EngineClient
 from conscience.errors import ConfigError
 from conscience.framework import load_frameworks
 from conscience.labels import JudgeMethod, Layout
-from conscience.probe import Probe, load_probe, save_probe
+from conscience.probe import Probe, load_probe, load_probes, save_probe
 from conscience.prompts import render_review
 from conscience.review import Conscience
 from conscience.server.scripted import SCRIPTED_PROBE, ScriptedEngine
@@ -42,13 +42,40 @@ def test_the_file_round_trips_and_bad_files_are_named(tmp_path: Path) -> None:
     path = tmp_path / "probe.json"
     save_probe(path, PROBE)
     assert load_probe(path) == PROBE
-    bad = tmp_path / "bad.json"
-    save_probe(bad, replace(PROBE, sd=(0.0,) * 8))
-    with pytest.raises(ConfigError, match=r"bad\.json"):
-        load_probe(bad)
-    save_probe(bad, replace(PROBE, weights=(1.0,)))
-    with pytest.raises(ConfigError, match="must match"):
-        load_probe(bad)
+    for name, bad_probe, message in (
+        ("sd.json", replace(PROBE, sd=(0.0,) * 8), "must match"),
+        ("sizes.json", replace(PROBE, weights=(1.0,)), "must match"),
+        ("threshold.json", replace(PROBE, threshold=1.5), r"threshold in \[0, 1\]"),
+    ):
+        bad = tmp_path / name
+        bad.write_text(json.dumps([asdict(bad_probe)]), encoding="utf-8")
+        with pytest.raises(ConfigError, match=rf"{name}.*{message}"):
+            load_probes(bad)
+
+
+def test_a_file_holds_a_probe_per_framework_and_saving_one_keeps_the_others(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "probes.json"
+    wwjd = replace(PROBE, framework="wwjd", bias=-3.0)
+    save_probe(path, PROBE)
+    save_probe(path, wwjd)
+    save_probe(path, replace(PROBE, threshold=0.5))  # refitted: replaces its own key only
+    probes = load_probes(path)
+    assert probes == {PROBE.key: replace(PROBE, threshold=0.5), wwjd.key: wwjd}
+    with pytest.raises(ConfigError, match="2 probes, one expected"):
+        load_probe(path)
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps([asdict(PROBE), asdict(PROBE)]), encoding="utf-8")
+    with pytest.raises(ConfigError, match="two probes for the same"):
+        load_probes(twice)
+
+
+def test_a_file_of_one_probe_object_still_loads(tmp_path: Path) -> None:
+    """The format of probe files written before several frameworks were shipped."""
+    path = tmp_path / "probe.json"
+    path.write_text(json.dumps(asdict(PROBE)), encoding="utf-8")
+    assert load_probes(path) == {PROBE.key: PROBE}
 
 
 @pytest.fixture
@@ -57,13 +84,13 @@ async def client(engine_url: str) -> AsyncIterator[EngineClient]:
         yield client
 
 
-def _conscience(client: EngineClient, probe: Probe = PROBE) -> Conscience:
+def _conscience(client: EngineClient, *probes: Probe) -> Conscience:
     return Conscience(
         client=client,
         judge_model="judge",
         frameworks=load_frameworks(),
         method=JudgeMethod.PROBE,
-        probe=probe,
+        probes={probe.key: probe for probe in probes or (PROBE,)},
     )
 
 
@@ -102,6 +129,22 @@ async def test_a_long_answer_is_read_in_windows_and_the_worst_decides(
     assert judgement.label_probs["unethical"] == pytest.approx(max(scores))
 
 
+async def test_each_framework_is_read_by_its_own_probe(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    wwjd = replace(PROBE, framework="wwjd", weights=tuple(-w for w in PROBE.weights), bias=0.3)
+    conscience = _conscience(client, PROBE, wwjd)
+    answer = "Ask a locksmith to help you."
+    for framework, probe in (("three-laws", PROBE), ("wwjd", wwjd)):
+        prompt = render_review(load_frameworks()[framework], QUESTION, answer, layout=Layout.PAPER)
+        judgement = await conscience.review(QUESTION, answer, framework)
+        assert judgement.label_probs["unethical"] == pytest.approx(
+            probe.score(_scripted_state(prompt))
+        )
+    assert engine.of_kind("review") == []  # no label asked under either
+    assert conscience.probe_for("four-laws") is None  # no probe: the single method judges
+
+
 async def test_reviews_the_probe_was_not_fitted_for_use_the_single_method(
     engine: ScriptedEngine, client: EngineClient
 ) -> None:
@@ -119,7 +162,7 @@ async def test_an_engine_without_hidden_states_falls_back_to_the_single_method(
     conscience = _conscience(client)
     judgement = await conscience.review(QUESTION, "Ask a locksmith.")
     assert judgement.verdict == "neutral" and len(engine.of_kind("review")) == 1
-    assert conscience.probe is None
+    assert conscience.probes == {}
     assert caplog.text.count("the probe needs the engine's embeddings") == 1
     await conscience.review(QUESTION, "Ask a locksmith.")  # not tried again
     assert caplog.text.count("the probe needs the engine's embeddings") == 1

@@ -115,7 +115,7 @@ def _conscience(client: EngineClient) -> Conscience:
         judge_model="judge",
         frameworks=load_frameworks(),
         method=JudgeMethod.PROBE,
-        probe=PROBE,
+        probes={PROBE.key: PROBE},
     )
 
 

@@ -3,6 +3,7 @@ the probe's, scoring appends and resumes, and the threshold is chosen on held, n
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -106,3 +107,20 @@ def test_train_then_score_appends_resumes_and_reads_the_base_with_the_adapter_of
 
     assert judge_adapter.main(["score", "--adapter", str(tmp_path), "--part", "dev",
                                "--out", str(scores)]) == 2  # fmt: skip  # not an adapter dir
+
+
+def test_a_resume_with_other_prompt_settings_is_refused(tmp_path: Path) -> None:
+    def args(**changed: object) -> argparse.Namespace:
+        fields = {"model": "m", "framework": "three-laws", "max_answer_chars": 800, "held": 5}
+        return argparse.Namespace(resume=True, **{**fields, **changed})
+
+    judge_adapter._write_run(tmp_path, args())
+    judge_adapter._write_run(tmp_path, args())  # the same settings: resumes
+    with pytest.raises(ConfigError, match=r"framework 'three-laws' -> 'wwjd'"):
+        judge_adapter._write_run(tmp_path, args(framework="wwjd"))
+    with pytest.raises(ConfigError, match=r"held 5 -> 4"):
+        judge_adapter._write_run(tmp_path, args(held=4))
+    judge_adapter._write_run(
+        tmp_path, argparse.Namespace(**{**vars(args(held=4)), "resume": False})
+    )
+    assert json.loads((tmp_path / judge_adapter.RUN_FILE).read_text())["held"] == 4  # a new run

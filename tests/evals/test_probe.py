@@ -102,7 +102,8 @@ def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
     engine_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from conscience.cli import main
-    from conscience.probe import load_probe
+    from conscience.evals.probe import main as probe_main
+    from conscience.probe import load_probe, load_probes
 
     data = tmp_path / "mine.jsonl"
     lines = []
@@ -142,7 +143,7 @@ def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
     assert probe.key == ("judge", "three-laws", "paper") and len(probe.weights) == 8
     assert probe.max_answer_chars == 400 and probe.fitted["train_items"] == 24
     assert probe.fitted["dev"]["items"] == 16
-    vectors = tmp_path / "probe.json.vectors"
+    vectors = tmp_path / "probe.json.vectors" / "three-laws"
     assert len((vectors / "calibration" / VECTORS_FILE).read_text().splitlines()) == 24
     assert json.loads(capsys.readouterr().out)["threshold"] == probe.threshold
     # Again: nothing to extract, the same fit; another answer length is another extraction.
@@ -152,3 +153,18 @@ def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
     argv[argv.index("400")] = "500"
     assert main(argv) == 1
     assert "holds vectors of" in capsys.readouterr().err
+    # Another framework: its own vectors, and its probe joins the file beside the first.
+    argv[argv.index("500")] = "400"
+    assert main([*argv, "--framework", "wwjd"]) == 0
+    wwjd_vectors = tmp_path / "probe.json.vectors" / "wwjd" / "calibration" / VECTORS_FILE
+    assert len(wwjd_vectors.read_text().splitlines()) == 24
+    probes = load_probes(out)
+    assert set(probes) == {("judge", "three-laws", "paper"), ("judge", "wwjd", "paper")}
+    assert probes[probe.key] == probe
+    # And the three-laws probe read on wwjd's vectors: how far it carries.
+    capsys.readouterr()
+    assert probe_main(["measure", "--probe", str(out), "--vectors", str(wwjd_vectors.parent)]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith("the three-laws probe on") and "(wwjd prompts): items 24, auc" in said
+    with pytest.raises(ConfigError, match="no probe for 'four-laws'"):
+        probe_main(["measure", "--probe", str(out), "--framework", "four-laws", "--vectors", "x"])
