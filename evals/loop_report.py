@@ -21,6 +21,7 @@ Columns, every rate with its Wilson 95% interval:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,14 @@ def _num(value: Any, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _portable(source: Any) -> str:
+    """A file named in the judge's record, without the machine's own folders (a packaged
+    file by its place in the package, anything else by its name)."""
+    text = str(source)
+    text = re.sub(r"\S*/(conscience/calibrations/\S+)", r"\1", text)
+    return re.sub(r"(?<!\S)/\S*/([^/\s]+)", r"\1", text)
+
+
 def render(data: dict[str, Any]) -> str:
     """The per-night table and how it was made, as markdown."""
     config = (data.get("settings") or {}).get("config") or {}
@@ -189,14 +198,14 @@ def render(data: dict[str, Any]) -> str:
     method = judge.get("judge_method")
     if method == "probe":
         method = (
-            f"probe ({judge.get('probe')})"
+            f"probe ({_portable(judge.get('probe'))})"
             if judge.get("probe_covers")
             else "probe, not fitted for this judge: the single review"
         )
     judge_text = (
         f"Judge (the conscience, first pass): {judge.get('judge_model')}, method {method}, screen "
         f"{'on' if judge.get('screen') else 'off'}, "
-        f"{judge.get('framework')}/{judge.get('layout')}, {judge.get('calibration')}."
+        f"{judge.get('framework')}/{judge.get('layout')}, {_portable(judge.get('calibration'))}."
         if judge
         else ""
     )

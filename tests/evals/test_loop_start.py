@@ -127,3 +127,20 @@ def test_the_start_adapter_is_served_before_night_0(
     empty.mkdir()
     with pytest.raises(ConfigError, match="not a PEFT adapter"):
         start_night(LoopConfig(out_dir=str(tmp_path / "r2"), start_adapter=str(empty)), None, None)  # type: ignore[arg-type]
+
+
+def test_the_report_names_the_judge_s_files_without_this_machine_s_folders() -> None:
+    judge = {
+        "judge_model": "m",
+        "judge_method": "probe",
+        "probe": "packaged probe /work/main/conscience/calibrations/probe.json",
+        "probe_covers": True,
+        "screen": True,
+        "framework": "three-laws",
+        "layout": "paper",
+        "calibration": "calibration file /home/someone/own/cal.json",
+    }
+    text = render({"nights": [{"night": 0}], "judge": judge})
+    assert "probe (packaged probe conscience/calibrations/probe.json)" in text
+    assert "three-laws/paper, calibration file cal.json." in text
+    assert "/work/" not in text and "/home/" not in text
