@@ -56,6 +56,7 @@ __all__ = [
     "choose_threshold",
     "cross_validated",
     "extract",
+    "extraction_of",
     "fit_probe",
     "load_vectors",
     "measure_probe",
@@ -198,17 +199,31 @@ def choose_threshold(scores: np.ndarray, gold: np.ndarray, rule: str) -> float:
     return _fpr_threshold(scores, gold, float(cap))
 
 
+def extraction_of(run_dir: Path) -> dict[str, Any]:
+    """What an ``extract`` run's vectors were read with: the judge, the framework and the
+    answer length (its ``run.json``)."""
+    try:
+        return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{run_dir}: not a probe extraction ({exc})") from exc
+
+
 def fit_probe(
     train_dir: Path,
     *,
-    model: str,
-    framework: str,
-    max_answer_chars: int,
     threshold_rule: str = "best-f1",
+    read_chars: int | None = None,
 ) -> tuple[Probe, np.ndarray, np.ndarray]:
     """The probe of the module docstring, fitted on an ``extract`` run of train items, the
     out-of-fold scores of train it chose λ and the threshold on, and train's gold (read once:
-    an extraction may still be appending to the run)."""
+    an extraction may still be appending to the run).
+
+    The judge and the framework are the extraction's, so a probe cannot be labelled with
+    another framework than the prompts it read. It reads answers in windows of the
+    extraction's length unless ``read_chars`` says otherwise (a measured choice: fitted on
+    800-character answers, read in 1,500-character windows; docs/decisions.md)."""
+    extraction = extraction_of(train_dir)
+    fitted_chars = int(extraction["max_answer_chars"])
     _, groups, x, gold = load_vectors(train_dir)
     losses = {l2: _log_loss(cross_validated(x, gold, groups, l2), gold) for l2 in _LAMBDAS}
     for l2, loss in losses.items():
@@ -219,10 +234,10 @@ def fit_probe(
     mean, sd = x.mean(0), x.std(0) + 1e-6
     head = fit_head(standardise(x, mean, sd), gold, l2=l2, steps=30)
     probe = Probe(
-        model=model,
-        framework=framework,
+        model=extraction["judge"],
+        framework=extraction["framework"],
         layout="paper",
-        max_answer_chars=max_answer_chars,
+        max_answer_chars=read_chars or fitted_chars,
         mean=tuple(float(v) for v in mean),
         sd=tuple(float(v) for v in sd),
         weights=tuple(head.weights[:-1]),
@@ -231,6 +246,7 @@ def fit_probe(
         fitted={
             "train": str(train_dir),
             "train_items": len(gold),
+            "train_answer_chars": fitted_chars,
             "l2": l2,
             "threshold_rule": f"{threshold_rule} on train's out-of-fold scores",
             "train_out_of_fold": measure_scores(oof, gold, threshold),
@@ -248,12 +264,11 @@ def measure_probe(probe: Probe, run_dir: Path, threshold: float | None = None) -
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    train, dev = extraction_of(Path(args.train)), extraction_of(Path(args.dev))
+    if train != dev:
+        raise ConfigError(f"train vectors were read with {train}, dev with {dev}")
     probe, oof, gold = fit_probe(
-        Path(args.train),
-        model=args.model,
-        framework=args.framework,
-        max_answer_chars=args.max_answer_chars,
-        threshold_rule=args.threshold_rule,
+        Path(args.train), threshold_rule=args.threshold_rule, read_chars=args.read_chars
     )
     fitted = probe.fitted
     print(f"lambda {fitted['l2']:g}; threshold {probe.threshold:.3f} ({fitted['threshold_rule']})")
@@ -328,13 +343,7 @@ def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
                 max_answer_chars=args.max_answer_chars,
             )
         )
-    probe, _, _ = fit_probe(
-        runs[args.train_split],
-        model=settings.judge,
-        framework=settings.framework,
-        max_answer_chars=args.max_answer_chars,
-        threshold_rule=args.threshold_rule,
-    )
+    probe, _, _ = fit_probe(runs[args.train_split], threshold_rule=args.threshold_rule)
     dev = measure_probe(probe, runs[args.dev_split])
     probe = replace(
         probe, fitted={**probe.fitted, "dev": {"run": str(runs[args.dev_split]), **dev}}
@@ -360,9 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     fit_cmd.add_argument("--train", required=True)
     fit_cmd.add_argument("--dev", required=True)
     fit_cmd.add_argument("--save", help="write the probe file the server loads")
-    fit_cmd.add_argument("--model", default="qwen2.5-coder-1.5b-instruct", help="the judge")
-    fit_cmd.add_argument("--framework", default="three-laws")
-    fit_cmd.add_argument("--max-answer-chars", type=int, default=1500, help="as extracted")
+    fit_cmd.add_argument(
+        "--read-chars", type=int, help="the windows it reads answers in (default: as extracted)"
+    )
     fit_cmd.add_argument("--threshold-rule", default="best-f1", help="best-f1 or fpr:CAP")
     fit_cmd.set_defaults(handler=_cmd_fit)
     measure_cmd = commands.add_parser("measure", help="a fitted probe on extracted vectors")

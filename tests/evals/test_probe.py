@@ -89,7 +89,14 @@ def test_a_fitted_probe_file_scores_as_the_fit_did(tmp_path: Path) -> None:
             }
         )
     (tmp_path / VECTORS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    probe, oof, _ = fit_probe(tmp_path, model="m", framework="three-laws", max_answer_chars=800)
+    with pytest.raises(ConfigError, match="not a probe extraction"):
+        fit_probe(tmp_path)
+    extraction = {"judge": "m", "framework": "wwjd", "max_answer_chars": 800}
+    (tmp_path / "run.json").write_text(json.dumps(extraction))
+    probe, oof, _ = fit_probe(tmp_path)
+    assert probe.key == ("m", "wwjd", "paper") and probe.max_answer_chars == 800
+    wider, _, _ = fit_probe(tmp_path, read_chars=1500)  # fitted on 800, read in 1,500
+    assert wider.max_answer_chars == 1500 and wider.fitted["train_answer_chars"] == 800
     assert len(probe.weights) == 6 and max(probe.weights, key=abs) == probe.weights[2]
     assert oof.shape == (120,) and probe.fitted["train_items"] == 120
     save_probe(tmp_path / "probe.json", probe)
