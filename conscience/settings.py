@@ -45,8 +45,9 @@ class Settings(BaseSettings):
     frameworks_dir: Path | None = None  # user framework files (NAME.toml) added to the built-ins
     layout: Layout = Layout.PAPER  # docs/decisions.md, "Prompt layout"
     screen: bool = True  # answers that talk to their reviewer are unethical (conscience/screen.py)
-    # The probe reads the judge's hidden state (packaged for the default model and three-laws;
-    # other judges and frameworks use the single method); "single" is the paper's pure form.
+    # The probe reads the judge's hidden state (packaged for the default model under each
+    # built-in framework; other judges and frameworks use the single method); "single" is the
+    # paper's pure form.
     judge_method: JudgeMethod = JudgeMethod.PROBE  # or "single", "decomposed" (decisions.md)
     probe_file: Path | None = None  # the probe's read-out; None: the packaged one
     policy: Policy = Policy.REWRITE  # what to do with an unethical answer

@@ -9,6 +9,8 @@ import pytest
 
 from conscience.calibration import PACKAGED_FILE, load_calibrations, select_calibrations
 from conscience.client import EngineClient
+from conscience.framework import load_frameworks
+from conscience.probe import PACKAGED_PROBE, load_probes
 from conscience.review import conscience_from_settings
 from conscience.server.app import create_app
 from conscience.server.scripted import ScriptedEngine, serve_in_thread
@@ -23,6 +25,15 @@ def test_the_packaged_file_covers_the_default_model_and_framework() -> None:
     entry = shipped[KEY]
     assert entry.unethical_threshold is not None and 0 < entry.unethical_threshold < 1
     assert entry.fitted["split"] == "calibration"
+
+
+def test_the_packaged_probes_cover_every_built_in_framework_of_the_default_model() -> None:
+    probes = load_probes(PACKAGED_PROBE)
+    built_in = set(load_frameworks())
+    assert {key for key in probes} == {(DEFAULT_MODEL, name, "paper") for name in built_in}
+    for probe in probes.values():  # each fitted on harm_judging's train, measured on its dev
+        assert "train" in probe.fitted["train"] and "dev" in probe.fitted
+        assert 0 < probe.threshold < 1 and probe.max_answer_chars == 1500
 
 
 def test_nothing_configured_selects_the_packaged_file() -> None:
