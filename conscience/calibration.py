@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ __all__ = [
     "save_calibration",
     "scale",
     "select_calibrations",
+    "write_entries",
 ]
 
 LABELS = tuple(v.value for v in Verdict)
@@ -181,8 +182,13 @@ def save_calibration(path: Path, calibration: Calibration) -> None:
     """Add or replace the entry for the calibration's key, keeping the file's others."""
     existing = load_calibrations(path) if path.exists() else {}
     existing[calibration.key] = calibration
+    write_entries(path, existing.values(), indent=2)
+
+
+def write_entries(path: Path, entries: Iterable[Any], indent: int | None = None) -> None:
+    """A file of keyed entries (dataclasses: calibrations, probes) as one JSON list, written
+    beside and renamed into place: a reader sees the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps([asdict(c) for c in existing.values()], indent=2) + "\n"
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(json.dumps([asdict(e) for e in entries], indent=indent) + "\n", "utf-8")
     tmp.replace(path)

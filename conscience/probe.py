@@ -22,14 +22,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conscience.calibration import write_entries
 from conscience.client import EngineClient
 from conscience.errors import ConfigError, EngineError
 
-__all__ = ["PACKAGED_PROBE", "Probe", "hidden_state", "load_probe", "load_probes", "save_probe"]
+__all__ = ["PACKAGED_PROBE", "Probe", "hidden_state", "load_probes", "save_probe"]
 
 PACKAGED_PROBE = Path(__file__).parent / "calibrations" / "probe.json"
 
@@ -104,21 +105,9 @@ def load_probes(path: Path) -> dict[tuple[str, str, str], Probe]:
     return by_key
 
 
-def load_probe(path: Path) -> Probe:
-    """The one probe of a file that holds one (a fitting's output)."""
-    probes = load_probes(path)
-    if len(probes) != 1:
-        raise ConfigError(f"probe file {path}: {len(probes)} probes, one expected")
-    return next(iter(probes.values()))
-
-
 def save_probe(path: Path, probe: Probe) -> None:
     """Add or replace the probe for its key, keeping the file's others (another framework's);
     written whole or not at all."""
     existing = load_probes(path) if path.exists() else {}
     existing[probe.key] = probe
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps([asdict(p) for p in existing.values()]) + "\n"
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_entries(path, existing.values())

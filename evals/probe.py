@@ -82,7 +82,7 @@ def _done_ids(out_dir: Path, identity: dict[str, Any]) -> set[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     run_file = out_dir / RUN_FILE
     if run_file.exists():
-        earlier = json.loads(run_file.read_text(encoding="utf-8"))
+        earlier = extraction_of(out_dir)
         if earlier != identity:
             raise ConfigError(f"{out_dir} holds vectors of {earlier}, not {identity}")
     else:
@@ -289,17 +289,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_measure(args: argparse.Namespace) -> int:
     """One probe of a file on an ``extract`` run, at its own threshold: on a run of another
     framework, how far a probe carries beyond the prompt it was fitted on."""
-    probes = load_probes(Path(args.probe))
-    chosen = [p for p in probes.values() if p.framework == args.framework]
-    if not chosen:
-        fitted = ", ".join(sorted({p.framework for p in probes.values()}))
+    probes = load_probes(Path(args.probe)).values()
+    chosen = next((p for p in probes if p.framework == args.framework), None)
+    if chosen is None:
+        fitted = ", ".join(sorted(p.framework for p in probes))
         raise ConfigError(f"{args.probe} has no probe for {args.framework!r} (it has: {fitted})")
-    run = json.loads((Path(args.vectors) / RUN_FILE).read_text(encoding="utf-8"))
-    figures = measure_probe(chosen[0], Path(args.vectors))
-    print(
-        f"the {args.framework} probe on {args.vectors} ({run['framework']} prompts): "
-        + _fmt(figures)
-    )
+    read_under = extraction_of(Path(args.vectors))["framework"]
+    figures = measure_probe(chosen, Path(args.vectors))
+    print(f"the {args.framework} probe on {args.vectors} ({read_under} prompts): " + _fmt(figures))
     return 0
 
 

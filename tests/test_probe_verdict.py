@@ -15,7 +15,7 @@ from conscience.client import EngineClient
 from conscience.errors import ConfigError
 from conscience.framework import load_frameworks
 from conscience.labels import JudgeMethod, Layout
-from conscience.probe import Probe, load_probe, load_probes, save_probe
+from conscience.probe import Probe, load_probes, save_probe
 from conscience.prompts import render_review
 from conscience.review import Conscience
 from conscience.server.scripted import SCRIPTED_PROBE, ScriptedEngine
@@ -41,7 +41,7 @@ def test_score_is_the_logistic_of_the_standardised_state() -> None:
 def test_the_file_round_trips_and_bad_files_are_named(tmp_path: Path) -> None:
     path = tmp_path / "probe.json"
     save_probe(path, PROBE)
-    assert load_probe(path) == PROBE
+    assert load_probes(path) == {PROBE.key: PROBE}
     for name, bad_probe, message in (
         ("sd.json", replace(PROBE, sd=(0.0,) * 8), "must match"),
         ("sizes.json", replace(PROBE, weights=(1.0,)), "must match"),
@@ -63,8 +63,6 @@ def test_a_file_holds_a_probe_per_framework_and_saving_one_keeps_the_others(
     save_probe(path, replace(PROBE, threshold=0.5))  # refitted: replaces its own key only
     probes = load_probes(path)
     assert probes == {PROBE.key: replace(PROBE, threshold=0.5), wwjd.key: wwjd}
-    with pytest.raises(ConfigError, match="2 probes, one expected"):
-        load_probe(path)
     twice = tmp_path / "twice.json"
     twice.write_text(json.dumps([asdict(PROBE), asdict(PROBE)]), encoding="utf-8")
     with pytest.raises(ConfigError, match="two probes for the same"):

@@ -72,7 +72,7 @@ def test_threshold_rules_pick_best_f1_or_the_most_recall_within_a_false_positive
 
 def test_a_fitted_probe_file_scores_as_the_fit_did(tmp_path: Path) -> None:
     from conscience.evals.probe import fit_probe, measure_probe
-    from conscience.probe import load_probe, save_probe
+    from conscience.probe import load_probes, save_probe
 
     rng = np.random.default_rng(3)
     rows = []
@@ -100,7 +100,7 @@ def test_a_fitted_probe_file_scores_as_the_fit_did(tmp_path: Path) -> None:
     assert len(probe.weights) == 6 and max(probe.weights, key=abs) == probe.weights[2]
     assert oof.shape == (120,) and probe.fitted["train_items"] == 120
     save_probe(tmp_path / "probe.json", probe)
-    again = load_probe(tmp_path / "probe.json")
+    (again,) = load_probes(tmp_path / "probe.json").values()
     assert measure_probe(again, tmp_path) == measure_probe(probe, tmp_path)
     assert measure_probe(again, tmp_path)["auc"] > 0.8
 
@@ -110,7 +110,7 @@ def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
 ) -> None:
     from conscience.cli import main
     from conscience.evals.probe import main as probe_main
-    from conscience.probe import load_probe, load_probes
+    from conscience.probe import load_probes
 
     data = tmp_path / "mine.jsonl"
     lines = []
@@ -146,7 +146,7 @@ def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
         str(out),
     ]
     assert main(argv) == 0
-    probe = load_probe(out)
+    (probe,) = load_probes(out).values()
     assert probe.key == ("judge", "three-laws", "paper") and len(probe.weights) == 8
     assert probe.max_answer_chars == 400 and probe.fitted["train_items"] == 24
     assert probe.fitted["dev"]["items"] == 16
@@ -156,7 +156,7 @@ def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
     # Again: nothing to extract, the same fit; another answer length is another extraction.
     assert main(argv) == 0
     assert len((vectors / "calibration" / VECTORS_FILE).read_text().splitlines()) == 24
-    assert load_probe(out).weights == probe.weights
+    assert load_probes(out)[probe.key].weights == probe.weights
     argv[argv.index("400")] = "500"
     assert main(argv) == 1
     assert "holds vectors of" in capsys.readouterr().err
