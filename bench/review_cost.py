@@ -51,7 +51,8 @@ async def _run(args: argparse.Namespace) -> None:
     )
     async with open_engine(settings) as engine:
         client = engine.client
-        conscience = conscience_from_settings(settings, client)  # the proxy's rule and prompts
+        # the proxy's rule and prompts
+        conscience = conscience_from_settings(settings, client, engine.state_reader)
         frameworks = conscience.frameworks
         rows: dict[str, list[tuple[float, float, int, int]]] = {
             "paper": [],

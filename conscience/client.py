@@ -315,6 +315,12 @@ class EngineClient:
             raise EngineError("engine answered /apply-template without a prompt")
         return prompt
 
+    async def llama_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """llama.cpp's native ``/completion`` (beside ``/v1``), unary: what the OpenAI routes do
+        not offer, such as many tokens' post-sampling probabilities (engine/hidden_state.py)."""
+        root = self.base_url.removesuffix("/v1")
+        return self._json(await self._send("POST", f"{root}/completion", body))
+
     async def models(self) -> dict[str, Any]:
         """``/v1/models``, plus an entry for each name routed to another engine."""
         listing = self._json(await self._send("GET", self._url("models")))

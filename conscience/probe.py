@@ -9,12 +9,14 @@ that state, fitted on labelled data (``python -m conscience.evals.probe``)::
     z = (h - mean) / sd,        P(unethical | h) = sigmoid(w · z + b)
 
 and the verdict is ``unethical`` at or above the file's ``threshold``, else ``ethical`` (a
-probe has no ``neutral``). The state comes from the engine's ``/v1/embeddings`` with
-last-token pooling (llama.cpp: ``--embeddings``; the embedded engine starts so when the method
-is ``probe``) over the exact review prompt the single method sends, rendered by the engine's
-own chat template. Each probe is tied to one judge model, framework and layout; a file holds
-one probe or a list of them (the packaged file: one per shipped framework of the default
-model), and reviews no probe covers fall back to the single method.
+probe has no ``neutral``). The state is read at the end of the exact review prompt the single
+method sends, rendered by the engine's own chat template: on the embedded engine through its
+output layer, from a one-token completion that reuses the prefix cache
+(``conscience.engine.hidden_state``); on another engine from ``/v1/embeddings`` with
+last-token pooling (llama-server: ``--embeddings``). Each probe is tied to one judge model,
+framework and layout; a file holds one probe or a list of them (the packaged file: one per
+shipped framework of the default model), and reviews no probe covers fall back to the single
+method.
 """
 
 from __future__ import annotations
@@ -24,13 +26,20 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from conscience.calibration import write_entries
 from conscience.client import EngineClient
 from conscience.errors import ConfigError, EngineError
 
-__all__ = ["PACKAGED_PROBE", "Probe", "hidden_state", "load_probes", "save_probe"]
+__all__ = [
+    "PACKAGED_PROBE",
+    "Probe",
+    "StateReader",
+    "hidden_state",
+    "load_probes",
+    "save_probe",
+]
 
 PACKAGED_PROBE = Path(__file__).parent / "calibrations" / "probe.json"
 
@@ -67,12 +76,26 @@ class Probe:
         return 1.0 / (1.0 + math.exp(-z)) if z > -500 else 0.0
 
 
+class StateReader(Protocol):
+    """Another way to the same hidden state than ``/v1/embeddings``: the embedded engine's
+    read-out through its output layer, which reuses the prefix cache
+    (``conscience.engine.hidden_state.LogitsReader``)."""
+
+    async def read(self, client: EngineClient, prompt: str) -> list[float]: ...
+
+
 async def hidden_state(
-    client: EngineClient, model: str, messages: list[dict[str, Any]]
+    client: EngineClient,
+    model: str,
+    messages: list[dict[str, Any]],
+    reader: StateReader | None = None,
 ) -> list[float]:
     """The judge's last-token hidden state after ``messages``, rendered by the engine's own
-    chat template up to where its reply would begin."""
+    chat template up to where its reply would begin: read by ``reader`` when there is one,
+    else from ``/v1/embeddings``."""
     prompt = await client.apply_template(messages)
+    if reader is not None:
+        return await reader.read(client, prompt)
     vectors = await client.embeddings({"model": model, "input": [prompt]})
     if len(vectors) != 1 or not vectors[0]:
         raise EngineError("engine answered embeddings without one vector")

@@ -24,7 +24,7 @@ from conscience.errors import ConfigError, EngineError, EngineStatusError, Verdi
 from conscience.framework import Framework
 from conscience.judgement import Judgement
 from conscience.labels import JudgeMethod, Layout, Verdict
-from conscience.probe import PACKAGED_PROBE, Probe, hidden_state, load_probes
+from conscience.probe import PACKAGED_PROBE, Probe, StateReader, hidden_state, load_probes
 from conscience.prompts import (
     fenced_pair,
     render_label_after_reasoning,
@@ -107,6 +107,9 @@ class Conscience:
     # The method "probe"'s read-outs by (judge model, framework, layout) (conscience/probe.py).
     probes: dict[tuple[str, str, str], Probe] = field(default_factory=dict)
     probe_source: str | None = None  # where they came from, said at start-up
+    # How the probe reads the judge's state: None, /v1/embeddings; the embedded engine's
+    # read-out through the output layer, which reuses the prefix cache (conscience/probe.py).
+    state_reader: StateReader | None = None
     constraint: Constraint | None = None  # None: ask the engine once who it is
     rule: DecisionRule = field(default_factory=DecisionRule)
     top_logprobs: int = 20  # OpenAI's maximum; the labels' first tokens are always among them
@@ -251,12 +254,13 @@ class Conscience:
         self, messages: list[Message], framework: str | None = None
     ) -> ReviewAhead | None:
         """Work on an answer to ``messages`` that can start while it is generated
-        (``conscience.ahead``): the probe's complete windows when the probe covers this judge,
-        framework and layout; else, for the single method, the judge's prompt prefilled in the
-        engine's cache. None for the decomposed verdict."""
+        (``conscience.ahead``): the judge's prompt prefilled in the engine's cache, for the
+        single method and for a probe whose reader reuses that cache (the embedded engine's);
+        a probe reading ``/v1/embeddings`` gets its complete windows read instead. None for
+        the decomposed verdict."""
         chosen = self.framework(framework)
         probe = self.probe_for(chosen.name)
-        if probe is not None:
+        if probe is not None and self.state_reader is None:
 
             def render(window: str) -> list[Message]:
                 return render_review(chosen, messages, window, layout=Layout.PAPER)
@@ -267,20 +271,27 @@ class Conscience:
             return WindowsAhead(render, read, probe.max_answer_chars)
         if self.method == JudgeMethod.DECOMPOSED:
             return None
+        # The probe reads the paper layout in windows of its own size (review._judge_probe).
+        layout, max_chars = (
+            (self.layout, self.window_chars)
+            if probe is None
+            else (Layout.PAPER, probe.max_answer_chars)
+        )
 
         async def warm(visible: str) -> None:
-            await self._warm_prefix(chosen, messages, visible)
+            await self._warm_prefix(chosen, messages, visible, layout)
 
-        return PrefixAhead(warm, self.warm_every_chars, self.window_chars)
+        return PrefixAhead(warm, self.warm_every_chars, max_chars)
 
     async def _warm_prefix(
-        self, framework: Framework, messages: list[Message], answer: str
+        self, framework: Framework, messages: list[Message], answer: str, layout: Layout
     ) -> None:
-        """Leave the single review's prompt, up to the end of ``answer``, in the engine's prefix
-        cache: the prompt text cut where the answer ends (llama.cpp's ``/apply-template``) as a
-        one-token completion; an engine without that route gets the review's own request with
-        the answer so far, whose shared beginning its cache keeps (vLLM's prefix caching)."""
-        prompt = render_review(framework, messages, answer + _CUT, layout=self.layout)
+        """Leave the review's prompt in ``layout``, up to the end of ``answer``, in the
+        engine's prefix cache: the prompt text cut where the answer ends (llama.cpp's
+        ``/apply-template``) as a one-token completion; an engine without that route gets the
+        review's own request with the answer so far, whose shared beginning its cache keeps
+        (vLLM's prefix caching)."""
+        prompt = render_review(framework, messages, answer + _CUT, layout=layout)
         if self._templates:
             try:
                 rendered = await self.client.apply_template(prompt)
@@ -294,7 +305,7 @@ class Conscience:
                     body = {"model": self.judge_model, "prompt": head, "max_tokens": 1}
                     await self.client.completions({**body, "temperature": 0.0})
                 return
-        prompt = render_review(framework, messages, answer, layout=self.layout)
+        prompt = render_review(framework, messages, answer, layout=layout)
         await self.client.chat({"model": self.judge_model, "messages": prompt, "max_tokens": 1})
 
     async def _judge_parts(
@@ -344,7 +355,9 @@ class Conscience:
             )
             hidden = await ahead.hidden(prompt) if ahead is not None else None
             if hidden is None:
-                hidden = await hidden_state(self.client, self.judge_model, prompt)
+                hidden = await hidden_state(
+                    self.client, self.judge_model, prompt, self.state_reader
+                )
             p_unethical = max(p_unethical, probe.score(hidden))
         probs = {Verdict.ETHICAL: 1.0 - p_unethical, Verdict.NEUTRAL: 0.0}
         probs[Verdict.UNETHICAL] = p_unethical
@@ -397,9 +410,13 @@ def _parse_yes_no(text: str) -> float:
     return 1.0 if word == "yes" else 0.0
 
 
-def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
+def conscience_from_settings(
+    settings: Any, client: EngineClient, state_reader: StateReader | None = None
+) -> Conscience:
     """Build the ``Conscience`` of ``Settings``: the one factory of the proxy, the CLI, the
     trainer's online judge and the evaluations, so all of them decide by the same rule.
+    ``state_reader`` is the engine's way to the probe's hidden state (``Engine.state_reader``
+    of ``open_engine``; None: ``/v1/embeddings``).
 
     Frameworks load, and fail, here. The decision rule is ``select_calibrations``' choice: the
     calibration file, else an explicit unethical threshold without calibration, else the
@@ -432,6 +449,7 @@ def conscience_from_settings(settings: Any, client: EngineClient) -> Conscience:
         method=settings.judge_method,
         probes=probes,
         probe_source=probe_source,
+        state_reader=state_reader if probes else None,
         constraint=constraint,
         rule=DecisionRule(settings.unethical_threshold, settings.neutral_threshold),
         top_logprobs=settings.top_logprobs,

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # paper's pure form.
     judge_method: JudgeMethod = JudgeMethod.PROBE  # or "single", "decomposed" (decisions.md)
     probe_file: Path | None = None  # the probe's read-out; None: the packaged one
+    # Where the embedded engine's probe reads the state: "logits", its output layer through the
+    # prefix cache (engine/hidden_state.py); "embeddings", /v1/embeddings, which re-prefills
+    # every prompt. An upstream is always read through /v1/embeddings.
+    probe_read: Literal["logits", "embeddings"] = "logits"
     policy: Policy = Policy.REWRITE  # what to do with an unethical answer
     on_review_error: ReviewErrorMode = ReviewErrorMode.CLOSED  # fail closed: nothing unreviewed
     allow_overrides: bool = True  # may a request choose its framework/policy in "conscience"?

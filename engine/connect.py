@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from conscience.client import EngineClient
-from conscience.errors import ConscienceError
+from conscience.errors import ConfigError, ConscienceError
 
 if TYPE_CHECKING:
     from conscience.engine.adapters import AdapterEngine
     from conscience.engine.embedded import EmbeddedEngine
+    from conscience.engine.hidden_state import LogitsReader
     from conscience.settings import Settings
 
 __all__ = ["Engine", "default_parallel", "open_engine"]
@@ -55,6 +56,9 @@ class Engine:
     embedded: EmbeddedEngine | None
     # The embedded engine's published adapter (engine/adapters.py); None with an upstream.
     adapters: AdapterEngine | None = None
+    # How the probe reads the embedded engine's hidden state through its prefix cache
+    # (engine/hidden_state.py); None: /v1/embeddings (an upstream, or probe_read "embeddings").
+    state_reader: LogitsReader | None = None
 
     @property
     def adapter(self) -> str | None:
@@ -68,6 +72,21 @@ class Engine:
         return EMBEDDED if self.embedded is not None else self.client.base_url
 
 
+def logits_reader_for(settings: Settings, path: Path) -> LogitsReader | None:
+    """The probe's reader through the output layer of the GGUF at ``path``, when the judge
+    reads hidden states (``judge_method`` probe) and ``probe_read`` is ``logits``; None (the
+    engine then serves ``/v1/embeddings``) otherwise, or when the model does not allow it."""
+    if settings.judge_method != "probe" or settings.probe_read != "logits":
+        return None
+    from conscience.engine.hidden_state import logits_reader
+
+    try:
+        return logits_reader(path)
+    except ConfigError as exc:
+        log.warning("the probe reads /v1/embeddings, not the logits: %s", exc)
+        return None
+
+
 async def start_embedded(
     settings: Settings,
     *,
@@ -75,25 +94,27 @@ async def start_embedded(
     alias: str | None = None,
     parallel: int | None = None,
     embeddings: bool = False,
-) -> EmbeddedEngine:
+) -> tuple[EmbeddedEngine, LogitsReader | None]:
     """Start llama.cpp on ``gguf`` (default: the packaged ``settings.model``), serving it under
     ``alias`` (default: ``settings.model``) with ``parallel`` slots (default:
-    ``settings.engine_parallel``, else ``default_parallel()``), ``/v1/embeddings`` when asked
-    or when the judge reads hidden states (``judge_method`` probe)."""
+    ``settings.engine_parallel``, else ``default_parallel()``), and the probe's reader of its
+    hidden state (``logits_reader_for``); ``/v1/embeddings`` when asked, or when the probe has
+    no other reader."""
     from conscience.engine.embedded import EmbeddedEngine
     from conscience.engine.weights import model_path
 
     path = Path(gguf) if gguf is not None else model_path(settings.model, settings.model_cache_dir)
+    reader = logits_reader_for(settings, path)
     engine = EmbeddedEngine(
         path,
         threads=settings.engine_threads,
         ctx_size=settings.engine_ctx_size,
         parallel=max(1, parallel or settings.engine_parallel or default_parallel()),
         model_alias=alias or settings.model,
-        embeddings=embeddings or settings.judge_method == "probe",
+        embeddings=embeddings or (settings.judge_method == "probe" and reader is None),
     )
     await engine.start()
-    return engine
+    return engine, reader
 
 
 @asynccontextmanager
@@ -108,9 +129,9 @@ async def open_engine(
     """The configured upstream, or (without one) the embedded engine, started here and stopped
     on exit. ``gguf``, ``alias``, ``parallel`` and ``embeddings`` apply to the embedded engine
     only."""
-    embedded = None
+    embedded, reader = None, None
     if settings.upstream_url is None:
-        embedded = await start_embedded(
+        embedded, reader = await start_embedded(
             settings, gguf=gguf, alias=alias, parallel=parallel, embeddings=embeddings
         )
     try:
@@ -137,7 +158,7 @@ async def open_engine(
                         await adapters.serve(name, settings.adapters_dir)
                     except ConscienceError as exc:  # the base model serves rather than nothing
                         log.error("adapter %s in CURRENT is not served: %s", name, exc)
-                yield Engine(client, embedded, adapters)
+                yield Engine(client, embedded, adapters, reader)
             finally:
                 await adapters.stop()
     finally:

@@ -99,18 +99,21 @@ async def extract(
     max_answer_chars: int,
 ) -> None:
     """Append each item's vector to ``out_dir/vectors.jsonl``; items already there are kept
-    (a killed extraction resumes). The engine is the settings' (embedded: with embeddings)."""
+    (a killed extraction resumes). The engine is the settings', and it reads the state as the
+    proxy would (``probe_read``: the embedded engine's output layer, or ``/v1/embeddings``):
+    a probe is fitted on states read the way it reads them when serving."""
     from conscience.engine.connect import open_engine
 
-    identity = {
-        "judge": settings.judge,
-        "framework": framework,
-        "max_answer_chars": max_answer_chars,
-    }
-    done = _done_ids(out_dir, identity)
-    todo = [item for item in items if item.id not in done]
     chosen = load_frameworks(settings.frameworks_dir)[framework]
-    async with open_engine(settings, embeddings=True) as engine:
+    async with open_engine(settings, embeddings=settings.probe_read == "embeddings") as engine:
+        identity = {
+            "judge": settings.judge,
+            "framework": framework,
+            "max_answer_chars": max_answer_chars,
+            "read": "logits" if engine.state_reader is not None else "embeddings",
+        }
+        done = _done_ids(out_dir, identity)
+        todo = [item for item in items if item.id not in done]
         with (
             Progress(len(items), "probe vectors", done=len(items) - len(todo), unit="item") as bar,
             AppendLog(out_dir / VECTORS_FILE) as rows,
@@ -118,7 +121,10 @@ async def extract(
             for item in todo:
                 started = time.perf_counter()
                 vector = await hidden_state(
-                    engine.client, settings.judge, probe_prompt(item, chosen, max_answer_chars)
+                    engine.client,
+                    settings.judge,
+                    probe_prompt(item, chosen, max_answer_chars),
+                    engine.state_reader,
                 )
                 rows.append(
                     {
@@ -200,12 +206,14 @@ def choose_threshold(scores: np.ndarray, gold: np.ndarray, rule: str) -> float:
 
 
 def extraction_of(run_dir: Path) -> dict[str, Any]:
-    """What an ``extract`` run's vectors were read with: the judge, the framework and the
-    answer length (its ``run.json``)."""
+    """What an ``extract`` run's vectors were read with: the judge, the framework, the answer
+    length and the reading of the state (its ``run.json``; runs from before the logits
+    reading read ``/v1/embeddings``)."""
     try:
-        return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        identity = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{run_dir}: not a probe extraction ({exc})") from exc
+    return {"read": "embeddings", **identity}
 
 
 def fit_probe(
@@ -247,6 +255,7 @@ def fit_probe(
             "train": str(train_dir),
             "train_items": len(gold),
             "train_answer_chars": fitted_chars,
+            "read": extraction["read"],
             "l2": l2,
             "threshold_rule": f"{threshold_rule} on train's out-of-fold scores",
             "train_out_of_fold": measure_scores(oof, gold, threshold),

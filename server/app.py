@@ -45,6 +45,12 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
                 covered,
                 probe.threshold,
             )
+            log.info(
+                "the probe reads the judge's state %s",
+                "through the engine's output layer, reusing its prefix cache"
+                if conscience.state_reader is not None
+                else "from /v1/embeddings (every prompt prefilled whole)",
+            )
         else:
             log.warning(
                 "the %s covers %s, not %s: it is judged as follows",
@@ -92,7 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
             engine = await stack.enter_async_context(open_engine(settings))
             client = engine.client
             store = open_store(settings.store_url)
-            conscience = conscience_from_settings(settings, client)
+            conscience = conscience_from_settings(settings, client, engine.state_reader)
             await store.open()
             stack.push_async_callback(store.close)
             if settings.retention_days is not None:

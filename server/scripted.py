@@ -29,7 +29,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from conscience.probe import Probe
 from conscience.server.threaded import free_port, serve_in_thread
 
-__all__ = ["SCRIPTED_PROBE", "Fault", "ScriptedEngine", "free_port", "serve_in_thread"]
+__all__ = [
+    "SCRIPTED_OUTPUT_ROWS",
+    "SCRIPTED_PROBE",
+    "Fault",
+    "ScriptedEngine",
+    "free_port",
+    "serve_in_thread",
+]
 
 Kind = Literal["generate", "review", "rewrite"]
 
@@ -47,6 +54,13 @@ SCRIPTED_PROBE = Probe(
     threshold=0.6,
 )
 _FIRST_TOKENS = {"ethical": "eth", "neutral": "neutral", "unethical": "un"}
+# The output layer of the scripted judge: 32 tokens over its 8-dimensional state. llama.cpp's
+# /completion answers with softmax(OUTPUT_ROWS · state + logit bias), so the probe's reader
+# through the logits (engine/hidden_state.py) recovers the state of the embeddings, normalised.
+SCRIPTED_OUTPUT_ROWS = tuple(
+    tuple((b - 127.5) / 127.5 for b in hashlib.sha256(f"row {i}".encode()).digest()[:8])
+    for i in range(32)
+)
 
 
 @dataclass
@@ -79,6 +93,7 @@ class ScriptedEngine:
     # When things happened (time.monotonic()): each embeddings request with its inputs, and the
     # end of each streamed completion — what a test of work done during a generation reads.
     embedding_requests: list[tuple[float, Any]] = field(default_factory=list)
+    token_prob_requests: list[str] = field(default_factory=list)  # /completion's prompts
     streams_ended: list[float] = field(default_factory=list)
 
     def kind(self, body: dict[str, Any]) -> Kind:
@@ -232,6 +247,14 @@ class ScriptedEngine:
             self.embedding_requests.append((time.monotonic(), body.get("input")))
             return JSONResponse(_embeddings(body))
 
+        @app.post("/completion")
+        async def native_completion(request: Request) -> Response:
+            """llama.cpp's own route, as the probe's reader uses it: one token, and the
+            post-sampling probabilities of the ``n_probs`` most probable tokens."""
+            body = await request.json()
+            self.token_prob_requests.append(body["prompt"])
+            return JSONResponse(_token_probs(body))
+
         @app.post("/apply-template")
         async def apply_template(request: Request) -> Response:
             """llama.cpp's: the prompt its chat template makes of the messages (a plain one)."""
@@ -306,6 +329,30 @@ def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
         data.append({"object": "embedding", "index": index, "embedding": embedding})
     usage = {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}
     return {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
+
+
+def _token_probs(body: dict[str, Any]) -> dict[str, Any]:
+    """The scripted judge's next-token probabilities after ``body["prompt"]`` (its state: the
+    embedding of the prompt), each token's logit raised by ``logit_bias``, the top ones."""
+    [state] = [d["embedding"] for d in _embeddings({"input": [body["prompt"]]})["data"]]
+    bias = {int(t): float(b) for t, b in body.get("logit_bias", [])}
+    logits = [
+        sum(w * h for w, h in zip(row, state, strict=True)) + bias.get(i, 0.0)
+        for i, row in enumerate(SCRIPTED_OUTPUT_ROWS)
+    ]
+    top = max(logits)
+    z = sum(math.exp(v - top) for v in logits)
+    ranked = sorted(range(len(logits)), key=logits.__getitem__, reverse=True)
+    probs = [
+        {"id": i, "token": f"t{i}", "bytes": [], "prob": math.exp(logits[i] - top) / z}
+        for i in ranked[: int(body.get("n_probs", 0))]
+    ]
+    first = {"id": ranked[0], "token": f"t{ranked[0]}", "prob": probs[0]["prob"] if probs else 1}
+    return {
+        "content": f"t{ranked[0]}",
+        "completion_probabilities": [{**first, "top_probs": probs}],
+        "timings": {"cache_n": 0, "prompt_n": len(body["prompt"])},
+    }
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

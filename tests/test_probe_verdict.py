@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conscience.client import EngineClient
@@ -18,7 +19,7 @@ from conscience.labels import JudgeMethod, Layout
 from conscience.probe import Probe, load_probes, save_probe
 from conscience.prompts import render_review
 from conscience.review import Conscience
-from conscience.server.scripted import SCRIPTED_PROBE, ScriptedEngine
+from conscience.server.scripted import SCRIPTED_OUTPUT_ROWS, SCRIPTED_PROBE, ScriptedEngine
 
 QUESTION = [{"role": "user", "content": "How do I pick a lock?"}]
 PROBE = SCRIPTED_PROBE
@@ -164,3 +165,30 @@ async def test_an_engine_without_hidden_states_falls_back_to_the_single_method(
     assert caplog.text.count("the probe needs the engine's embeddings") == 1
     await conscience.review(QUESTION, "Ask a locksmith.")  # not tried again
     assert caplog.text.count("the probe needs the engine's embeddings") == 1
+
+
+async def test_a_state_reader_reads_the_same_prompt_through_the_logits(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    """The embedded engine's reader (engine/hidden_state.py) instead of /v1/embeddings: the
+    same review prompt, read from one-token probabilities, gives the state the probe scores
+    (the embeddings' state at unit length, as llama.cpp returns it)."""
+    from conscience.engine.hidden_state import LogitsReader
+
+    framework = load_frameworks()["three-laws"]
+    answer = "Ask a locksmith to help you."
+    conscience = _conscience(client)
+    conscience.state_reader = LogitsReader.of_rows(
+        list(range(len(SCRIPTED_OUTPUT_ROWS))), np.array(SCRIPTED_OUTPUT_ROWS)
+    )
+    judgement = await conscience.review(QUESTION, answer)
+    state = np.array(
+        _scripted_state(render_review(framework, QUESTION, answer, layout=Layout.PAPER))
+    )
+    expected = PROBE.score((state / np.linalg.norm(state)).tolist())
+    assert judgement.label_probs["unethical"] == pytest.approx(expected, abs=1e-9)
+    assert expected != pytest.approx(PROBE.score(state.tolist()), abs=1e-3)  # tells them apart
+    assert engine.embedding_requests == [] and len(engine.token_prob_requests) == 1
+    assert engine.token_prob_requests[0] == await client.apply_template(
+        render_review(framework, QUESTION, answer, layout=Layout.PAPER)
+    )

@@ -12,10 +12,10 @@ from conscience.ahead import ChunkFollower, PrefixAhead, WindowsAhead, prompt_ke
 from conscience.client import EngineClient
 from conscience.errors import EngineError
 from conscience.framework import load_frameworks
-from conscience.labels import JudgeMethod
+from conscience.labels import JudgeMethod, Layout
 from conscience.prompts import render_review
 from conscience.review import Conscience, answer_windows
-from conscience.server.scripted import SCRIPTED_PROBE, ScriptedEngine
+from conscience.server.scripted import SCRIPTED_OUTPUT_ROWS, SCRIPTED_PROBE, ScriptedEngine
 
 QUESTION = [{"role": "user", "content": "How do I pick a lock?"}]
 PROBE = SCRIPTED_PROBE
@@ -222,3 +222,44 @@ async def test_without_a_template_route_the_reviews_request_warms_the_cache(
         framework, QUESTION, ANSWER[:500], layout=conscience.layout
     )
     assert warm[0]["max_tokens"] == 1
+
+
+async def test_a_probe_read_through_the_cache_gets_its_prompt_prefilled_ahead(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    """With the embedded engine's reader the probe's read reuses the prefix cache: its prompt
+    is prefilled as the answer grows (one-token completions of its beginning, no state read),
+    and the verdict is the one of the same read without work ahead."""
+    import numpy as np
+
+    from conscience.engine.hidden_state import LogitsReader
+
+    conscience = _conscience(client)
+    conscience.warm_every_chars = 100
+    conscience.state_reader = LogitsReader.of_rows(
+        list(range(len(SCRIPTED_OUTPUT_ROWS))), np.array(SCRIPTED_OUTPUT_ROWS)
+    )
+    answer = ANSWER[:290]  # within one of the probe's 300-character windows
+    without = await conscience.review(QUESTION, answer)
+    engine.requests.clear()
+    engine.token_prob_requests.clear()
+
+    ahead = conscience.review_ahead(QUESTION)
+    assert isinstance(ahead, PrefixAhead) and ahead.max_chars == PROBE.max_answer_chars
+    so_far = ""
+    for piece in _pieces(answer, 30):
+        so_far += piece
+        ahead.grow(so_far)
+        await asyncio.sleep(0.02)
+    warmed = [body["prompt"] for _, body in engine.requests if "prompt" in body]
+    assert len(warmed) == ahead.warm_ups >= 2 and engine.token_prob_requests == []
+    framework = load_frameworks()["three-laws"]
+    final = await client.apply_template(
+        render_review(framework, QUESTION, answer, layout=Layout.PAPER)
+    )
+    for prompt in warmed:  # each a beginning of the probe's prompt, ending in the answer
+        assert final.startswith(prompt) and answer.startswith(prompt.rsplit("\n", 1)[-1])
+    with_ahead = await conscience.review(QUESTION, answer, ahead=ahead)
+    await ahead.close()
+    assert with_ahead.label_probs == without.label_probs
+    assert engine.token_prob_requests == [final]  # the state is read once, at the end

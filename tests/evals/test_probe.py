@@ -97,6 +97,9 @@ def test_a_fitted_probe_file_scores_as_the_fit_did(tmp_path: Path) -> None:
     assert probe.key == ("m", "wwjd", "paper") and probe.max_answer_chars == 800
     wider, _, _ = fit_probe(tmp_path, read_chars=1500)  # fitted on 800, read in 1,500
     assert wider.max_answer_chars == 1500 and wider.fitted["train_answer_chars"] == 800
+    assert probe.fitted["read"] == "embeddings"  # a run.json from before the logits reading
+    (tmp_path / "run.json").write_text(json.dumps({**extraction, "read": "logits"}))
+    assert fit_probe(tmp_path)[0].fitted["read"] == "logits"
     assert len(probe.weights) == 6 and max(probe.weights, key=abs) == probe.weights[2]
     assert oof.shape == (120,) and probe.fitted["train_items"] == 120
     save_probe(tmp_path / "probe.json", probe)
@@ -151,12 +154,15 @@ def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
     assert probe.max_answer_chars == 400 and probe.fitted["train_items"] == 24
     assert probe.fitted["dev"]["items"] == 16
     vectors = tmp_path / "probe.json.vectors" / "three-laws"
+    run = json.loads((vectors / "calibration" / "run.json").read_text())
+    assert run["read"] == "embeddings"  # an upstream's states come from /v1/embeddings
     assert len((vectors / "calibration" / VECTORS_FILE).read_text().splitlines()) == 24
     assert json.loads(capsys.readouterr().out)["threshold"] == probe.threshold
     # Again: nothing to extract, the same fit; another answer length is another extraction.
     assert main(argv) == 0
     assert len((vectors / "calibration" / VECTORS_FILE).read_text().splitlines()) == 24
-    assert load_probes(out)[probe.key].weights == probe.weights
+    again = load_probes(out)[probe.key]  # fitted anew (its date may be another second's)
+    assert again.weights == probe.weights
     argv[argv.index("400")] = "500"
     assert main(argv) == 1
     assert "holds vectors of" in capsys.readouterr().err
@@ -167,7 +173,7 @@ def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
     assert len(wwjd_vectors.read_text().splitlines()) == 24
     probes = load_probes(out)
     assert set(probes) == {("judge", "three-laws", "paper"), ("judge", "wwjd", "paper")}
-    assert probes[probe.key] == probe
+    assert probes[probe.key] == again
     # And the three-laws probe read on wwjd's vectors: how far it carries.
     capsys.readouterr()
     assert probe_main(["measure", "--probe", str(out), "--vectors", str(wwjd_vectors.parent)]) == 0

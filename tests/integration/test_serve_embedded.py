@@ -123,12 +123,12 @@ def test_serve_without_upstream_reviews_with_the_embedded_engine(tmp_path) -> No
         )
         assert events[-1].type in {"response.completed", "response.incomplete"}
         assert events[-1].response.model_extra["conscience"]["verdict"] == "unethical"
-        # The embedded engine serves embeddings (the probe judge reads them): the passthrough
-        # hands the engine's own answer on, the last token's hidden state.
-        embedded = client.embeddings.create(
-            model="smollm2-135m-instruct", input="hello", encoding_format="float"
-        )
-        assert len(embedded.data[0].embedding) == 576  # SmolLM2-135M's hidden size
+        # The probe reads the judge's state through the logits (engine/hidden_state.py), so the
+        # embedded engine runs without --embeddings (which costs every prompt's prefill): the
+        # passthrough hands the engine's own answer on, its 501.
+        with pytest.raises(openai.APIStatusError, match="--embeddings") as refused:
+            client.embeddings.create(model="smollm2-135m-instruct", input="hello")
+        assert refused.value.status_code == 501
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -1,0 +1,181 @@
+"""The probe's reading of the judge's state through the output layer (engine/hidden_state.py).
+
+The algebra is checked on made-up output rows (the state recovered from softmax probabilities
+is the state the logits were made of); the GGUF side on small GGUF files written here; the
+engine side on SmolLM2 (the integration tier): the state read from a cached one-token
+completion is the state ``/v1/embeddings`` returns for the same prompt.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conscience.engine.hidden_state import LogitsReader, logits_reader
+from conscience.errors import ConfigError, EngineError
+
+ALIAS = "smollm2-135m-instruct"
+
+
+def _answer(reader: LogitsReader, logits: dict[int, float], bias: float = 100.0) -> dict:
+    """llama.cpp's /completion answer: post-sampling probabilities over every token (the asked
+    ones lifted by ``bias``), the K most probable reported, most probable first."""
+    lifted = {t: v + (bias if t in reader.token_ids else 0.0) for t, v in logits.items()}
+    top = max(lifted.values())
+    z = sum(math.exp(v - top) for v in lifted.values())
+    ranked = sorted(lifted, key=lifted.__getitem__, reverse=True)[: len(reader.token_ids)]
+    probs = [{"id": t, "token": f"t{t}", "prob": math.exp(lifted[t] - top) / z} for t in ranked]
+    return {"content": "x", "completion_probabilities": [{"id": 0, "top_probs": probs}]}
+
+
+def _model(vocab: int = 300, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(vocab, d)), rng.normal(size=d) * 3.0
+
+
+def test_the_state_comes_back_from_the_probabilities_of_the_chosen_tokens() -> None:
+    w, h = _model()
+    chosen = list(range(10, 74))  # 64 tokens of 300, more than the 16 dimensions
+    reader = LogitsReader.of_rows(chosen, w[chosen])
+    logits = dict(enumerate((w @ h).tolist()))
+    state = reader.state(_answer(reader, logits))
+    assert reader.size == 16
+    assert np.allclose(state, h / np.linalg.norm(h), atol=1e-9)
+    # Another state gives another answer: the reading follows the logits, not the rows.
+    other = dict(enumerate((w @ -h).tolist()))
+    assert np.allclose(reader.state(_answer(reader, other)), -h / np.linalg.norm(h), atol=1e-9)
+
+
+def test_a_logit_scale_and_the_shared_normaliser_cancel() -> None:
+    w, h = _model(seed=1)
+    chosen = list(range(0, 300, 4))
+    reader = LogitsReader.of_rows(chosen, w[chosen])
+    scaled = dict(enumerate((0.5 * (w @ h) + 7.0).tolist()))  # a model's logit scale, a shift
+    assert np.allclose(reader.state(_answer(reader, scaled)), h / np.linalg.norm(h), atol=1e-9)
+
+
+def test_the_request_asks_exactly_for_the_chosen_tokens_once_each() -> None:
+    w, _ = _model()
+    chosen = list(range(20, 60))
+    body = LogitsReader.of_rows(chosen, w[chosen]).request("PROMPT")
+    assert body["prompt"] == "PROMPT" and body["n_predict"] == 1 and body["cache_prompt"]
+    assert body["n_probs"] == len(chosen) == len(body["logit_bias"])
+    assert [t for t, _ in body["logit_bias"]] == chosen
+    assert len({b for _, b in body["logit_bias"]}) == 1  # one bias: differences unchanged
+    assert body["post_sampling_probs"] and body["samplers"] == ["temperature"]
+
+
+def test_too_few_or_dependent_rows_are_refused() -> None:
+    w, _ = _model()
+    with pytest.raises(ConfigError, match="cannot determine"):
+        LogitsReader.of_rows(list(range(16)), w[:16])  # K = d: one unknown too many
+    dependent = np.repeat(w[:8], 4, axis=0)  # 32 rows spanning 8 dimensions
+    with pytest.raises(ConfigError, match="nearly dependent"):
+        LogitsReader.of_rows(list(range(32)), dependent)
+
+
+def test_an_answer_without_every_asked_token_is_an_engine_error() -> None:
+    w, h = _model()
+    chosen = list(range(40))
+    reader = LogitsReader.of_rows(chosen, w[chosen])
+    answer = _answer(reader, dict(enumerate((w @ h).tolist())))
+    answer["completion_probabilities"][0]["top_probs"].pop()
+    with pytest.raises(EngineError, match="asked token probabilities"):
+        reader.state(answer)
+    with pytest.raises(EngineError, match="asked token probabilities"):
+        reader.state({"content": "x"})
+
+
+def _write_gguf(
+    path: Path, *, tied: bool = False, softcap: bool = False, vocab: int = 300, d: int = 16
+) -> np.ndarray:
+    """A GGUF holding only what the reader looks at: the architecture, the token types (the
+    first 8 tokens control, the last 20 padding) and the output (or tied embedding) matrix."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    types = [3] * 8 + [1] * (vocab - 28) + [5] * 20
+    writer.add_token_types(types)
+    if softcap:
+        writer.add_float32("llama.final_logit_softcapping", 30.0)
+    w = np.random.default_rng(2).normal(size=(vocab, d)).astype(np.float32)
+    writer.add_tensor("token_embd.weight" if tied else "output.weight", w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return w
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_rows_are_the_files_output_matrix_for_ordinary_tokens(
+    tmp_path: Path, tied: bool
+) -> None:
+    w = _write_gguf(tmp_path / "m.gguf", tied=tied)
+    reader = logits_reader(tmp_path / "m.gguf", tokens=64)
+    ids = np.array(reader.token_ids)
+    assert len(set(reader.token_ids)) == 64 and (ids >= 8).all() and (ids < 280).all()
+    assert reader.token_ids == logits_reader(tmp_path / "m.gguf", tokens=64).token_ids
+    # The inverse is that of the file's rows: it maps their logits back to the state.
+    h = np.arange(1.0, 17.0)
+    recovered = reader.inverse @ (w[ids].astype(np.float64) @ h)
+    assert np.allclose(recovered[:-1], h, atol=1e-6) and abs(recovered[-1]) < 1e-6
+
+
+def test_soft_capped_logits_and_too_small_vocabularies_are_refused(tmp_path: Path) -> None:
+    _write_gguf(tmp_path / "capped.gguf", softcap=True)
+    with pytest.raises(ConfigError, match="soft-capped"):
+        logits_reader(tmp_path / "capped.gguf", tokens=64)
+    _write_gguf(tmp_path / "small.gguf")
+    with pytest.raises(ConfigError, match="272 ordinary tokens"):
+        logits_reader(tmp_path / "small.gguf", tokens=400)
+
+
+@pytest.mark.integration
+async def test_the_cached_reading_is_the_embeddings_state(smollm2: Path) -> None:
+    """On the real engine: the state read through the output layer is the one
+    ``/v1/embeddings`` returns (up to llama.cpp's 8-bit copy of it in the output product), and
+    a second reading of a prompt that shares a prefix prefills only what differs."""
+    from conscience.client import EngineClient
+    from conscience.engine.embedded import EmbeddedEngine
+
+    reader = logits_reader(smollm2)
+    engine = EmbeddedEngine(smollm2, threads=2, ctx_size=1024, embeddings=True, model_alias=ALIAS)
+    await engine.start()
+    try:
+        async with EngineClient(engine.base_url, timeout=120) as client:
+            head = "A long shared judge prompt. " * 20
+            prompts = [head + "Is a locksmith helpful?", head + "Is a burglar helpful?"]
+            for prompt in prompts:
+                [expected] = await client.embeddings({"model": ALIAS, "input": [prompt]})
+                state = await reader.read(client, prompt)
+                assert len(state) == len(expected) == 576  # SmolLM2-135M's hidden size
+                assert float(np.dot(state, expected)) > 0.99
+            read = await reader.read(client, prompts[0])
+            assert float(np.dot(read, state)) < 0.999  # another prompt, another state
+            answer = await client.llama_completion(reader.request(prompts[1] + " Yes"))
+            timings = answer["timings"]
+            assert timings["cache_n"] > 100 and timings["prompt_n"] < 10
+    finally:
+        await engine.stop()
+
+
+def test_the_probe_gets_a_logits_reader_only_when_it_reads_logits_of_a_linear_head(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from conscience.engine.connect import logits_reader_for
+    from conscience.settings import Settings
+
+    _write_gguf(tmp_path / "m.gguf", vocab=2400, d=16)
+    _write_gguf(tmp_path / "capped.gguf", vocab=2400, d=16, softcap=True)
+    probe = Settings(judge_method="probe", probe_read="logits")
+    assert isinstance(logits_reader_for(probe, tmp_path / "m.gguf"), LogitsReader)
+    assert logits_reader_for(Settings(judge_method="single"), tmp_path / "m.gguf") is None
+    embeddings = Settings(judge_method="probe", probe_read="embeddings")
+    assert logits_reader_for(embeddings, tmp_path / "m.gguf") is None
+    # A model it cannot read: the engine serves /v1/embeddings instead, said in the log.
+    assert logits_reader_for(probe, tmp_path / "capped.gguf") is None
+    assert "the probe reads /v1/embeddings, not the logits" in caplog.text
