@@ -9,6 +9,7 @@ engine's lifetime is the block's, so no caller can leave a model resident in mem
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -72,18 +73,27 @@ class Engine:
         return EMBEDDED if self.embedded is not None else self.client.base_url
 
 
+def reads_logits(settings: Settings) -> bool:
+    """Whether the probe reads the embedded engine's state through its output layer."""
+    return settings.judge_method == "probe" and settings.probe_read == "logits"
+
+
 def logits_reader_for(settings: Settings, path: Path) -> LogitsReader | None:
-    """The probe's reader through the output layer of the GGUF at ``path``, when the judge
-    reads hidden states (``judge_method`` probe) and ``probe_read`` is ``logits``; None (the
-    engine then serves ``/v1/embeddings``) otherwise, or when the model does not allow it."""
-    if settings.judge_method != "probe" or settings.probe_read != "logits":
+    """The probe's reader through the output layer of the GGUF at ``path`` when
+    ``reads_logits``; None otherwise, or when the model does not allow it (said in the log:
+    the reviews the probe covers then use the single method)."""
+    if not reads_logits(settings):
         return None
     from conscience.engine.hidden_state import logits_reader
 
     try:
         return logits_reader(path)
-    except ConfigError as exc:
-        log.warning("the probe reads /v1/embeddings, not the logits: %s", exc)
+    except (ConfigError, OSError, ValueError, KeyError) as exc:  # a file gguf cannot parse
+        log.warning(
+            "the probe cannot read the judge's state through its logits (%s): its reviews use"
+            " the single method; CONSCIENCE_PROBE_READ=embeddings reads /v1/embeddings",
+            exc,
+        )
         return None
 
 
@@ -98,22 +108,25 @@ async def start_embedded(
     """Start llama.cpp on ``gguf`` (default: the packaged ``settings.model``), serving it under
     ``alias`` (default: ``settings.model``) with ``parallel`` slots (default:
     ``settings.engine_parallel``, else ``default_parallel()``), and the probe's reader of its
-    hidden state (``logits_reader_for``); ``/v1/embeddings`` when asked, or when the probe has
-    no other reader."""
+    hidden state (``logits_reader_for``, read from the file while the engine starts: a few
+    seconds); ``/v1/embeddings`` when asked, or when the probe reads them."""
     from conscience.engine.embedded import EmbeddedEngine
     from conscience.engine.weights import model_path
 
     path = Path(gguf) if gguf is not None else model_path(settings.model, settings.model_cache_dir)
-    reader = logits_reader_for(settings, path)
+    reading = asyncio.ensure_future(asyncio.to_thread(logits_reader_for, settings, path))
     engine = EmbeddedEngine(
         path,
         threads=settings.engine_threads,
         ctx_size=settings.engine_ctx_size,
         parallel=max(1, parallel or settings.engine_parallel or default_parallel()),
         model_alias=alias or settings.model,
-        embeddings=embeddings or (settings.judge_method == "probe" and reader is None),
+        embeddings=embeddings or (settings.judge_method == "probe" and not reads_logits(settings)),
     )
-    await engine.start()
+    try:
+        await engine.start()
+    finally:
+        reader = await reading  # the thread cannot be stopped: wait for it either way
     return engine, reader
 
 

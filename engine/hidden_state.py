@@ -33,6 +33,7 @@ refused; their probe reads ``/v1/embeddings``.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,11 @@ __all__ = ["LogitsReader", "logits_reader"]
 TOKENS = 2048  # K: more than the hidden size of the models a CPU serves (1536 for the default)
 _BIAS = 100.0  # lifts S above every other token: logits span far less than this
 _NORMAL_TOKEN = 1  # tokenizer.ggml.token_type of an ordinary token (not control, not padding)
+# A word of ASCII letters, with the space marker of byte-level BPE (Ġ) or SentencePiece (▁). The
+# completion samples one token of S; one that is part of a UTF-8 character is held back by
+# llama.cpp until the character is complete, and with one token to predict its probabilities
+# are then never reported (seen on the default model: "answered without ... probabilities").
+_WORD_TOKEN = re.compile("[\u0120\u2581]?[A-Za-z]{2,}")
 _MAX_CONDITION = 1e5  # beyond this the recovered state is noise, not the model's
 
 
@@ -65,10 +71,11 @@ class LogitsReader:
         if k != len(token_ids) or k <= d:
             raise ConfigError(f"{k} token rows cannot determine a {d}-dimensional state")
         system = np.hstack([rows.astype(np.float64), np.ones((k, 1))])
-        singular = np.linalg.svd(system, compute_uv=False)
+        u, singular, vt = np.linalg.svd(system, full_matrices=False)
         if singular[-1] <= 0 or singular[0] / singular[-1] > _MAX_CONDITION:
             raise ConfigError("the output rows of the chosen tokens are nearly dependent")
-        return cls(tuple(int(t) for t in token_ids), np.linalg.pinv(system))
+        inverse = (vt.T / singular) @ u.T  # the pseudo-inverse, from the same decomposition
+        return cls(tuple(int(t) for t in token_ids), inverse)
 
     @property
     def size(self) -> int:
@@ -120,8 +127,22 @@ def _output_matrix(reader: Any) -> Any:
     return found
 
 
+def _word_tokens(fields: Any, n_rows: int) -> np.ndarray:
+    """The ids of the ordinary tokens that are whole ASCII words (``_WORD_TOKEN``); a file
+    without the vocabulary's texts: the ordinary ones."""
+    types_field = fields.get("tokenizer.ggml.token_type")
+    types = np.asarray(types_field.contents()) if types_field is not None else np.ones(n_rows)
+    ordinary = types[:n_rows] == _NORMAL_TOKEN
+    texts_field = fields.get("tokenizer.ggml.tokens")
+    if texts_field is not None:
+        texts = texts_field.contents()[:n_rows]
+        words = np.array([_WORD_TOKEN.fullmatch(t) is not None for t in texts])
+        ordinary &= np.pad(words, (0, n_rows - len(words)))
+    return np.flatnonzero(ordinary)
+
+
 def logits_reader(gguf_path: Path, tokens: int = TOKENS, seed: int = 0) -> LogitsReader:
-    """The reader for the model in ``gguf_path``: ``tokens`` ordinary tokens chosen with
+    """The reader for the model in ``gguf_path``: ``tokens`` ordinary word tokens chosen with
     ``seed`` (the same every start), their output rows dequantised from the file."""
     import gguf
 
@@ -133,11 +154,9 @@ def logits_reader(gguf_path: Path, tokens: int = TOKENS, seed: int = 0) -> Logit
         raise ConfigError(f"{gguf_path.name}: soft-capped logits are not linear in the state")
     matrix = _output_matrix(reader)
     n_rows = int(matrix.data.shape[0])
-    types_field = fields.get("tokenizer.ggml.token_type")
-    types = np.asarray(types_field.contents()) if types_field is not None else np.ones(n_rows)
-    ordinary = np.flatnonzero(types[:n_rows] == _NORMAL_TOKEN)
-    if len(ordinary) < tokens:
-        raise ConfigError(f"{gguf_path.name}: {len(ordinary)} ordinary tokens, {tokens} needed")
-    chosen = np.sort(np.random.default_rng(seed).choice(ordinary, tokens, replace=False))
+    words = _word_tokens(fields, n_rows)
+    if len(words) < tokens:
+        raise ConfigError(f"{gguf_path.name}: {len(words)} ordinary word tokens, {tokens} needed")
+    chosen = np.sort(np.random.default_rng(seed).choice(words, tokens, replace=False))
     rows = gguf.quants.dequantize(np.asarray(matrix.data[chosen]), matrix.tensor_type)
     return LogitsReader.of_rows(chosen.tolist(), np.asarray(rows, dtype=np.float64))

@@ -90,15 +90,29 @@ def test_an_answer_without_every_asked_token_is_an_engine_error() -> None:
 
 
 def _write_gguf(
-    path: Path, *, tied: bool = False, softcap: bool = False, vocab: int = 300, d: int = 16
+    path: Path,
+    *,
+    tied: bool = False,
+    softcap: bool = False,
+    vocab: int = 300,
+    d: int = 16,
+    texts: bool = False,
 ) -> np.ndarray:
     """A GGUF holding only what the reader looks at: the architecture, the token types (the
-    first 8 tokens control, the last 20 padding) and the output (or tied embedding) matrix."""
+    first 8 tokens control, the last 20 padding), with ``texts`` the tokens' texts (every
+    third one a piece of a UTF-8 character, every fifth punctuation), and the output (or tied
+    embedding) matrix."""
     import gguf
 
     writer = gguf.GGUFWriter(str(path), "llama")
     types = [3] * 8 + [1] * (vocab - 28) + [5] * 20
     writer.add_token_types(types)
+    if texts:
+        words = [
+            "\u00c3" if i % 3 == 0 else "\u0120.," if i % 5 == 0 else f"\u0120w{chr(97 + i % 26)}"
+            for i in range(vocab)
+        ]
+        writer.add_token_list(words)
     if softcap:
         writer.add_float32("llama.final_logit_softcapping", 30.0)
     w = np.random.default_rng(2).normal(size=(vocab, d)).astype(np.float32)
@@ -130,8 +144,17 @@ def test_soft_capped_logits_and_too_small_vocabularies_are_refused(tmp_path: Pat
     with pytest.raises(ConfigError, match="soft-capped"):
         logits_reader(tmp_path / "capped.gguf", tokens=64)
     _write_gguf(tmp_path / "small.gguf")
-    with pytest.raises(ConfigError, match="272 ordinary tokens"):
+    with pytest.raises(ConfigError, match="272 ordinary word tokens"):
         logits_reader(tmp_path / "small.gguf", tokens=400)
+
+
+def test_only_whole_ascii_words_are_asked_for(tmp_path: Path) -> None:
+    """A sampled token that is part of a UTF-8 character would be held back, its
+    probabilities never reported: the set is made of whole words only."""
+    _write_gguf(tmp_path / "m.gguf", vocab=1200, texts=True)
+    reader = logits_reader(tmp_path / "m.gguf", tokens=300)
+    assert all(t % 3 != 0 and t % 5 != 0 for t in reader.token_ids)
+    assert all(8 <= t < 1180 for t in reader.token_ids)
 
 
 @pytest.mark.integration
@@ -163,7 +186,7 @@ async def test_the_cached_reading_is_the_embeddings_state(smollm2: Path) -> None
         await engine.stop()
 
 
-def test_the_probe_gets_a_logits_reader_only_when_it_reads_logits_of_a_linear_head(
+def test_the_probe_gets_a_logits_reader_only_when_it_reads_logits_of_a_readable_head(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from conscience.engine.connect import logits_reader_for
@@ -176,6 +199,9 @@ def test_the_probe_gets_a_logits_reader_only_when_it_reads_logits_of_a_linear_he
     assert logits_reader_for(Settings(judge_method="single"), tmp_path / "m.gguf") is None
     embeddings = Settings(judge_method="probe", probe_read="embeddings")
     assert logits_reader_for(embeddings, tmp_path / "m.gguf") is None
-    # A model it cannot read: the engine serves /v1/embeddings instead, said in the log.
+    # A model it cannot read (or a file it cannot parse): said in the log, with the way out.
     assert logits_reader_for(probe, tmp_path / "capped.gguf") is None
-    assert "the probe reads /v1/embeddings, not the logits" in caplog.text
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF not really")
+    assert logits_reader_for(probe, tmp_path / "broken.gguf") is None
+    assert caplog.text.count("cannot read the judge's state through its logits") == 2
+    assert "CONSCIENCE_PROBE_READ=embeddings" in caplog.text
