@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -86,8 +87,9 @@ def logits_reader_for(settings: Settings, path: Path) -> LogitsReader | None:
         return None
     from conscience.engine.hidden_state import logits_reader
 
+    started = time.perf_counter()
     try:
-        return logits_reader(path)
+        reader = logits_reader(path)
     except (ConfigError, OSError, ValueError, KeyError) as exc:  # a file gguf cannot parse
         log.warning(
             "the probe cannot read the judge's state through its logits (%s): its reviews use"
@@ -95,6 +97,13 @@ def logits_reader_for(settings: Settings, path: Path) -> LogitsReader | None:
             exc,
         )
         return None
+    log.info(
+        "the probe reads the judge's state through %d tokens of its output layer (%s, %.1f s)",
+        len(reader.token_ids),
+        path.name,
+        time.perf_counter() - started,
+    )
+    return reader
 
 
 async def start_embedded(
