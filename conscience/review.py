@@ -124,6 +124,14 @@ class Conscience:
     # Concurrent first reviews ask the engine once, not once each.
     _detecting: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
 
+    @property
+    def probe_read(self) -> str | None:
+        """How the probe reads the judge's state, for reports: ``logits`` (the embedded
+        engine's output layer) or ``embeddings``; None when no probe judges."""
+        if self.method != JudgeMethod.PROBE or not self.probes:
+            return None
+        return "logits" if self.state_reader is not None else "embeddings"
+
     def probe_for(self, framework: str, layout: Layout | None = None) -> Probe | None:
         """The probe that reads reviews under ``framework`` (and the layout), if the method is
         the probe and one covers them; else None, and the single method judges."""

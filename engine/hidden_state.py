@@ -56,7 +56,7 @@ _WORD_TOKEN = re.compile("[\u0120\u2581]?[A-Za-z]{2,}")
 _MAX_CONDITION = 1e5  # beyond this the recovered state is noise, not the model's
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: it holds an array
 class LogitsReader:
     """Reads the judge's hidden state from a one-token completion's log-probabilities."""
 

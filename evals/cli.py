@@ -149,6 +149,7 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
             "screen": conscience.screen,
             "judge_method": conscience.method.value,
             "probe": conscience.probe_source,
+            "probe_read": conscience.probe_read,
             "answer_placeholder": args.placeholder,
             "review_window_chars": conscience.window_chars,
         }

@@ -95,6 +95,7 @@ class Stack:
             "layout": self.settings.layout.value,
             "judge_method": conscience.method.value,
             "probe": conscience.probe_source,
+            "probe_read": conscience.probe_read,
             "probe_covers": conscience.probe_for(self.settings.framework) is not None,
             "screen": conscience.screen,
             "calibration": conscience.calibration_source,

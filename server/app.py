@@ -48,7 +48,7 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
             log.info(
                 "the probe reads the judge's state %s",
                 "through the engine's output layer, reusing its prefix cache"
-                if conscience.state_reader is not None
+                if conscience.probe_read == "logits"
                 else "from /v1/embeddings (every prompt prefilled whole)",
             )
         else:

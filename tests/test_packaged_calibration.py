@@ -98,6 +98,7 @@ def test_start_up_log_names_the_rule_in_use(
     assert f"calibrated verdicts for {KEY!r} (packaged calibration" in start()
     text = start()
     assert f"probe verdicts for {KEY!r} (packaged probe" in text
+    assert "reads the judge's state from /v1/embeddings" in text  # an upstream's route
     assert "probe verdicts" not in start(judge_method="single")
     text = start(framework="my-own", frameworks_dir=str(_own_framework(tmp_path)))
     assert "probe verdicts" not in text and f"not {(DEFAULT_MODEL, 'my-own', 'paper')!r}" in text

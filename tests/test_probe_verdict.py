@@ -189,6 +189,9 @@ async def test_a_state_reader_reads_the_same_prompt_through_the_logits(
     assert judgement.label_probs["unethical"] == pytest.approx(expected, abs=1e-9)
     assert expected != pytest.approx(PROBE.score(state.tolist()), abs=1e-3)  # tells them apart
     assert engine.embedding_requests == [] and len(engine.token_prob_requests) == 1
+    assert conscience.probe_read == "logits" and _conscience(client).probe_read == "embeddings"
+    conscience.method = JudgeMethod.SINGLE
+    assert conscience.probe_read is None  # reports say no probe judged
     assert engine.token_prob_requests[0] == await client.apply_template(
         render_review(framework, QUESTION, answer, layout=Layout.PAPER)
     )
