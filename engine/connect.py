@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from conscience.client import EngineClient
-from conscience.errors import ConfigError, ConscienceError
+from conscience.errors import ConscienceError
 
 if TYPE_CHECKING:
     from conscience.engine.adapters import AdapterEngine
@@ -81,19 +81,20 @@ def reads_logits(settings: Settings) -> bool:
 
 def logits_reader_for(settings: Settings, path: Path) -> LogitsReader | None:
     """The probe's reader through the output layer of the GGUF at ``path`` when
-    ``reads_logits``; None otherwise, or when the model does not allow it (said in the log:
-    the reviews the probe covers then use the single method)."""
+    ``reads_logits``; None otherwise, or when the model does not allow it (said in the log;
+    ``start_embedded`` then serves ``/v1/embeddings`` for the probe instead)."""
     if not reads_logits(settings):
         return None
-    from conscience.engine.hidden_state import logits_reader
-
     started = time.perf_counter()
     try:
+        from conscience.engine.hidden_state import logits_reader
+
         reader = logits_reader(path)
-    except (ConfigError, OSError, ValueError, KeyError) as exc:  # a file gguf cannot parse
+    except Exception as exc:  # a refused model, a file or a quantisation gguf cannot read
         log.warning(
-            "the probe cannot read the judge's state through its logits (%s): its reviews use"
-            " the single method; CONSCIENCE_PROBE_READ=embeddings reads /v1/embeddings",
+            "the probe cannot read the judge's state through its logits (%s: %s): it reads"
+            " /v1/embeddings instead (CONSCIENCE_PROBE_READ=embeddings says so from the start)",
+            type(exc).__name__,
             exc,
         )
         return None
@@ -118,24 +119,30 @@ async def start_embedded(
     ``alias`` (default: ``settings.model``) with ``parallel`` slots (default:
     ``settings.engine_parallel``, else ``default_parallel()``), and the probe's reader of its
     hidden state (``logits_reader_for``, read from the file while the engine starts: a few
-    seconds); ``/v1/embeddings`` when asked, or when the probe reads them."""
+    seconds); ``/v1/embeddings`` when asked, or when the probe reads them (``probe_read``
+    embeddings, or a model the reader refuses: the engine is then started again with them)."""
     from conscience.engine.embedded import EmbeddedEngine
     from conscience.engine.weights import model_path
 
     path = Path(gguf) if gguf is not None else model_path(settings.model, settings.model_cache_dir)
-    reading = asyncio.ensure_future(asyncio.to_thread(logits_reader_for, settings, path))
+    probe = settings.judge_method == "probe"
     engine = EmbeddedEngine(
         path,
         threads=settings.engine_threads,
         ctx_size=settings.engine_ctx_size,
         parallel=max(1, parallel or settings.engine_parallel or default_parallel()),
         model_alias=alias or settings.model,
-        embeddings=embeddings or (settings.judge_method == "probe" and not reads_logits(settings)),
+        embeddings=embeddings or (probe and not reads_logits(settings)),
     )
+    reading = asyncio.ensure_future(asyncio.to_thread(logits_reader_for, settings, path))
     try:
         await engine.start()
     finally:
-        reader = await reading  # the thread cannot be stopped: wait for it either way
+        reader = await reading  # never raises; the thread cannot be stopped: wait for it
+    if probe and reader is None and not engine.embeddings:  # a model the reader refused
+        await engine.stop()
+        engine = engine.like(embeddings=True)
+        await engine.start()
     return engine, reader
 
 

@@ -120,6 +120,8 @@ class LogitsReader:
 
 def _output_matrix(reader: Any) -> Any:
     tensors = {t.name: t for t in reader.tensors}
+    if "output.bias" in tensors:  # logits W·h + b: the bias would be read as part of the state
+        raise ConfigError("an output layer with a bias is not read (logits are not W·h)")
     # Models with tied embeddings have no output.weight: the token embeddings are the head.
     found = tensors.get("output.weight") or tensors.get("token_embd.weight")
     if found is None:
@@ -132,7 +134,8 @@ def _word_tokens(fields: Any, n_rows: int) -> np.ndarray:
     without the vocabulary's texts: the ordinary ones."""
     types_field = fields.get("tokenizer.ggml.token_type")
     types = np.asarray(types_field.contents()) if types_field is not None else np.ones(n_rows)
-    ordinary = types[:n_rows] == _NORMAL_TOKEN
+    types = np.pad(types[:n_rows], (0, n_rows - min(len(types), n_rows)))  # missing: not ordinary
+    ordinary = types == _NORMAL_TOKEN
     texts_field = fields.get("tokenizer.ggml.tokens")
     if texts_field is not None:
         texts = texts_field.contents()[:n_rows]
@@ -142,8 +145,9 @@ def _word_tokens(fields: Any, n_rows: int) -> np.ndarray:
 
 
 def logits_reader(gguf_path: Path, tokens: int = TOKENS, seed: int = 0) -> LogitsReader:
-    """The reader for the model in ``gguf_path``: ``tokens`` ordinary word tokens chosen with
-    ``seed`` (the same every start), their output rows dequantised from the file."""
+    """The reader for the model in ``gguf_path``: ``tokens`` ordinary word tokens (at least a
+    quarter more than the hidden size) chosen with ``seed`` (the same every start), their
+    output rows dequantised from the file."""
     import gguf
 
     reader = gguf.GGUFReader(str(gguf_path))
@@ -153,7 +157,8 @@ def logits_reader(gguf_path: Path, tokens: int = TOKENS, seed: int = 0) -> Logit
     if f"{arch}.final_logit_softcapping" in fields:
         raise ConfigError(f"{gguf_path.name}: soft-capped logits are not linear in the state")
     matrix = _output_matrix(reader)
-    n_rows = int(matrix.data.shape[0])
+    n_rows, hidden = int(matrix.data.shape[0]), int(matrix.shape[0])
+    tokens = max(tokens, hidden + hidden // 4)
     words = _word_tokens(fields, n_rows)
     if len(words) < tokens:
         raise ConfigError(f"{gguf_path.name}: {len(words)} ordinary word tokens, {tokens} needed")

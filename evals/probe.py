@@ -42,7 +42,7 @@ from conscience.evals.head import best_f1_threshold, fit_head, measure_scores
 from conscience.evals.jsonl import AppendLog, read_records
 from conscience.evals.labelled import LabelledItem, load_labelled
 from conscience.framework import load_frameworks
-from conscience.labels import Layout
+from conscience.labels import JudgeMethod, Layout
 from conscience.probe import Probe, hidden_state, load_probes, save_probe
 from conscience.progress import Progress
 from conscience.prompts import render_review
@@ -104,15 +104,16 @@ async def extract(
     a probe is fitted on states read the way it reads them when serving."""
     from conscience.engine.connect import open_engine
 
+    settings = settings.model_copy(update={"judge_method": JudgeMethod.PROBE})  # states, always
     chosen = load_frameworks(settings.frameworks_dir)[framework]
+    known = {"judge": settings.judge, "framework": framework, "max_answer_chars": max_answer_chars}
+    if (out_dir / RUN_FILE).exists():  # another extraction's directory: said before loading
+        earlier = extraction_of(out_dir)
+        if {key: earlier.get(key) for key in known} != known:
+            raise ConfigError(f"{out_dir} holds vectors of {earlier}, not {known}")
     async with open_engine(settings, embeddings=settings.probe_read == "embeddings") as engine:
-        identity = {
-            "judge": settings.judge,
-            "framework": framework,
-            "max_answer_chars": max_answer_chars,
-            "read": "logits" if engine.state_reader is not None else "embeddings",
-        }
-        done = _done_ids(out_dir, identity)
+        read = "logits" if engine.state_reader is not None else "embeddings"
+        done = _done_ids(out_dir, {**known, "read": read})
         todo = [item for item in items if item.id not in done]
         with (
             Progress(len(items), "probe vectors", done=len(items) - len(todo), unit="item") as bar,

@@ -51,6 +51,15 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
                 if conscience.probe_read == "logits"
                 else "from /v1/embeddings (every prompt prefilled whole)",
             )
+            fitted_read = probe.fitted.get("read", "embeddings")  # files from before: embeddings
+            if fitted_read != conscience.probe_read:
+                log.warning(
+                    "the probe was fitted on states read through %s and reads them through %s"
+                    " here: its threshold may not hold (fit it on this engine: conscience"
+                    " calibrate --probe)",
+                    fitted_read,
+                    conscience.probe_read,
+                )
         else:
             log.warning(
                 "the %s covers %s, not %s: it is judged as follows",

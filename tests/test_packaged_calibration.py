@@ -99,6 +99,8 @@ def test_start_up_log_names_the_rule_in_use(
     text = start()
     assert f"probe verdicts for {KEY!r} (packaged probe" in text
     assert "reads the judge's state from /v1/embeddings" in text  # an upstream's route
+    # The packaged probe was fitted on states read through the embedded engine's logits.
+    assert "fitted on states read through logits and reads them through embeddings" in text
     assert "probe verdicts" not in start(judge_method="single")
     text = start(framework="my-own", frameworks_dir=str(_own_framework(tmp_path)))
     assert "probe verdicts" not in text and f"not {(DEFAULT_MODEL, 'my-own', 'paper')!r}" in text

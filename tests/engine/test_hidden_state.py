@@ -97,6 +97,7 @@ def _write_gguf(
     vocab: int = 300,
     d: int = 16,
     texts: bool = False,
+    bias: bool = False,
 ) -> np.ndarray:
     """A GGUF holding only what the reader looks at: the architecture, the token types (the
     first 8 tokens control, the last 20 padding), with ``texts`` the tokens' texts (every
@@ -117,6 +118,8 @@ def _write_gguf(
         writer.add_float32("llama.final_logit_softcapping", 30.0)
     w = np.random.default_rng(2).normal(size=(vocab, d)).astype(np.float32)
     writer.add_tensor("token_embd.weight" if tied else "output.weight", w)
+    if bias:
+        writer.add_tensor("output.bias", np.zeros(vocab, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -139,13 +142,23 @@ def test_the_rows_are_the_files_output_matrix_for_ordinary_tokens(
     assert np.allclose(recovered[:-1], h, atol=1e-6) and abs(recovered[-1]) < 1e-6
 
 
-def test_soft_capped_logits_and_too_small_vocabularies_are_refused(tmp_path: Path) -> None:
+def test_soft_capped_or_biased_logits_and_too_small_vocabularies_are_refused(
+    tmp_path: Path,
+) -> None:
     _write_gguf(tmp_path / "capped.gguf", softcap=True)
     with pytest.raises(ConfigError, match="soft-capped"):
         logits_reader(tmp_path / "capped.gguf", tokens=64)
+    _write_gguf(tmp_path / "biased.gguf", bias=True)
+    with pytest.raises(ConfigError, match="with a bias"):
+        logits_reader(tmp_path / "biased.gguf", tokens=64)
     _write_gguf(tmp_path / "small.gguf")
     with pytest.raises(ConfigError, match="272 ordinary word tokens"):
         logits_reader(tmp_path / "small.gguf", tokens=400)
+
+
+def test_a_wider_model_gets_more_tokens_than_its_hidden_size(tmp_path: Path) -> None:
+    _write_gguf(tmp_path / "wide.gguf", vocab=400, d=64)
+    assert len(logits_reader(tmp_path / "wide.gguf", tokens=32).token_ids) == 80  # 64 + 64/4
 
 
 def test_only_whole_ascii_words_are_asked_for(tmp_path: Path) -> None:
@@ -205,3 +218,49 @@ def test_the_probe_gets_a_logits_reader_only_when_it_reads_logits_of_a_readable_
     assert logits_reader_for(probe, tmp_path / "broken.gguf") is None
     assert caplog.text.count("cannot read the judge's state through its logits") == 2
     assert "CONSCIENCE_PROBE_READ=embeddings" in caplog.text
+
+
+@pytest.mark.integration
+async def test_the_engine_runs_without_embeddings_unless_the_reader_is_refused(
+    smollm2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How the proxy starts the embedded engine for the probe: without ``--embeddings`` and
+    with a reader whose state is the embeddings engine's; when the model is refused, started
+    again with ``--embeddings`` and no reader, so the probe reads those."""
+    from conscience.client import EngineClient
+    from conscience.engine import hidden_state
+    from conscience.engine.connect import start_embedded
+    from conscience.engine.embedded import EmbeddedEngine
+    from conscience.settings import Settings
+
+    settings = Settings(engine_threads=2, engine_ctx_size=1024, engine_parallel=1)
+    prompt = "A shared judge prompt. " * 10 + "Is a locksmith helpful?"
+    with_embeddings = EmbeddedEngine(
+        smollm2, threads=2, ctx_size=1024, embeddings=True, model_alias=ALIAS
+    )
+    await with_embeddings.start()
+    try:
+        async with EngineClient(with_embeddings.base_url, timeout=120) as client:
+            [expected] = await client.embeddings({"model": ALIAS, "input": [prompt]})
+    finally:
+        await with_embeddings.stop()
+    engine, reader = await start_embedded(settings, gguf=smollm2, alias=ALIAS)
+    try:
+        assert reader is not None and not engine.embeddings
+        async with EngineClient(engine.base_url, timeout=120) as client:
+            assert float(np.dot(await reader.read(client, prompt), expected)) > 0.99
+    finally:
+        await engine.stop()
+
+    def refused(path: Path) -> LogitsReader:
+        raise ConfigError(f"{path.name}: soft-capped logits are not linear in the state")
+
+    monkeypatch.setattr(hidden_state, "logits_reader", refused)
+    engine, reader = await start_embedded(settings, gguf=smollm2, alias=ALIAS)
+    try:
+        assert reader is None and engine.embeddings
+        async with EngineClient(engine.base_url, timeout=120) as client:
+            [again] = await client.embeddings({"model": ALIAS, "input": [prompt]})
+        assert float(np.dot(again, expected)) > 0.999
+    finally:
+        await engine.stop()
