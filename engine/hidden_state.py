@@ -26,8 +26,9 @@ state recovered is that copy. Measured on the default model: cosine 0.9995 with 
 route's vector (docs/benchmarks.md, "The probe through the prefix cache"); the probe is fitted
 on states read the same way it reads them when serving (``run.json``'s ``read``).
 
-Models whose logits are not linear in the state (a final logit soft-cap, as in Gemma 2) are
-refused; their probe reads ``/v1/embeddings``.
+Models whose logits are not ``W·h`` (a final logit soft-cap, as in Gemma 2; an output bias)
+are refused; the engine then serves ``/v1/embeddings`` and the probe reads those
+(``engine/connect.start_embedded``).
 """
 
 from __future__ import annotations
