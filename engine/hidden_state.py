@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,20 @@ class LogitsReader:
 
     token_ids: tuple[int, ...]  # S, in the order of the inverse's columns
     inverse: np.ndarray  # pinv([W_S 1]): shape (d + 1, K)
+    # The request's fixed part, built once: it is sent with every review.
+    _asked: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        asked = {
+            "n_predict": 1,
+            "cache_prompt": True,
+            "n_probs": len(self.token_ids),
+            "post_sampling_probs": True,
+            "logit_bias": [[t, _BIAS] for t in self.token_ids],
+            "samplers": ["temperature"],
+            "temperature": 1.0,
+        }
+        object.__setattr__(self, "_asked", asked)
 
     @classmethod
     def of_rows(cls, token_ids: list[int], rows: np.ndarray) -> LogitsReader:
@@ -87,16 +101,7 @@ class LogitsReader:
         """llama.cpp's ``/completion`` body: one token after ``prompt`` (its prefix from the
         cache), with the post-sampling probabilities of S, which the bias makes the top K.
         The temperature sampler alone turns logits into probabilities (no truncation)."""
-        return {
-            "prompt": prompt,
-            "n_predict": 1,
-            "cache_prompt": True,
-            "n_probs": len(self.token_ids),
-            "post_sampling_probs": True,
-            "logit_bias": [[t, _BIAS] for t in self.token_ids],
-            "samplers": ["temperature"],
-            "temperature": 1.0,
-        }
+        return {"prompt": prompt, **self._asked}
 
     def state(self, answer: dict[str, Any]) -> list[float]:
         """The unit-length hidden state from llama.cpp's answer to ``request``."""

@@ -76,15 +76,21 @@ def probe_prompt(item: LabelledItem, framework: Any, max_answer_chars: int) -> l
     return render_review(framework, messages, item.answer[:max_answer_chars], layout=Layout.PAPER)
 
 
+def _refuse_another(out_dir: Path, identity: dict[str, Any]) -> None:
+    """A directory of another extraction (another judge, framework, answer length or reading,
+    as far as ``identity`` says) is an error, never a mixed set of vectors."""
+    if (out_dir / RUN_FILE).exists():
+        earlier = extraction_of(out_dir)
+        if {key: earlier.get(key) for key in identity} != identity:
+            raise ConfigError(f"{out_dir} holds vectors of {earlier}, not {identity}")
+
+
 def _done_ids(out_dir: Path, identity: dict[str, Any]) -> set[str]:
-    """The ids already extracted into ``out_dir``; a directory of another extraction (another
-    judge, framework or answer length) is an error, never a mixed set of vectors."""
+    """The ids already extracted into ``out_dir`` by the extraction ``identity``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run_file = out_dir / RUN_FILE
     if run_file.exists():
-        earlier = extraction_of(out_dir)
-        if earlier != identity:
-            raise ConfigError(f"{out_dir} holds vectors of {earlier}, not {identity}")
+        _refuse_another(out_dir, identity)
     else:
         run_file.write_text(json.dumps(identity) + "\n", encoding="utf-8")
     return {record["id"] for record in read_records(out_dir / VECTORS_FILE)}
@@ -107,10 +113,7 @@ async def extract(
     settings = settings.model_copy(update={"judge_method": JudgeMethod.PROBE})  # states, always
     chosen = load_frameworks(settings.frameworks_dir)[framework]
     known = {"judge": settings.judge, "framework": framework, "max_answer_chars": max_answer_chars}
-    if (out_dir / RUN_FILE).exists():  # another extraction's directory: said before loading
-        earlier = extraction_of(out_dir)
-        if {key: earlier.get(key) for key in known} != known:
-            raise ConfigError(f"{out_dir} holds vectors of {earlier}, not {known}")
+    _refuse_another(out_dir, known)  # what is known before the model loads: said at once
     async with open_engine(settings, embeddings=settings.probe_read == "embeddings") as engine:
         read = "logits" if engine.state_reader is not None else "embeddings"
         done = _done_ids(out_dir, {**known, "read": read})
