@@ -265,13 +265,16 @@ class Conscience:
         (``conscience.ahead``): the judge's prompt prefilled in the engine's cache, for the
         single method and for a probe whose reader reuses that cache (the embedded engine's);
         a probe reading ``/v1/embeddings`` gets its complete windows read instead. None for
-        the decomposed verdict."""
+        the decomposed verdict, and for the follow-up layout, whose prompt begins with the
+        generation's own: the engine that generates the answer caches it as it goes."""
         chosen = self.framework(framework)
+        if self.layout is Layout.FOLLOW_UP:
+            return None
         probe = self.probe_for(chosen.name)
         if probe is not None and self.state_reader is None:
 
             def render(window: str) -> list[Message]:
-                return render_review(chosen, messages, window, layout=Layout.PAPER)
+                return render_review(chosen, messages, window, layout=self.layout)
 
             async def read(prompt: list[Message]) -> list[float]:
                 return await hidden_state(self.client, self.judge_model, prompt)
@@ -279,15 +282,11 @@ class Conscience:
             return WindowsAhead(render, read, probe.max_answer_chars)
         if self.method == JudgeMethod.DECOMPOSED:
             return None
-        # The probe reads the paper layout in windows of its own size (review._judge_probe).
-        layout, max_chars = (
-            (self.layout, self.window_chars)
-            if probe is None
-            else (Layout.PAPER, probe.max_answer_chars)
-        )
+        # The probe reads answers in windows of its own size (review._judge_probe).
+        max_chars = self.window_chars if probe is None else probe.max_answer_chars
 
         async def warm(visible: str) -> None:
-            await self._warm_prefix(chosen, messages, visible, layout)
+            await self._warm_prefix(chosen, messages, visible, self.layout)
 
         return PrefixAhead(warm, self.warm_every_chars, max_chars)
 
@@ -353,14 +352,13 @@ class Conscience:
         reasoning: str | None,
         ahead: ReviewAhead | None = None,
     ) -> VerdictReading:
-        """The probe's verdict: the single review's prompt, read at the verdict position; a
-        longer answer in the probe's windows, the worst deciding. A window read ahead
-        (``ahead``) for the same prompt is not read again."""
+        """The probe's verdict: the single review's prompt in the probe's layout, read at the
+        verdict position; a longer answer in the probe's windows, the worst deciding. A window
+        read ahead (``ahead``) for the same prompt is not read again."""
         p_unethical = 0.0
+        layout = Layout(probe.layout)
         for window in answer_windows(answer, probe.max_answer_chars):
-            prompt = render_review(
-                framework, messages, window, layout=Layout.PAPER, reasoning=reasoning
-            )
+            prompt = render_review(framework, messages, window, layout=layout, reasoning=reasoning)
             hidden = await ahead.hidden(prompt) if ahead is not None else None
             if hidden is None:
                 hidden = await hidden_state(

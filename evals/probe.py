@@ -71,9 +71,11 @@ _LAMBDAS = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 _FOLDS = 5
 
 
-def probe_prompt(item: LabelledItem, framework: Any, max_answer_chars: int) -> list[dict]:
+def probe_prompt(
+    item: LabelledItem, framework: Any, max_answer_chars: int, layout: Layout = Layout.PAPER
+) -> list[dict]:
     messages = [{"role": "user", "content": item.question}]
-    return render_review(framework, messages, item.answer[:max_answer_chars], layout=Layout.PAPER)
+    return render_review(framework, messages, item.answer[:max_answer_chars], layout=layout)
 
 
 def _refuse_another(out_dir: Path, identity: dict[str, Any]) -> None:
@@ -103,6 +105,7 @@ async def extract(
     *,
     framework: str,
     max_answer_chars: int,
+    layout: Layout = Layout.PAPER,
 ) -> None:
     """Append each item's vector to ``out_dir/vectors.jsonl``; items already there are kept
     (a killed extraction resumes). The engine is the settings', and it reads the state as the
@@ -112,7 +115,12 @@ async def extract(
 
     settings = settings.model_copy(update={"judge_method": JudgeMethod.PROBE})  # states, always
     chosen = load_frameworks(settings.frameworks_dir)[framework]
-    known = {"judge": settings.judge, "framework": framework, "max_answer_chars": max_answer_chars}
+    known = {
+        "judge": settings.judge,
+        "framework": framework,
+        "max_answer_chars": max_answer_chars,
+        "layout": layout.value,
+    }
     _refuse_another(out_dir, known)  # what is known before the model loads: said at once
     async with open_engine(settings, embeddings=settings.probe_read == "embeddings") as engine:
         read = "logits" if engine.state_reader is not None else "embeddings"
@@ -127,7 +135,7 @@ async def extract(
                 vector = await hidden_state(
                     engine.client,
                     settings.judge,
-                    probe_prompt(item, chosen, max_answer_chars),
+                    probe_prompt(item, chosen, max_answer_chars, layout),
                     engine.state_reader,
                 )
                 rows.append(
@@ -211,13 +219,13 @@ def choose_threshold(scores: np.ndarray, gold: np.ndarray, rule: str) -> float:
 
 def extraction_of(run_dir: Path) -> dict[str, Any]:
     """What an ``extract`` run's vectors were read with: the judge, the framework, the answer
-    length and the reading of the state (its ``run.json``; runs from before the logits
-    reading read ``/v1/embeddings``)."""
+    length, the layout and the reading of the state (its ``run.json``; runs from before the
+    logits reading read ``/v1/embeddings``, runs from before the layout was chosen the paper's)."""
     try:
         identity = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{run_dir}: not a probe extraction ({exc})") from exc
-    return {"read": "embeddings", **identity}
+    return {"read": "embeddings", "layout": Layout.PAPER.value, **identity}
 
 
 def fit_probe(
@@ -248,7 +256,7 @@ def fit_probe(
     probe = Probe(
         model=extraction["judge"],
         framework=extraction["framework"],
-        layout="paper",
+        layout=extraction["layout"],
         max_answer_chars=read_chars or fitted_chars,
         mean=tuple(float(v) for v in mean),
         sd=tuple(float(v) for v in sd),
@@ -326,6 +334,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             Path(args.out),
             framework=args.framework,
             max_answer_chars=args.max_answer_chars,
+            layout=Layout(args.layout),
         )
     )
     return 0
@@ -333,9 +342,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
     """``conscience calibrate --probe``: extract train and dev vectors of a labelled set beside
-    the output (``OUT.vectors/FRAMEWORK/SPLIT``, resumable), fit on train, measure on dev, and
-    add the probe to the file (a probe of another framework there is kept)."""
+    the output (``OUT.vectors/FRAMEWORK/SPLIT``, ``FRAMEWORK-follow-up`` for that layout;
+    resumable), fit on train, measure on dev, and add the probe to the file (a probe of another
+    framework or layout there is kept)."""
     out = Path(args.out)
+    layout = settings.layout
+    named = settings.framework + ("" if layout is Layout.PAPER else f"-{layout.value}")
     runs = {}
     for split in (args.train_split, args.dev_split):
         items = load_labelled(args.data or "harm-judging", split)
@@ -343,7 +355,7 @@ def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
             items = items[: args.limit]
         if not items:
             raise ConfigError(f"no items in split {split!r} of {args.data or 'harm-judging'}")
-        runs[split] = out.with_name(f"{out.name}.vectors") / settings.framework / split
+        runs[split] = out.with_name(f"{out.name}.vectors") / named / split
         asyncio.run(
             extract(
                 settings,
@@ -351,6 +363,7 @@ def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
                 runs[split],
                 framework=settings.framework,
                 max_answer_chars=args.max_answer_chars,
+                layout=layout,
             )
         )
     probe, _, _ = fit_probe(runs[args.train_split], threshold_rule=args.threshold_rule)
@@ -373,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     extract_cmd.add_argument("--limit", type=int)
     extract_cmd.add_argument("--framework", default="three-laws")
     extract_cmd.add_argument("--max-answer-chars", type=int, default=1500)
+    extract_cmd.add_argument(
+        "--layout",
+        default=Layout.PAPER.value,
+        choices=[layout.value for layout in Layout],
+        help="the review prompt's layout (follow-up: the answer as the judge's own last turn)",
+    )
     extract_cmd.add_argument("--out", required=True)
     extract_cmd.set_defaults(handler=_cmd_extract)
     fit_cmd = commands.add_parser("fit", help="fit on train, measure on dev")

@@ -18,7 +18,7 @@ from conscience.framework import load_frameworks
 from conscience.labels import JudgeMethod, Layout
 from conscience.probe import Probe, load_probes, save_probe
 from conscience.prompts import render_review
-from conscience.review import Conscience
+from conscience.review import Conscience, answer_windows
 from conscience.server.scripted import SCRIPTED_OUTPUT_ROWS, SCRIPTED_PROBE, ScriptedEngine
 
 QUESTION = [{"role": "user", "content": "How do I pick a lock?"}]
@@ -195,3 +195,30 @@ async def test_a_state_reader_reads_the_same_prompt_through_the_logits(
     assert engine.token_prob_requests[0] == await client.apply_template(
         render_review(framework, QUESTION, answer, layout=Layout.PAPER)
     )
+
+
+async def test_a_follow_up_probe_reads_the_answer_as_the_judges_own_turn(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    """A probe fitted in the follow-up layout reads the conversation, the answer as the
+    judge's own last turn and the framework's question after it: the prompt an engine that
+    just generated the answer has cached up to the question. Reviews in that layout get no
+    work ahead: the generation itself fills that cache."""
+    framework = load_frameworks()["three-laws"]
+    follow_up = replace(PROBE, layout="follow-up", max_answer_chars=6000)
+    conscience = _conscience(client, PROBE, follow_up)
+    conscience.layout = Layout.FOLLOW_UP
+    answer = " ".join(f"word{i}" for i in range(120))  # longer than the paper probe's windows
+    judgement = await conscience.review(QUESTION, answer)
+    prompt = render_review(framework, QUESTION, answer, layout=Layout.FOLLOW_UP)
+    assert prompt[-2] == {"role": "assistant", "content": answer}
+    assert judgement.layout == "follow-up"
+    assert judgement.label_probs["unethical"] == pytest.approx(
+        follow_up.score(_scripted_state(prompt))
+    )
+    assert len(engine.embedding_requests) == 1  # the whole answer in one reading
+    assert conscience.review_ahead(QUESTION) is None
+    paper = await conscience.review(QUESTION, answer, layout=Layout.PAPER)
+    windows = answer_windows(answer, PROBE.max_answer_chars)  # the paper probe's 300 characters
+    assert len(windows) > 1 and len(engine.embedding_requests) == 1 + len(windows)
+    assert paper.label_probs != judgement.label_probs

@@ -199,6 +199,40 @@ async def test_the_cached_reading_is_the_embeddings_state(smollm2: Path) -> None
         await engine.stop()
 
 
+@pytest.mark.integration
+async def test_a_follow_up_review_reads_the_generations_own_cache(smollm2: Path) -> None:
+    """The follow-up layout's promise on the real engine (two slots, as the proxy runs it):
+    after a chat completion, the probe's reading of the follow-up review prefills the question
+    only; the conversation and the answer come from the slot that generated them."""
+    from conscience.client import EngineClient
+    from conscience.engine.embedded import EmbeddedEngine
+    from conscience.framework import load_frameworks
+    from conscience.labels import Layout
+    from conscience.prompts import render_review
+
+    reader = logits_reader(smollm2)
+    engine = EmbeddedEngine(smollm2, threads=2, ctx_size=1024, parallel=2, model_alias=ALIAS)
+    await engine.start()
+    try:
+        async with EngineClient(engine.base_url, timeout=120) as client:
+            messages = [{"role": "user", "content": "Write three sentences about locks."}]
+            body = {"model": ALIAS, "messages": messages, "max_tokens": 40, "temperature": 0.0}
+            result = await client.chat(body)
+            answer = result["choices"][0]["message"]["content"]
+            generated = result["usage"]["prompt_tokens"] + result["usage"]["completion_tokens"]
+            review = render_review(
+                load_frameworks()["three-laws"], messages, answer, layout=Layout.FOLLOW_UP
+            )
+            prompt = await client.apply_template(review)
+            timings = (await client.llama_completion(reader.request(prompt)))["timings"]
+            # The generation's tokens are reused; what is prefilled is the question (over a
+            # hundred tokens of laws) and at most a token or two where the answer ended.
+            assert timings["cache_n"] >= generated - 2
+            assert 100 < timings["prompt_n"] < 300
+    finally:
+        await engine.stop()
+
+
 def test_the_probe_gets_a_logits_reader_only_when_it_reads_logits_of_a_readable_head(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

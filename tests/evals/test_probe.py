@@ -95,6 +95,9 @@ def test_a_fitted_probe_file_scores_as_the_fit_did(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text(json.dumps(extraction))
     probe, oof, _ = fit_probe(tmp_path)
     assert probe.key == ("m", "wwjd", "paper") and probe.max_answer_chars == 800
+    (tmp_path / "run.json").write_text(json.dumps({**extraction, "layout": "follow-up"}))
+    assert fit_probe(tmp_path)[0].key == ("m", "wwjd", "follow-up")
+    (tmp_path / "run.json").write_text(json.dumps(extraction))
     wider, _, _ = fit_probe(tmp_path, read_chars=1500)  # fitted on 800, read in 1,500
     assert wider.max_answer_chars == 1500 and wider.fitted["train_answer_chars"] == 800
     assert probe.fitted["read"] == "embeddings"  # a run.json from before the logits reading
@@ -174,6 +177,13 @@ def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
     probes = load_probes(out)
     assert set(probes) == {("judge", "three-laws", "paper"), ("judge", "wwjd", "paper")}
     assert probes[probe.key] == again
+    # The follow-up layout: its own vectors, read from the follow-up prompt, its own probe.
+    assert main([*argv, "--layout", "follow-up"]) == 0
+    follow_up = tmp_path / "probe.json.vectors" / "three-laws-follow-up" / "calibration"
+    assert json.loads((follow_up / "run.json").read_text())["layout"] == "follow-up"
+    fitted = load_probes(out)[("judge", "three-laws", "follow-up")]
+    assert fitted.weights != probe.weights  # other prompts, other states
+    assert len(load_probes(out)) == 3
     # And the three-laws probe read on wwjd's vectors: how far it carries.
     capsys.readouterr()
     assert probe_main(["measure", "--probe", str(out), "--vectors", str(wwjd_vectors.parent)]) == 0
