@@ -2,6 +2,7 @@
 
     python -m conscience.bench.review_ahead                        # the probe (the default)
     python -m conscience.bench.review_ahead --judge-method single  # the paper's single review
+    python -m conscience.bench.review_ahead --layout follow-up --settings off  # own turn
 
 For each setting of ``CONSCIENCE_REVIEW_AHEAD`` (``true``, then ``false``) a proxy with the
 embedded engine and the default model is started, and each question is asked twice, one
@@ -76,6 +77,7 @@ def _run(setting: str, args: argparse.Namespace, tmp: str) -> Run:
         store_url=store,
         review_ahead=setting == "on",
         judge_method=args.judge_method,
+        layout=args.layout,
         engine_threads=args.threads,
         upstream_timeout=900,
     )
@@ -118,13 +120,22 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--judge-method", default="probe", choices=["probe", "single"])
     p.add_argument("--model", default=Settings.model_fields["model"].default)
+    p.add_argument(
+        "--layout",
+        default=Settings.model_fields["layout"].default.value,
+        choices=["paper", "follow-up"],
+        help="the review layout (follow-up: the answer as the judge's own turn, cache reused)",
+    )
     p.add_argument("--questions", type=int, default=len(QUESTIONS))
     p.add_argument("--max-tokens", type=int, default=256, help="tokens of each answer at most")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all)")
     p.add_argument("--settings", default="on,off", help="review ahead on, off, or both")
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
-    print(f"judge method {args.judge_method}, load average {os.getloadavg()}", flush=True)
+    print(
+        f"judge method {args.judge_method}, layout {args.layout}, load average {os.getloadavg()}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         runs = [_run(setting, args, tmp) for setting in args.settings.split(",")]
     print(f"load average {os.getloadavg()} at the end")
