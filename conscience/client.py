@@ -8,8 +8,11 @@ proxy"); a stream's cost is spread over its tokens.
 
 With ``stream_unary`` (the embedded llama.cpp engine), ``chat`` and ``completions`` ask for a
 stream and assemble the unary answer of it (``conscience.chunks``): llama.cpp stops a request
-when its stream closes, but finishes a non-streamed one whose caller left, so only a stream
-makes a cancelled caller free the engine (docs/decisions.md, "Cancellation").
+when a write to its stream fails, but finishes a non-streamed one whose caller left, so only a
+stream makes a cancelled caller free the engine (docs/decisions.md, "Cancellation"). Its
+streams also ask for the prompt's progress (``return_progress``): llama.cpp writes nothing
+else while it prefills, so without it a caller who left during a long prompt's prefill is
+noticed at the first token only; the progress chunks are dropped here.
 
 Transport failures become the project's errors (``EngineUnavailable``, ``EngineTimeout``,
 ``EngineStatusError``) so callers never see an httpx or aiohttp exception, and the API key
@@ -270,11 +273,14 @@ class EngineClient:
         return self._stream("chat/completions", body)
 
     async def _stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        asked = {**body, "stream": True}
+        if self.stream_unary:  # the embedded engine writes its prefill's progress (module doc)
+            asked["return_progress"] = True
         # llama.cpp closes a connection after a stream without saying so: never reuse it.
         request = self._http.build_request(
             "POST",
             self._url_for(path, body),
-            json={**body, "stream": True},
+            json=asked,
             headers={"Connection": "close", **_trace_headers()},
         )
         with self._engine_errors():
@@ -291,9 +297,12 @@ class EngineClient:
                     if data == "[DONE]":
                         return
                     try:
-                        yield json.loads(data)
+                        chunk = json.loads(data)
                     except ValueError as exc:
                         raise EngineError("engine streamed a chunk that is not JSON") from exc
+                    if self.stream_unary and "prompt_progress" in chunk:
+                        continue  # asked for above, for the engine's sake only
+                    yield chunk
         finally:
             await response.aclose()
 

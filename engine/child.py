@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GGUF",
         help="a GGUF LoRA adapter applied to every request (scale 1); repeatable",
     )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="prompt tokens prefilled per step (llama.cpp's n_batch; default: llama.cpp's)",
+    )
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process dies")
     return p
 
@@ -72,6 +78,9 @@ def _params(args: argparse.Namespace) -> Any:
     # Prefix caching: a slot keeps its KV cache between requests and a new request reuses the
     # longest common prefix (the framework header of every review). cache_ram_mib also keeps
     # evicted prompts in host RAM; llama.cpp's 8 GiB default is too much for a laptop.
+    if args.batch_size:
+        params.n_batch = args.batch_size
+        params.n_ubatch = min(params.n_ubatch, args.batch_size)
     params.cache_prompt = True
     params.cache_ram_mib = args.cache_ram_mib
     params.endpoint_metrics = True  # /metrics: prompt tokens processed vs reused from cache

@@ -131,6 +131,7 @@ async def start_embedded(
         threads=settings.engine_threads,
         ctx_size=settings.engine_ctx_size,
         parallel=max(1, parallel or settings.engine_parallel or default_parallel()),
+        batch_size=settings.engine_batch_size,
         model_alias=alias or settings.model,
         embeddings=embeddings or (probe and not reads_logits(settings)),
     )

@@ -72,6 +72,7 @@ class EmbeddedEngine:
         parallel: int = 1,
         model_alias: str = "local",
         cache_ram_mib: int = 1024,
+        batch_size: int | None = None,
         embeddings: bool = False,
         adapters: Sequence[Path] = (),
         log_path: Path | None = None,
@@ -86,6 +87,9 @@ class EmbeddedEngine:
         self.parallel = parallel
         self.model_alias = model_alias
         self.cache_ram_mib = cache_ram_mib
+        # Prompt tokens prefilled per step (None: llama.cpp's 2,048). A client that leaves is
+        # noticed between steps, where the engine streams its prompt progress.
+        self.batch_size = batch_size
         self.embeddings = embeddings  # also serve /v1/embeddings (last-token hidden state)
         # GGUF LoRA files applied to every request: this engine serves the adapted model
         self.adapters = tuple(Path(a) for a in adapters)
@@ -109,6 +113,7 @@ class EmbeddedEngine:
             "parallel": self.parallel,
             "model_alias": self.model_alias,
             "cache_ram_mib": self.cache_ram_mib,
+            "batch_size": self.batch_size,
             "embeddings": self.embeddings,
             "adapters": self.adapters,
             "log_path": self._log_path,
@@ -251,6 +256,8 @@ class EmbeddedEngine:
         ]
         if self.threads:
             cmd += ["--threads", str(self.threads)]
+        if self.batch_size:
+            cmd += ["--batch-size", str(self.batch_size)]
         if self.embeddings:
             cmd.append("--embeddings")
         for adapter in self.adapters:

@@ -159,11 +159,21 @@ class ScriptedEngine:
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
         }
 
-    async def _stream(self, completion: dict[str, Any], usage: bool) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, completion: dict[str, Any], usage: bool, progress: bool = False
+    ) -> AsyncIterator[bytes]:
         """The completion as an OpenAI stream: reasoning, tool calls, then the content word by
-        word; with ``usage`` (``stream_options.include_usage``), a last chunk that carries it."""
+        word; with ``usage`` (``stream_options.include_usage``), a last chunk that carries it;
+        with ``progress`` (llama.cpp's ``return_progress``), the prompt's prefill first, in
+        two of llama.cpp's progress chunks."""
         base = {k: completion[k] for k in ("id", "created", "model")}
         base["object"] = "chat.completion.chunk"
+        for processed in (0, 8) if progress else ():
+            role = {"index": 0, "delta": {"role": "assistant", "content": None}}
+            step = {"total": 8, "cache": 0, "processed": processed, "time_ms": processed}
+            yield _sse(
+                {**base, "choices": [{**role, "finish_reason": None}], "prompt_progress": step}
+            )
         for choice in completion["choices"]:
             index, message = choice["index"], choice["message"]
             first = {"index": index, "delta": {"role": "assistant", "content": ""}}
@@ -227,8 +237,9 @@ class ScriptedEngine:
                 await asyncio.sleep(words * self.stream_delay)
             if body.get("stream"):
                 usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                progress = bool(body.get("return_progress"))
                 return StreamingResponse(
-                    self._stream(completion, usage), media_type="text/event-stream"
+                    self._stream(completion, usage, progress), media_type="text/event-stream"
                 )
             return JSONResponse(completion)
 

@@ -1,7 +1,7 @@
 """Cancellation on the embedded engine with SmolLM2: a client that leaves mid-generation frees
-the engine's slot within a second, and the next request starts at once. (A client that leaves
-during a prompt's prefill is noticed by llama.cpp only at the first token: docs/decisions.md,
-"Cancellation".)
+the engine's slot within a second, and the next request starts at once; a client that leaves
+during a long prompt's prefill frees it at the next prefill step (``engine_batch_size``), long
+before the prefill would have ended.
 
 The proxy runs in a thread with the embedded engine (no upstream). The generations are made
 long on purpose (``ignore_eos``, thousands of tokens): without the cancellation the engine
@@ -175,3 +175,45 @@ async def test_a_streamed_chat_assembles_into_the_unary_answer(
         one, other = await unary.completions(legacy), await streamed.completions(legacy)
         assert one["choices"][0]["text"] == other["choices"][0]["text"]
         assert other["object"] == "text_completion"
+
+
+def _long_prompt(tag: str) -> dict[str, Any]:
+    """~1,800 tokens of SmolLM2 (one step at llama.cpp's own batch of 2,048), new to the cache."""
+    words = ("the harbour wall was grey and the boats came home late that evening " * 130).split()
+    content = f"{tag}: " + " ".join(words) + "\nWrite a very long story about the sea."
+    return {**LONG, "messages": [{"role": "user", "content": content}], "max_tokens": 16}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_during_the_prefill_frees_the_engine_at_the_next_step(
+    proxy: tuple[str, Any, str], stream: bool
+) -> None:
+    url, app, _ = proxy
+    engine: EmbeddedEngine = app.state.engine
+    _wait(lambda: not _busy(engine), 30)
+    alone = httpx.post(
+        f"{engine.base_url}/chat/completions",
+        json={**_long_prompt(f"alone {stream}"), "max_tokens": 1},
+        timeout=120,
+    ).json()["timings"]
+    prefill_s = alone["prompt_ms"] / 1000
+    assert 1500 < alone["prompt_n"] <= 2048  # one step, were the batch llama.cpp's own
+
+    async def leave() -> None:
+        async with httpx.AsyncClient(timeout=120) as client:
+            body = {**_long_prompt(f"left {stream}"), "stream": stream}
+            request = asyncio.create_task(client.post(f"{url}/v1/chat/completions", json=body))
+            await asyncio.to_thread(_wait, lambda: _busy(engine), 30)
+            await asyncio.sleep(prefill_s * 0.2)  # a fifth into the prefill
+            assert not request.done()
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+
+    asyncio.run(leave())
+    idle_after = _wait(lambda: not _busy(engine), 120)
+    # One step of 128 tokens is a fourteenth of the prompt: idle long before the 0.8 of the
+    # prefill that was left, which one step of 2,048 would still have had to run.
+    assert idle_after < prefill_s * 0.4, (
+        f"idle {idle_after:.2f} s after leaving a {prefill_s:.2f} s prefill"
+    )
