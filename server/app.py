@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from conscience.engine.connect import open_engine
+from conscience.labels import Layout
 from conscience.review import conscience_from_settings
 from conscience.server import admin, completions, passthrough, routes, tracing
 from conscience.server.cancellation import Cancellation
@@ -51,6 +52,12 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
                 if conscience.probe_read == "logits"
                 else "from /v1/embeddings (every prompt prefilled whole)",
             )
+            if probe.layout == Layout.FOLLOW_UP:
+                log.info(
+                    "the follow-up layout: a review reads the answer as the judge's own last"
+                    " turn, from the cache of the generation that wrote it (faster; the probe"
+                    ' reads worse there: docs/decisions.md, "The judge\'s own turn")'
+                )
             fitted_read = probe.fitted.get("read", "embeddings")  # files from before: embeddings
             if fitted_read != conscience.probe_read:
                 log.warning(
