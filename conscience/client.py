@@ -23,8 +23,10 @@ never appears in any message. Every request carries the current W3C trace contex
 from __future__ import annotations
 
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment
@@ -85,6 +87,18 @@ def _env_proxy(url: str) -> str | None:
         return None
     proxies = getproxies_environment()
     return proxies.get(parts.scheme) or proxies.get("all")
+
+
+def _reset(response: httpx.Response) -> None:
+    """Let closing ``response``'s connection reset it (TCP RST) rather than end it: the
+    engine's very next write then fails, where after an orderly close one more write gets
+    through — a whole prefill step later for a prompt being prefilled (docs/decisions.md,
+    "Cancellation")."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None and sock.fileno() >= 0:  # not if the engine closed it already
+        with suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class _Answer(NamedTuple):
@@ -285,6 +299,7 @@ class EngineClient:
         )
         with self._engine_errors():
             response = await self._http.send(request, stream=True)
+        ended = False
         try:
             with self._engine_errors(_STREAM):
                 if response.status_code >= 400:
@@ -295,6 +310,7 @@ class EngineClient:
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        ended = True
                         return
                     try:
                         chunk = json.loads(data)
@@ -304,6 +320,8 @@ class EngineClient:
                         continue  # asked for above, for the engine's sake only
                     yield chunk
         finally:
+            if not ended:  # left mid-stream (cancelled, or the caller stopped reading)
+                _reset(response)
             await response.aclose()
 
     async def embeddings(self, body: dict[str, Any]) -> list[list[float]]:

@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # Prompt tokens the embedded engine prefills in one step (llama.cpp's n_batch): a client
     # that leaves during a long prompt is noticed between steps (docs/decisions.md,
     # "Cancellation"); llama.cpp's own 2,048 would prefill most prompts in one uninterruptible step.
-    engine_batch_size: int = Field(128, gt=0)
+    engine_batch_size: int = Field(256, gt=0)
     # Trained adapters (NAME/ directories in peft's format, and CURRENT): the embedded engine
     # serves the one published (POST /admin/adapter), and the one in CURRENT from its start.
     adapters_dir: Path | None = None

@@ -212,7 +212,7 @@ def test_a_client_that_leaves_during_the_prefill_frees_the_engine_at_the_next_st
 
     asyncio.run(leave())
     idle_after = _wait(lambda: not _busy(engine), 120)
-    # One step of 128 tokens is a fourteenth of the prompt: idle long before the 0.8 of the
+    # One step of 256 tokens is a seventh of the prompt: idle long before the 0.8 of the
     # prefill that was left, which one step of 2,048 would still have had to run.
     assert idle_after < prefill_s * 0.4, (
         f"idle {idle_after:.2f} s after leaving a {prefill_s:.2f} s prefill"
