@@ -64,7 +64,7 @@ async def _leave(
                 await client.post(url, json=body)
 
         async def taken() -> bool:
-            return busy(await metrics(probe, engine.url))
+            return not await idle()
 
         task = asyncio.create_task(send())
         if in_prefill_s is None:

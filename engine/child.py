@@ -75,12 +75,12 @@ def _params(args: argparse.Namespace) -> Any:
     if args.threads:
         params.cpuparams.n_threads = args.threads
         params.cpuparams_batch.n_threads = args.threads
-    # Prefix caching: a slot keeps its KV cache between requests and a new request reuses the
-    # longest common prefix (the framework header of every review). cache_ram_mib also keeps
-    # evicted prompts in host RAM; llama.cpp's 8 GiB default is too much for a laptop.
     if args.batch_size:
         params.n_batch = args.batch_size
         params.n_ubatch = min(params.n_ubatch, args.batch_size)
+    # Prefix caching: a slot keeps its KV cache between requests and a new request reuses the
+    # longest common prefix (the framework header of every review). cache_ram_mib also keeps
+    # evicted prompts in host RAM; llama.cpp's 8 GiB default is too much for a laptop.
     params.cache_prompt = True
     params.cache_ram_mib = args.cache_ram_mib
     params.endpoint_metrics = True  # /metrics: prompt tokens processed vs reused from cache
