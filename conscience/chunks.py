@@ -14,6 +14,10 @@ and the usage (and llama.cpp's ``timings``) of the chunk that carried them. One 
 remains on llama.cpp: a unary answer's log-probs end with the end-of-generation token's (no
 text), a stream's do not; the judge reads its label at the first token with text
 (``verdict.label_probs_from_logprobs``), so its verdict is the same.
+
+``assemble_native(chunks)`` does the same for llama.cpp's native ``/completion``, whose stream
+has no ``[DONE]``: each chunk carries its tokens' text and probabilities, and the last one
+(``"stop": true``) the rest of the unary answer (timings, tokens evaluated and cached).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["assemble"]
+__all__ = ["assemble", "assemble_native"]
 
 _TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")  # a delta's strings
 _TRAILERS = ("usage", "timings", "system_fingerprint")  # top-level keys a late chunk may carry
@@ -122,3 +126,19 @@ def assemble(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
     if legacy:
         return {**head, "object": "text_completion", "choices": [c.text() for c in ordered]}
     return {**head, "object": "chat.completion", "choices": [c.chat() for c in ordered]}
+
+
+def assemble_native(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """llama.cpp's unary ``/completion`` answer made of its stream's parsed chunks: the last
+    chunk's fields, with every chunk's ``content`` and ``completion_probabilities`` joined."""
+    answer: dict[str, Any] = {}
+    texts: list[str] = []
+    probabilities: list[dict[str, Any]] = []
+    for chunk in chunks:
+        texts.append(chunk.get("content") or "")
+        probabilities.extend(chunk.get("completion_probabilities") or [])
+        answer = chunk
+    answer = {**answer, "content": "".join(texts)}
+    if probabilities:
+        answer["completion_probabilities"] = probabilities
+    return answer

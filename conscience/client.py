@@ -37,7 +37,7 @@ from opentelemetry.context import get_current
 from opentelemetry.propagate import inject
 from pydantic_core import from_json, to_json
 
-from conscience.chunks import assemble
+from conscience.chunks import assemble, assemble_native
 from conscience.errors import EngineError, EngineStatusError, EngineTimeout, EngineUnavailable
 
 __all__ = ["Constraint", "EngineClient", "constraint_for_owner"]
@@ -276,7 +276,7 @@ class EngineClient:
         """The unary answer to ``body``, asked for as a stream (``stream_unary``)."""
         streamed = {**body, "stream_options": {"include_usage": True}}
         chunks = []
-        async for chunk in self._stream(path, streamed):
+        async for chunk in self._stream(self._url_for(path, body), streamed):
             if watch is not None:
                 watch(chunk)
             chunks.append(chunk)
@@ -284,16 +284,18 @@ class EngineClient:
 
     def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """A streaming chat completion, one parsed chunk at a time (``[DONE]`` ends it)."""
-        return self._stream("chat/completions", body)
+        return self._stream(self._url_for("chat/completions", body), body)
 
-    async def _stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _stream(self, url: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The parsed chunks of ``body`` streamed from ``url``, to ``[DONE]`` (the OpenAI
+        routes) or to the chunk that says ``stop`` (llama.cpp's native ``/completion``)."""
         asked = {**body, "stream": True}
         if self.stream_unary:  # the embedded engine writes its prefill's progress (module doc)
             asked["return_progress"] = True
         # llama.cpp closes a connection after a stream without saying so: never reuse it.
         request = self._http.build_request(
             "POST",
-            self._url_for(path, body),
+            url,
             json=asked,
             headers={"Connection": "close", **_trace_headers()},
         )
@@ -319,6 +321,9 @@ class EngineClient:
                     if self.stream_unary and "prompt_progress" in chunk:
                         continue  # asked for above, for the engine's sake only
                     yield chunk
+                    if chunk.get("stop") is True:  # the native route's last chunk
+                        ended = True
+                        return
         finally:
             if not ended:  # left mid-stream (cancelled, or the caller stopped reading)
                 _reset(response)
@@ -344,9 +349,13 @@ class EngineClient:
 
     async def llama_completion(self, body: dict[str, Any]) -> dict[str, Any]:
         """llama.cpp's native ``/completion`` (beside ``/v1``), unary: what the OpenAI routes do
-        not offer, such as many tokens' post-sampling probabilities (engine/hidden_state.py)."""
-        root = self.base_url.removesuffix("/v1")
-        return self._json(await self._send("POST", f"{root}/completion", body))
+        not offer, such as many tokens' post-sampling probabilities (engine/hidden_state.py).
+        With ``stream_unary``, streamed and assembled like ``chat``, so that a caller who
+        leaves during the prompt's prefill frees the engine at its next step."""
+        url = f"{self.base_url.removesuffix('/v1')}/completion"
+        if self.stream_unary:
+            return assemble_native([chunk async for chunk in self._stream(url, body)])
+        return self._json(await self._send("POST", url, body))
 
     async def models(self) -> dict[str, Any]:
         """``/v1/models``, plus an entry for each name routed to another engine."""

@@ -94,6 +94,8 @@ class ScriptedEngine:
     # end of each streamed completion — what a test of work done during a generation reads.
     embedding_requests: list[tuple[float, Any]] = field(default_factory=list)
     token_prob_requests: list[str] = field(default_factory=list)  # /completion's prompts
+    # For each /completion: was it a stream that asked for the prompt's progress?
+    token_prob_streamed: list[bool] = field(default_factory=list)
     streams_ended: list[float] = field(default_factory=list)
 
     def kind(self, body: dict[str, Any]) -> Kind:
@@ -264,7 +266,13 @@ class ScriptedEngine:
             post-sampling probabilities of the ``n_probs`` most probable tokens."""
             body = await request.json()
             self.token_prob_requests.append(body["prompt"])
-            return JSONResponse(_token_probs(body))
+            streamed = bool(body.get("stream") and body.get("return_progress"))
+            self.token_prob_streamed.append(streamed)
+            answer = _token_probs(body)
+            if body.get("stream"):
+                chunks = _native_chunks(answer, bool(body.get("return_progress")))
+                return StreamingResponse(chunks, media_type="text/event-stream")
+            return JSONResponse(answer)
 
         @app.post("/apply-template")
         async def apply_template(request: Request) -> Response:
@@ -364,6 +372,18 @@ def _token_probs(body: dict[str, Any]) -> dict[str, Any]:
         "completion_probabilities": [{**first, "top_probs": probs}],
         "timings": {"cache_n": 0, "prompt_n": len(body["prompt"])},
     }
+
+
+async def _native_chunks(answer: dict[str, Any], progress: bool) -> AsyncIterator[bytes]:
+    """``answer`` as llama.cpp streams its native ``/completion``: the prompt's progress when
+    asked, the token with its probabilities, then a last chunk that says ``stop`` (no
+    ``[DONE]``)."""
+    for processed in (0, 8) if progress else ():
+        step = {"total": 8, "cache": 0, "processed": processed, "time_ms": processed}
+        yield _sse({"content": "", "stop": False, "prompt_progress": step})
+    token = {k: answer[k] for k in ("content", "completion_probabilities")}
+    yield _sse({**token, "stop": False})
+    yield _sse({"content": "", "stop": True, "timings": answer["timings"]})
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

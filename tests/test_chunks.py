@@ -1,8 +1,9 @@
-"""conscience.chunks.assemble against chunks written by hand (OpenAI's stream format)."""
+"""conscience.chunks against chunks written by hand (OpenAI's stream format, and llama.cpp's
+native /completion stream)."""
 
 from __future__ import annotations
 
-from conscience.chunks import assemble
+from conscience.chunks import assemble, assemble_native
 
 HEAD = {"id": "c1", "created": 7, "model": "m", "object": "chat.completion.chunk"}
 
@@ -106,3 +107,25 @@ def test_a_legacy_completion_stream_becomes_a_text_completion() -> None:
         }
     ]
     assert completion["usage"] == {"completion_tokens": 2}
+
+
+def test_a_native_completion_stream_becomes_the_unary_answer() -> None:
+    """llama.cpp's /completion stream: no [DONE]; the tokens' texts and probabilities in the
+    chunks, the timings in the last one, which says stop."""
+    first = {"id": 5, "token": "Yes", "prob": 0.6, "top_probs": [{"id": 5, "prob": 0.6}]}
+    second = {"id": 9, "token": " no", "prob": 0.3, "top_probs": [{"id": 9, "prob": 0.3}]}
+    answer = assemble_native(
+        [
+            {"content": "Yes", "stop": False, "completion_probabilities": [first]},
+            {"content": " no", "stop": False, "completion_probabilities": [second]},
+            {"content": "", "stop": True, "tokens_cached": 40, "timings": {"prompt_n": 3}},
+        ]
+    )
+    assert answer == {
+        "content": "Yes no",
+        "stop": True,
+        "tokens_cached": 40,
+        "timings": {"prompt_n": 3},
+        "completion_probabilities": [first, second],
+    }
+    assert "completion_probabilities" not in assemble_native([{"content": "", "stop": True}])
