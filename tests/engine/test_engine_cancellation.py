@@ -23,6 +23,7 @@ import pytest
 
 from conscience.client import EngineClient
 from conscience.engine.embedded import EmbeddedEngine, busy, parse_metrics
+from conscience.engine.hidden_state import logits_reader
 from conscience.review import judge_request
 from conscience.server.app import create_app
 from conscience.server.scripted import serve_in_thread
@@ -177,11 +178,14 @@ async def test_a_streamed_chat_assembles_into_the_unary_answer(
         assert other["object"] == "text_completion"
 
 
-def _long_prompt(tag: str) -> dict[str, Any]:
+def _long_text(tag: str) -> str:
     """~1,800 tokens of SmolLM2 (one step at llama.cpp's own batch of 2,048), new to the cache."""
     words = ("the harbour wall was grey and the boats came home late that evening " * 130).split()
-    content = f"{tag}: " + " ".join(words) + "\nWrite a very long story about the sea."
-    return {**LONG, "messages": [{"role": "user", "content": content}], "max_tokens": 16}
+    return f"{tag}: " + " ".join(words) + "\nWrite a very long story about the sea."
+
+
+def _long_prompt(tag: str) -> dict[str, Any]:
+    return {**LONG, "messages": [{"role": "user", "content": _long_text(tag)}], "max_tokens": 16}
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -216,4 +220,37 @@ def test_a_client_that_leaves_during_the_prefill_frees_the_engine_at_the_next_st
     # prefill that was left, which one step of 2,048 would still have had to run.
     assert idle_after < prefill_s * 0.4, (
         f"idle {idle_after:.2f} s after leaving a {prefill_s:.2f} s prefill"
+    )
+
+
+def test_a_review_left_during_the_probes_reading_frees_the_engine_at_the_next_step(
+    proxy: tuple[str, Any, str], smollm2: Path
+) -> None:
+    """The probe reads the judge's state with a one-token native ``/completion``
+    (engine/hidden_state.py): the proxy's client streams it with progress, so a review
+    cancelled during that prompt's prefill stops it at the next step, as a generation does."""
+    _, app, _ = proxy
+    engine: EmbeddedEngine = app.state.engine
+    reader = logits_reader(smollm2)
+    _wait(lambda: not _busy(engine), 30)
+    alone = httpx.post(
+        f"{engine.url}/completion", json=reader.request(_long_text("read alone")), timeout=120
+    ).json()["timings"]
+    prefill_s = alone["prompt_ms"] / 1000
+    assert 1500 < alone["prompt_n"] <= 2048
+
+    async def leave() -> None:
+        async with EngineClient(engine.base_url, timeout=120, stream_unary=True) as client:
+            reading = asyncio.create_task(reader.read(client, _long_text("read and left")))
+            await asyncio.to_thread(_wait, lambda: _busy(engine), 30)
+            await asyncio.sleep(prefill_s * 0.2)  # a fifth into the prefill
+            assert not reading.done()
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+
+    asyncio.run(leave())
+    idle_after = _wait(lambda: not _busy(engine), 120)
+    assert idle_after < prefill_s * 0.4, (
+        f"idle {idle_after:.2f} s after leaving a {prefill_s:.2f} s reading"
     )
