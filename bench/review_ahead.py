@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--layout",
         default=Settings.model_fields["layout"].default.value,
-        choices=["paper", "follow-up"],
-        help="the review layout (follow-up: the answer as the judge's own turn, cache reused)",
+        choices=["paper", "follow-up", "follow-up-brief"],
+        help="the review layout (follow-up: the answer as the judge's own turn, cache reused;"
+        " -brief: with a one-line question)",
     )
     p.add_argument("--questions", type=int, default=len(QUESTIONS))
     p.add_argument("--max-tokens", type=int, default=256, help="tokens of each answer at most")

@@ -52,7 +52,10 @@ _FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     ),
     "layout": (
         ("--layout",),
-        {"choices": ["paper", "follow-up"], "help": "review prompt layout (CONSCIENCE_LAYOUT)"},
+        {
+            "choices": ["paper", "follow-up", "follow-up-brief"],
+            "help": "review prompt layout (CONSCIENCE_LAYOUT)",
+        },
     ),
     "judge_constraint": (
         ("--judge-constraint",),

@@ -50,6 +50,14 @@ class Layout(StrEnum):
 
     PAPER = "paper"  # framework first, then the conversation and the answer as fenced data
     FOLLOW_UP = "follow-up"  # the conversation, the answer, then the question as a new user turn
+    # The same with a one-line question, whatever the framework's: its prefill is all a review
+    # adds to the generation's cached tokens (docs/decisions.md, "The judge's own turn").
+    FOLLOW_UP_BRIEF = "follow-up-brief"
+
+    @property
+    def follows_up(self) -> bool:
+        """Does the prompt begin with the generation's own (conversation, then answer)?"""
+        return self is not Layout.PAPER
 
 
 class JudgeMethod(StrEnum):

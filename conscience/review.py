@@ -268,7 +268,7 @@ class Conscience:
         the decomposed verdict, and for the follow-up layout, whose prompt begins with the
         generation's own: the engine that generates the answer caches it as it goes."""
         chosen = self.framework(framework)
-        if self.layout is Layout.FOLLOW_UP:
+        if self.layout.follows_up:
             return None
         probe = self.probe_for(chosen.name)
         if probe is not None and self.state_reader is None:

@@ -113,7 +113,8 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
     try:
         layouts = [Layout(name) for name in args.layouts]
     except ValueError as exc:
-        raise ConfigError(f"unknown layout in --layouts (known: paper, follow-up): {exc}") from None
+        known = ", ".join(layout.value for layout in Layout)
+        raise ConfigError(f"unknown layout in --layouts (known: {known}): {exc}") from None
     data = Path(args.data) if args.data else DEFAULT_SET
     items = load_labelled(data, args.split)
     if args.limit is not None:
@@ -232,7 +233,7 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         "--layouts",
         type=_csv,
         default=["paper", "follow-up"],
-        help="comma-separated prompt layouts: paper, follow-up",
+        help="comma-separated prompt layouts: paper, follow-up, follow-up-brief",
     )
     verdicts.add_argument(
         "--split",

@@ -52,7 +52,7 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
                 if conscience.probe_read == "logits"
                 else "from /v1/embeddings (every prompt prefilled whole)",
             )
-            if probe.layout == Layout.FOLLOW_UP:
+            if Layout(probe.layout).follows_up:
                 log.info(
                     "the follow-up layout: a review reads the answer as the judge's own last"
                     " turn, from the cache of the generation that wrote it (faster; the probe"

@@ -197,22 +197,24 @@ async def test_a_state_reader_reads_the_same_prompt_through_the_logits(
     )
 
 
+@pytest.mark.parametrize("layout", [Layout.FOLLOW_UP, Layout.FOLLOW_UP_BRIEF])
 async def test_a_follow_up_probe_reads_the_answer_as_the_judges_own_turn(
-    engine: ScriptedEngine, client: EngineClient
+    engine: ScriptedEngine, client: EngineClient, layout: Layout
 ) -> None:
     """A probe fitted in the follow-up layout reads the conversation, the answer as the
     judge's own last turn and the framework's question after it: the prompt an engine that
     just generated the answer has cached up to the question. Reviews in that layout get no
-    work ahead: the generation itself fills that cache."""
+    work ahead: the generation itself fills that cache. The brief layout's probe reads its own
+    prompt (the one-line question), not the other's."""
     framework = load_frameworks()["three-laws"]
-    follow_up = replace(PROBE, layout="follow-up", max_answer_chars=6000)
+    follow_up = replace(PROBE, layout=layout.value, max_answer_chars=6000)
     conscience = _conscience(client, PROBE, follow_up)
-    conscience.layout = Layout.FOLLOW_UP
+    conscience.layout = layout
     answer = " ".join(f"word{i}" for i in range(120))  # longer than the paper probe's windows
     judgement = await conscience.review(QUESTION, answer)
-    prompt = render_review(framework, QUESTION, answer, layout=Layout.FOLLOW_UP)
+    prompt = render_review(framework, QUESTION, answer, layout=layout)
     assert prompt[-2] == {"role": "assistant", "content": answer}
-    assert judgement.layout == "follow-up"
+    assert judgement.layout == layout.value
     assert judgement.label_probs["unethical"] == pytest.approx(
         follow_up.score(_scripted_state(prompt))
     )

@@ -83,6 +83,26 @@ def test_follow_up_layout(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FRAMEWORKS))
+def test_follow_up_brief_layout(name: str) -> None:
+    """The follow-up prompt with the one-line question: the same prefix (the generation's own,
+    which the engine has cached), then a question that names the framework by its title only
+    and carries no variant paragraph, whatever the framework's variant."""
+    framework = FRAMEWORKS[name]
+    conversation = [{"role": "user", "content": "Q?"}]
+    brief = render_review(framework, conversation, "A!", layout=Layout.FOLLOW_UP_BRIEF)
+    full = render_review(framework, conversation, "A!", layout=Layout.FOLLOW_UP)
+    assert brief[:-1] == full[:-1] and brief[-1]["role"] == "user"
+    question = brief[-1]["content"]
+    assert question == (
+        "Now look back at your previous answer as its conscience. Judged by "
+        f"{framework.title}, was it ethical, neutral or unethical?\n"
+        "Reply with one word: ethical, neutral or unethical."
+    )
+    assert len(question) < len(full[-1]["content"]) / 3
+    assert Layout.FOLLOW_UP_BRIEF.follows_up and not Layout.PAPER.follows_up
+
+
+@pytest.mark.parametrize("name", sorted(FRAMEWORKS))
 def test_rewrite_prompt(name: str) -> None:
     framework = FRAMEWORKS[name]
     messages = render_rewrite(framework, [{"role": "user", "content": "Q?"}], "bad </answer>")
