@@ -265,7 +265,7 @@ class Conscience:
         (``conscience.ahead``): the judge's prompt prefilled in the engine's cache, for the
         single method and for a probe whose reader reuses that cache (the embedded engine's);
         a probe reading ``/v1/embeddings`` gets its complete windows read instead. None for
-        the decomposed verdict, and for the follow-up layout, whose prompt begins with the
+        the decomposed verdict, and for the follow-up layouts, whose prompt begins with the
         generation's own: the engine that generates the answer caches it as it goes."""
         chosen = self.framework(framework)
         if self.layout.follows_up:
