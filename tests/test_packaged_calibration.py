@@ -28,11 +28,12 @@ def test_the_packaged_file_covers_the_default_model_and_framework() -> None:
 
 
 def test_the_packaged_probes_cover_every_built_in_framework_of_the_default_model() -> None:
-    """Both layouts: the paper's (the default) reads 1,500-character windows; the follow-up
-    layout's reads an answer whole, as the engine that generated it has it cached."""
+    """Every layout: the paper's (the default) reads 1,500-character windows; the follow-up
+    layouts' (the framework's question, or the brief one) read an answer whole, as the engine
+    that generated it has it cached."""
     probes = load_probes(PACKAGED_PROBE)
     built_in = set(load_frameworks())
-    layouts = {"paper": 1500, "follow-up": 6000}
+    layouts = {"paper": 1500, "follow-up": 6000, "follow-up-brief": 6000}
     assert set(probes) == {(DEFAULT_MODEL, name, layout) for name in built_in for layout in layouts}
     for probe in probes.values():  # each fitted on harm_judging's train, measured on its dev
         assert "train" in probe.fitted["train"] and "dev" in probe.fitted
@@ -108,6 +109,9 @@ def test_start_up_log_names_the_rule_in_use(
     assert "the follow-up layout" not in text
     text = start(layout="follow-up")  # the packaged follow-up probe, and what it costs
     assert f"probe verdicts for {(DEFAULT_MODEL, 'three-laws', 'follow-up')!r}" in text
+    assert "the follow-up layout: a review reads the answer as the judge's own last turn" in text
+    text = start(layout="follow-up-brief")
+    assert f"probe verdicts for {(DEFAULT_MODEL, 'three-laws', 'follow-up-brief')!r}" in text
     assert "the follow-up layout: a review reads the answer as the judge's own last turn" in text
     assert "probe verdicts" not in start(judge_method="single")
     text = start(framework="my-own", frameworks_dir=str(_own_framework(tmp_path)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,26 @@ def _long_prompt(tag: str) -> dict[str, Any]:
     return {**LONG, "messages": [{"role": "user", "content": _long_text(tag)}], "max_tokens": 16}
 
 
+def _idle_after_leaving_a_fifth_in(
+    engine: EmbeddedEngine, prefill_s: float, work: Callable[[], Awaitable[None]]
+) -> float:
+    """Start ``work`` (a request whose prompt takes ``prefill_s`` to prefill), leave it a fifth
+    into the prefill (cancelled: its connection closes), and return how long the engine then
+    stays busy."""
+
+    async def leave() -> None:
+        task = asyncio.create_task(work())
+        await asyncio.to_thread(_wait, lambda: _busy(engine), 30)
+        await asyncio.sleep(prefill_s * 0.2)
+        assert not task.done()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(leave())
+    return _wait(lambda: not _busy(engine), 120)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_client_that_leaves_during_the_prefill_frees_the_engine_at_the_next_step(
     proxy: tuple[str, Any, str], stream: bool
@@ -203,19 +223,12 @@ def test_a_client_that_leaves_during_the_prefill_frees_the_engine_at_the_next_st
     prefill_s = alone["prompt_ms"] / 1000
     assert 1500 < alone["prompt_n"] <= 2048  # one step, were the batch llama.cpp's own
 
-    async def leave() -> None:
+    async def ask() -> None:
         async with httpx.AsyncClient(timeout=120) as client:
             body = {**_long_prompt(f"left {stream}"), "stream": stream}
-            request = asyncio.create_task(client.post(f"{url}/v1/chat/completions", json=body))
-            await asyncio.to_thread(_wait, lambda: _busy(engine), 30)
-            await asyncio.sleep(prefill_s * 0.2)  # a fifth into the prefill
-            assert not request.done()
-            request.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await request
+            await client.post(f"{url}/v1/chat/completions", json=body)
 
-    asyncio.run(leave())
-    idle_after = _wait(lambda: not _busy(engine), 120)
+    idle_after = _idle_after_leaving_a_fifth_in(engine, prefill_s, ask)
     # One step of 256 tokens is a seventh of the prompt: idle long before the 0.8 of the
     # prefill that was left, which one step of 2,048 would still have had to run.
     assert idle_after < prefill_s * 0.4, (
@@ -239,18 +252,11 @@ def test_a_review_left_during_the_probes_reading_frees_the_engine_at_the_next_st
     prefill_s = alone["prompt_ms"] / 1000
     assert 1500 < alone["prompt_n"] <= 2048
 
-    async def leave() -> None:
+    async def read() -> None:
         async with EngineClient(engine.base_url, timeout=120, stream_unary=True) as client:
-            reading = asyncio.create_task(reader.read(client, _long_text("read and left")))
-            await asyncio.to_thread(_wait, lambda: _busy(engine), 30)
-            await asyncio.sleep(prefill_s * 0.2)  # a fifth into the prefill
-            assert not reading.done()
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reading
+            await reader.read(client, _long_text("read and left"))
 
-    asyncio.run(leave())
-    idle_after = _wait(lambda: not _busy(engine), 120)
+    idle_after = _idle_after_leaving_a_fifth_in(engine, prefill_s, read)
     assert idle_after < prefill_s * 0.4, (
         f"idle {idle_after:.2f} s after leaving a {prefill_s:.2f} s reading"
     )
