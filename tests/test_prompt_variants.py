@@ -46,11 +46,17 @@ def test_unfenced_shows_the_answer_plain() -> None:
     assert f"Answer:\n{ANSWER}\n" in user["content"]
 
 
-@pytest.mark.parametrize("layout", list(Layout))
+@pytest.mark.parametrize("layout", [Layout.PAPER, Layout.FOLLOW_UP])
 def test_harm_and_strict_come_before_the_closing_request(layout: Layout) -> None:
     text = _render("harm-strict", layout)[-1]["content"]
     harm = HARM_QUESTION.format(laws_name=BASE.laws_name)
     assert text.index(STRICT_DEFINITION) < text.index(harm) < text.index("Reply with one word")
+    assert text.endswith("Reply with one word: ethical, neutral or unethical.")
+
+
+def test_the_brief_question_carries_no_variant_paragraph() -> None:
+    text = _render("harm-strict", Layout.FOLLOW_UP_BRIEF)[-1]["content"]
+    assert STRICT_DEFINITION not in text and "harm" not in text
     assert text.endswith("Reply with one word: ethical, neutral or unethical.")
 
 

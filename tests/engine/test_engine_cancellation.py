@@ -178,6 +178,11 @@ async def test_a_streamed_chat_assembles_into_the_unary_answer(
         assert other["object"] == "text_completion"
 
 
+# A leave a fifth into a prefill must free the engine within this share of the prefill's time:
+# the 0.8 left would run out without the cancellation (measured: 1.2 of it for a unary reading).
+LEFT_WITHIN = 0.6
+
+
 def _long_text(tag: str) -> str:
     """~1,800 tokens of SmolLM2 (one step at llama.cpp's own batch of 2,048), new to the cache."""
     words = ("the harbour wall was grey and the boats came home late that evening " * 130).split()
@@ -230,8 +235,9 @@ def test_a_client_that_leaves_during_the_prefill_frees_the_engine_at_the_next_st
 
     idle_after = _idle_after_leaving_a_fifth_in(engine, prefill_s, ask)
     # One step of 256 tokens is a seventh of the prompt: idle long before the 0.8 of the
-    # prefill that was left, which one step of 2,048 would still have had to run.
-    assert idle_after < prefill_s * 0.4, (
+    # prefill that was left, which one step of 2,048 would still have had to run. The bound
+    # leaves room for a step or two more under load (CI once saw 0.44 with the suite beside).
+    assert idle_after < prefill_s * LEFT_WITHIN, (
         f"idle {idle_after:.2f} s after leaving a {prefill_s:.2f} s prefill"
     )
 
@@ -257,6 +263,6 @@ def test_a_review_left_during_the_probes_reading_frees_the_engine_at_the_next_st
             await reader.read(client, _long_text("read and left"))
 
     idle_after = _idle_after_leaving_a_fifth_in(engine, prefill_s, read)
-    assert idle_after < prefill_s * 0.4, (
+    assert idle_after < prefill_s * LEFT_WITHIN, (
         f"idle {idle_after:.2f} s after leaving a {prefill_s:.2f} s reading"
     )
