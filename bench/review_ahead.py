@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from conscience.labels import Layout
 from conscience.server.app import create_app
 from conscience.server.threaded import serve_in_thread
 from conscience.settings import Settings
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--layout",
         default=Settings.model_fields["layout"].default.value,
-        choices=["paper", "follow-up", "follow-up-brief"],
+        choices=[layout.value for layout in Layout],
         help="the review layout (follow-up: the answer as the judge's own turn, cache reused;"
         " -brief: with a one-line question)",
     )

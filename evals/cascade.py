@@ -1,7 +1,8 @@
 """A fast probe first, a better one only where the first is in doubt: measured offline.
 
     python -m conscience.evals.cascade --first runs/probe-brief-dev-three-laws \\
-        --then runs/probe-paper-dev-three-laws
+        --then runs/probe-paper-dev-three-laws \\
+        --choose-on runs/probe-brief-train-three-laws runs/probe-paper-train-three-laws
 
 ``--first`` and ``--then`` are ``evals/probe extract`` runs of the same items in two layouts
 (say the follow-up-brief layout, whose review is cheap after a generation, and the paper
@@ -13,8 +14,10 @@ framework and layout. The cascade's verdict on an item, for a band ``lo <= hi``:
     s_then >= t_then       otherwise: the item is escalated, the second review runs
 
 For a grid of bands it prints F1, FPR and FNR over the items, and the share of items (and of
-the harmless ones) escalated: the share of reviews that pay the second review's latency. A band
-chosen on one split must be measured on another before anyone relies on it.
+the harmless ones) escalated: the share of reviews that pay the second review's latency; then
+the least escalated band that reaches the better review's F1. A band chosen on the same items
+is optimistic: ``--choose-on`` chooses it on train runs' out-of-fold scores and measures it on
+``--first``/``--then``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 
 from conscience.errors import ConfigError
 from conscience.evals.head import measure_scores
-from conscience.evals.probe import extraction_of, load_vectors
+from conscience.evals.probe import cross_validated, extraction_of, load_vectors
 from conscience.probe import Probe, load_probes
 
 __all__ = ["cascade", "main"]
@@ -55,55 +58,104 @@ def _figures(flagged: np.ndarray, escalated: np.ndarray, gold: np.ndarray) -> st
     )
 
 
-def _scored(run: Path, probes: dict[tuple[str, str, str], Probe]) -> tuple[dict, Probe]:
-    """Item id -> (score, gold) of ``run`` under the probe fitted for its prompts."""
+def _scored(
+    run: Path, probes: dict[tuple[str, str, str], Probe], out_of_fold: bool
+) -> tuple[dict[str, tuple[float, float]], Probe]:
+    """Item id -> (score, gold) of ``run`` under the probe fitted for its prompts, and that
+    probe; with ``out_of_fold``, each item scored by a head fitted without its prompt group
+    (``evals.probe.cross_validated``, the probe's own L2): a train run's honest scores."""
     made = extraction_of(run)
     key = (made["judge"], made["framework"], made["layout"])
     probe = probes.get(key)
     if probe is None:
         raise ConfigError(f"no probe for {key} (the prompts of {run})")
-    ids, _, x, gold = load_vectors(run)
-    return {i: (probe.score(list(v)), g) for i, v, g in zip(ids, x, gold, strict=True)}, probe
+    ids, groups, x, gold = load_vectors(run)
+    if out_of_fold:
+        scores = cross_validated(x, gold, groups, float(probe.fitted["l2"]))
+    else:
+        scores = np.array([probe.score(list(v)) for v in x])
+    return dict(zip(ids, zip(scores.tolist(), gold.tolist(), strict=True), strict=True)), probe
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conscience.evals.cascade")
-    parser.add_argument("--first", required=True, help="the fast review's extract run")
-    parser.add_argument("--then", required=True, help="the better review's extract run")
-    parser.add_argument("--probes", default=str(_PACKAGED), help="the probe file")
-    parser.add_argument("--top", type=int, default=10, help="bands printed")
-    args = parser.parse_args(argv)
-    probes = load_probes(Path(args.probes))
-    first_of, first_probe = _scored(Path(args.first), probes)
-    then_of, then_probe = _scored(Path(args.then), probes)
+def _paired(
+    first: Path, then: Path, probes: dict[tuple[str, str, str], Probe], out_of_fold: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """Both runs' scores on their shared items, the gold, and the two probes' thresholds."""
+    first_of, first_probe = _scored(first, probes, out_of_fold)
+    then_of, then_probe = _scored(then, probes, out_of_fold)
     ids = sorted(first_of.keys() & then_of.keys())
     if not ids:
-        raise ConfigError(f"{args.first} and {args.then} share no items")
-    first = np.array([first_of[i][0] for i in ids])
-    then = np.array([then_of[i][0] for i in ids])
+        raise ConfigError(f"{first} and {then} share no items")
+    scores = [np.array([of[i][0] for i in ids]) for of in (first_of, then_of)]
     gold = np.array([first_of[i][1] for i in ids])
-    t_first, t_then = first_probe.threshold, then_probe.threshold
-    print(f"{len(ids)} items in both runs")
-    alone = cascade(first, then, t_then, t_first, t_first)
-    print(f"first alone (threshold {t_first:.3f}): {_figures(*alone, gold)}")
-    every = cascade(first, then, t_then, -np.inf, np.inf)
-    print(f"then alone (threshold {t_then:.3f}): {_figures(*every, gold)}")
+    return scores[0], scores[1], gold, first_probe.threshold, then_probe.threshold
+
+
+def _bands(
+    first: np.ndarray, then: np.ndarray, gold: np.ndarray, t_first: float, t_then: float
+) -> list[tuple[float, float, float, float]]:
+    """(-F1, share escalated, lo, hi) of each band of the grid, best F1 first."""
     bands = []
     for lo in np.arange(0.2, t_first + 1e-9, 0.02):
         for hi in np.arange(t_first, 0.96, 0.02):
             flagged, escalated = cascade(first, then, t_then, float(lo), float(hi))
             f1 = measure_scores(flagged.astype(float), gold, 1.0)["f1"] or 0.0
             bands.append((-round(f1, 3), float(escalated.mean()), float(lo), float(hi)))
-    for _, _, lo, hi in sorted(bands)[: args.top]:
-        flagged, escalated = cascade(first, then, t_then, lo, hi)
-        print(f"band [{lo:.2f}, {hi:.2f}): {_figures(flagged, escalated, gold)}")
-    then_f1 = measure_scores(every[0].astype(float), gold, 1.0)["f1"] or 0.0
+    return sorted(bands)
+
+
+def _cheapest(
+    bands: list[tuple[float, float, float, float]], then_f1: float
+) -> tuple[float, float] | None:
+    """The least escalated band whose F1 reaches the better review's alone."""
     reaching = [b for b in bands if -b[0] >= round(then_f1, 3)]
-    if reaching:  # the cheapest band as good as the better review alone
-        _, _, lo, hi = min(reaching, key=lambda b: b[1])
-        flagged, escalated = cascade(first, then, t_then, lo, hi)
-        figures = _figures(flagged, escalated, gold)
-        print(f"least escalated at then's F1: [{lo:.2f}, {hi:.2f}): {figures}")
+    return min(reaching, key=lambda b: b[1])[2:] if reaching else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m conscience.evals.cascade")
+    parser.add_argument("--first", required=True, help="the fast review's extract run")
+    parser.add_argument("--then", required=True, help="the better review's extract run")
+    parser.add_argument(
+        "--choose-on",
+        nargs=2,
+        metavar=("FIRST_TRAIN", "THEN_TRAIN"),
+        help="choose the band on these train runs' out-of-fold scores, then measure it on"
+        " --first/--then",
+    )
+    parser.add_argument("--probes", default=str(_PACKAGED), help="the probe file")
+    parser.add_argument("--top", type=int, default=10, help="bands printed")
+    args = parser.parse_args(argv)
+    probes = load_probes(Path(args.probes))
+    first, then, gold, t_first, t_then = _paired(Path(args.first), Path(args.then), probes, False)
+    print(f"{len(gold)} items in both runs")
+    alone = cascade(first, then, t_then, t_first, t_first)
+    print(f"first alone (threshold {t_first:.3f}): {_figures(*alone, gold)}")
+    every = cascade(first, then, t_then, -np.inf, np.inf)
+    print(f"then alone (threshold {t_then:.3f}): {_figures(*every, gold)}")
+    then_f1 = measure_scores(every[0].astype(float), gold, 1.0)["f1"] or 0.0
+    if args.choose_on:
+        train = _paired(Path(args.choose_on[0]), Path(args.choose_on[1]), probes, True)
+        train_every = cascade(train[0], train[1], t_then, -np.inf, np.inf)
+        train_f1 = measure_scores(train_every[0].astype(float), train[2], 1.0)["f1"] or 0.0
+        chosen = _cheapest(_bands(*train), train_f1)
+        if chosen is None:
+            raise ConfigError("no band reaches the better review's F1 on the train runs")
+        lo, hi = chosen
+        print(
+            f"band chosen on train, out of fold: [{lo:.2f}, {hi:.2f}): "
+            f"{_figures(*cascade(train[0], train[1], t_then, lo, hi), train[2])}"
+        )
+        print(f"at that band here: {_figures(*cascade(first, then, t_then, lo, hi), gold)}")
+        return 0
+    bands = _bands(first, then, gold, t_first, t_then)
+    for _, _, lo, hi in bands[: args.top]:
+        print(f"band [{lo:.2f}, {hi:.2f}): {_figures(*cascade(first, then, t_then, lo, hi), gold)}")
+    chosen = _cheapest(bands, then_f1)
+    if chosen is not None:  # chosen on these very items: optimistic
+        lo, hi = chosen
+        figures = _figures(*cascade(first, then, t_then, lo, hi), gold)
+        print(f"least escalated at then's F1 (chosen here): [{lo:.2f}, {hi:.2f}): {figures}")
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from conscience.errors import ConfigError
 from conscience.flags import ENDPOINT, add_engine_flags, engine_fields
+from conscience.labels import Layout
 
 if TYPE_CHECKING:
     from conscience.evals.em import EmConfig
@@ -107,7 +108,6 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
     from conscience.evals.labelled import DEFAULT_SET, load_labelled
     from conscience.evals.verdicts import run_verdicts
     from conscience.framework import load_frameworks
-    from conscience.labels import Layout
     from conscience.review import conscience_from_settings
 
     try:
@@ -233,7 +233,7 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         "--layouts",
         type=_csv,
         default=["paper", "follow-up"],
-        help="comma-separated prompt layouts: paper, follow-up, follow-up-brief",
+        help="comma-separated prompt layouts: " + ", ".join(layout.value for layout in Layout),
     )
     verdicts.add_argument(
         "--split",

@@ -266,11 +266,11 @@ class ScriptedEngine:
             post-sampling probabilities of the ``n_probs`` most probable tokens."""
             body = await request.json()
             self.token_prob_requests.append(body["prompt"])
-            streamed = bool(body.get("stream") and body.get("return_progress"))
-            self.token_prob_streamed.append(streamed)
+            stream, progress = bool(body.get("stream")), bool(body.get("return_progress"))
+            self.token_prob_streamed.append(stream and progress)
             answer = _token_probs(body)
-            if body.get("stream"):
-                chunks = _native_chunks(answer, bool(body.get("return_progress")))
+            if stream:
+                chunks = _native_chunks(answer, progress)
                 return StreamingResponse(chunks, media_type="text/event-stream")
             return JSONResponse(answer)
 

@@ -193,6 +193,14 @@ def _long_prompt(tag: str) -> dict[str, Any]:
     return {**LONG, "messages": [{"role": "user", "content": _long_text(tag)}], "max_tokens": 16}
 
 
+def _prefill_alone(engine: EmbeddedEngine, url: str, body: dict[str, Any]) -> float:
+    """Seconds the idle engine takes to prefill ``body``'s long prompt, asked at ``url``."""
+    _wait(lambda: not _busy(engine), 30)
+    timings = httpx.post(url, json=body, timeout=120).json()["timings"]
+    assert 1500 < timings["prompt_n"] <= 2048  # one step, were the batch llama.cpp's own
+    return timings["prompt_ms"] / 1000
+
+
 def _idle_after_leaving_a_fifth_in(
     engine: EmbeddedEngine, prefill_s: float, work: Callable[[], Awaitable[None]]
 ) -> float:
@@ -219,14 +227,8 @@ def test_a_client_that_leaves_during_the_prefill_frees_the_engine_at_the_next_st
 ) -> None:
     url, app, _ = proxy
     engine: EmbeddedEngine = app.state.engine
-    _wait(lambda: not _busy(engine), 30)
-    alone = httpx.post(
-        f"{engine.base_url}/chat/completions",
-        json={**_long_prompt(f"alone {stream}"), "max_tokens": 1},
-        timeout=120,
-    ).json()["timings"]
-    prefill_s = alone["prompt_ms"] / 1000
-    assert 1500 < alone["prompt_n"] <= 2048  # one step, were the batch llama.cpp's own
+    chat = f"{engine.base_url}/chat/completions"
+    prefill_s = _prefill_alone(engine, chat, {**_long_prompt(f"alone {stream}"), "max_tokens": 1})
 
     async def ask() -> None:
         async with httpx.AsyncClient(timeout=120) as client:
@@ -251,12 +253,8 @@ def test_a_review_left_during_the_probes_reading_frees_the_engine_at_the_next_st
     _, app, _ = proxy
     engine: EmbeddedEngine = app.state.engine
     reader = logits_reader(smollm2)
-    _wait(lambda: not _busy(engine), 30)
-    alone = httpx.post(
-        f"{engine.url}/completion", json=reader.request(_long_text("read alone")), timeout=120
-    ).json()["timings"]
-    prefill_s = alone["prompt_ms"] / 1000
-    assert 1500 < alone["prompt_n"] <= 2048
+    body = reader.request(_long_text("read alone"))
+    prefill_s = _prefill_alone(engine, f"{engine.url}/completion", body)
 
     async def read() -> None:
         async with EngineClient(engine.base_url, timeout=120, stream_unary=True) as client:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conscience.errors import ConfigError
-from conscience.evals.cascade import cascade
+from conscience.evals.cascade import _cheapest, cascade
 
 FIRST = np.array([0.10, 0.40, 0.50, 0.60, 0.90])
 THEN = np.array([0.90, 0.90, 0.20, 0.10, 0.10])
@@ -31,3 +31,9 @@ def test_an_empty_band_is_the_first_alone_and_an_unbounded_one_the_second() -> N
 def test_a_band_upside_down_is_refused() -> None:
     with pytest.raises(ConfigError, match="low end"):
         cascade(FIRST, THEN, then_threshold=0.5, lo=0.7, hi=0.3)
+
+
+def test_the_cheapest_band_is_the_least_escalated_that_reaches_the_f1() -> None:
+    bands = [(-0.72, 0.42, 0.38, 0.61), (-0.70, 0.30, 0.44, 0.61), (-0.69, 0.10, 0.5, 0.61)]
+    assert _cheapest(bands, then_f1=0.70) == (0.44, 0.61)
+    assert _cheapest(bands, then_f1=0.73) is None
