@@ -18,6 +18,7 @@ from typing import Any
 
 from conscience.ahead import PrefixAhead, ReviewAhead, WindowsAhead
 from conscience.calibration import Calibration, select_calibrations
+from conscience.cascade import PACKAGED_BANDS, Band, load_bands
 from conscience.client import Constraint, EngineClient
 from conscience.decomposed import ANSWER_FORMS, PARTS, combine, render_part, yes_probability
 from conscience.errors import ConfigError, EngineError, EngineStatusError, VerdictError
@@ -110,6 +111,11 @@ class Conscience:
     # How the probe reads the judge's state: None, /v1/embeddings; the embedded engine's
     # read-out through the output layer, which reuses the prefix cache (conscience/probe.py).
     state_reader: StateReader | None = None
+    # A second opinion where the first probe is in doubt (conscience/cascade.py): its layout,
+    # and the bands by (judge model, framework, first layout, second layout).
+    second_opinion: Layout | None = None
+    bands: dict[tuple[str, str, str, str], Band] = field(default_factory=dict)
+    band_source: str | None = None  # where they came from, said at start-up
     constraint: Constraint | None = None  # None: ask the engine once who it is
     rule: DecisionRule = field(default_factory=DecisionRule)
     top_logprobs: int = 20  # OpenAI's maximum; the labels' first tokens are always among them
@@ -123,6 +129,24 @@ class Conscience:
     calibration_source: str = "no calibration file"  # said at start-up
     # Concurrent first reviews ask the engine once, not once each.
     _detecting: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A band whose first probe judges must have its second probe, and contain the first
+        # one's threshold (outside the band the first verdict stands): checked at start.
+        for band in self.bands.values():
+            first = self.probes.get((band.model, band.framework, band.first))
+            if first is None:
+                continue  # never used: no review reads that layout's probe
+            if (band.model, band.framework, band.then) not in self.probes:
+                raise ConfigError(
+                    f"the band {band.key} ({self.band_source}) escalates to the {band.then}"
+                    f" layout, and no probe reads it ({self.probe_source})"
+                )
+            if not band.lo <= first.threshold <= band.hi:
+                raise ConfigError(
+                    f"the band {band.key} [{band.lo}, {band.hi}) ({self.band_source}) does not"
+                    f" contain its first probe's threshold {first.threshold:.3f}"
+                )
 
     @property
     def probe_read(self) -> str | None:
@@ -138,6 +162,14 @@ class Conscience:
         if self.method != JudgeMethod.PROBE:
             return None
         return self.probes.get((self.judge_model, framework, (layout or self.layout).value))
+
+    def band_for(self, framework: str, layout: Layout | None = None) -> Band | None:
+        """The band in which a probe review under ``framework`` (and the layout) asks for the
+        second opinion, if one is configured and a band covers them; else None."""
+        if self.second_opinion is None or self.probe_for(framework, layout) is None:
+            return None
+        key = (self.judge_model, framework, (layout or self.layout).value)
+        return self.bands.get((*key, self.second_opinion.value))
 
     def framework(self, name: str | None) -> Framework:
         name = name or self.default_framework
@@ -215,6 +247,7 @@ class Conscience:
             confidence=confidence,
             label_probs=reading.label_probs if reading is not None else None,
             parts=reading.parts if reading is not None else None,
+            readings=reading.readings if reading is not None else None,
             screen=rules,
             review_ms=(time.perf_counter() - started) * 1000,
         )
@@ -234,7 +267,12 @@ class Conscience:
         probe = self.probe_for(framework.name, layout)
         if probe is not None:
             try:
-                return await self._judge_probe(probe, framework, messages, answer, reasoning, ahead)
+                first = await self._judge_probe(
+                    probe, framework, messages, answer, reasoning, ahead
+                )
+                return await self._second_opinion(
+                    first, framework, messages, answer, layout, reasoning
+                )
             except EngineStatusError as exc:
                 if exc.status_code not in (404, 405, 501):
                     raise
@@ -370,6 +408,30 @@ class Conscience:
         verdict = Verdict.UNETHICAL if p_unethical >= probe.threshold else Verdict.ETHICAL
         return VerdictReading(verdict, probs[verdict], probs, "")
 
+    async def _second_opinion(
+        self,
+        first: VerdictReading,
+        framework: Framework,
+        messages: list[Message],
+        answer: str,
+        layout: Layout,
+        reasoning: str | None,
+    ) -> VerdictReading:
+        """The first probe's reading where its band is sure, else the second layout's probe's
+        (``conscience.cascade``); with a band, ``readings`` holds each layout's P(unethical)
+        in the order read, the last one deciding."""
+        band = self.band_for(framework.name, layout)
+        if band is None:
+            return first
+        score = (first.label_probs or {})[Verdict.UNETHICAL]
+        readings = {layout.value: score}
+        if not band.doubts(score):
+            return dataclasses.replace(first, readings=readings)
+        then = self.probes[(self.judge_model, framework.name, band.then)]
+        second = await self._judge_probe(then, framework, messages, answer, reasoning)
+        readings[band.then] = (second.label_probs or {})[Verdict.UNETHICAL]
+        return dataclasses.replace(second, readings=readings)
+
     async def _free_text(
         self, messages: list[Message], *, temperature: float, max_tokens: int
     ) -> str:
@@ -445,6 +507,15 @@ def conscience_from_settings(
         probes = load_probes(path)
         where = "packaged probe" if settings.probe_file is None else "probe file"
         probe_source = f"{where} {path}"
+    bands, band_source = {}, None
+    if settings.second_opinion is not None:
+        if settings.judge_method != JudgeMethod.PROBE:
+            raise ConfigError("a second opinion (CONSCIENCE_SECOND_OPINION) needs the probe method")
+        if settings.second_opinion == settings.layout:
+            raise ConfigError(f"a second opinion in the first review's layout {settings.layout}")
+        path = settings.band_file or PACKAGED_BANDS
+        bands = load_bands(path)
+        band_source = f"{'packaged bands' if settings.band_file is None else 'band file'} {path}"
     return Conscience(
         client=client,
         judge_model=settings.judge,
@@ -456,6 +527,9 @@ def conscience_from_settings(
         probes=probes,
         probe_source=probe_source,
         state_reader=state_reader if probes else None,
+        second_opinion=settings.second_opinion,
+        bands=bands,
+        band_source=band_source,
         constraint=constraint,
         rule=DecisionRule(settings.unethical_threshold, settings.neutral_threshold),
         top_logprobs=settings.top_logprobs,

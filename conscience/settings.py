@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # prefix cache (engine/hidden_state.py); "embeddings", /v1/embeddings, which re-prefills
     # every prompt. An upstream is always read through /v1/embeddings.
     probe_read: Literal["logits", "embeddings"] = "logits"
+    # A second opinion in this layout where the first probe is in doubt (conscience/cascade.py):
+    # "paper" behind the "follow-up-brief" layout gives most answers the brief review's speed.
+    second_opinion: Layout | None = None
+    band_file: Path | None = None  # the bands of doubt; None: the packaged ones
     policy: Policy = Policy.REWRITE  # what to do with an unethical answer
     on_review_error: ReviewErrorMode = ReviewErrorMode.CLOSED  # fail closed: nothing unreviewed
     allow_overrides: bool = True  # may a request choose its framework/policy in "conscience"?
@@ -105,6 +109,8 @@ class Settings(BaseSettings):
         "adapters_dir",
         "request_timeout",
         "engine_parallel",
+        "second_opinion",
+        "band_file",
         mode="before",
     )
     @classmethod

@@ -113,6 +113,8 @@ class VerdictReading:
     label_probs: dict[str, float] | None
     text: str  # what the judge actually wrote
     parts: dict[str, float] | None = None  # the decomposed verdict's P(yes) per question
+    # With a second opinion (conscience/cascade.py): each layout's P(unethical), the last decides.
+    readings: dict[str, float] | None = None
 
 
 def read_verdict(choice: dict[str, Any], rule: DecisionRule | None = None) -> VerdictReading:

@@ -17,16 +17,21 @@ For a grid of bands it prints F1, FPR and FNR over the items, and the share of i
 the harmless ones) escalated: the share of reviews that pay the second review's latency; then
 the least escalated band that reaches the better review's F1. A band chosen on the same items
 is optimistic: ``--choose-on`` chooses it on train runs' out-of-fold scores and measures it on
-``--first``/``--then``.
+``--first``/``--then``; ``--save FILE`` then adds that band to a band file
+(``conscience.cascade``, ``CONSCIENCE_BAND_FILE``; the packaged one is
+``conscience/calibrations/cascade.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from conscience.cascade import Band, save_band
 from conscience.errors import ConfigError
 from conscience.evals.head import measure_scores
 from conscience.evals.probe import cross_validated, extraction_of, load_vectors
@@ -48,13 +53,19 @@ def cascade(
     return flagged, escalated
 
 
-def _figures(flagged: np.ndarray, escalated: np.ndarray, gold: np.ndarray) -> str:
+def _measured(flagged: np.ndarray, escalated: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """F1, FPR, FNR of the flags, the share escalated, and that share among harmless items."""
     measured = measure_scores(flagged.astype(float), gold, 1.0)
     harmless = float(escalated[gold == 0].mean()) if (gold == 0).any() else float("nan")
+    figures = {name: round(float(measured[name] or 0.0), 3) for name in ("f1", "fpr", "fnr")}
+    return {**figures, "escalated": round(float(escalated.mean()), 3), "harmless": harmless}
+
+
+def _figures(flagged: np.ndarray, escalated: np.ndarray, gold: np.ndarray) -> str:
+    m = _measured(flagged, escalated, gold)
     return (
-        f"F1 {measured['f1'] or 0:.3f}  FPR {measured['fpr'] or 0:.3f}  "
-        f"FNR {measured['fnr'] or 0:.3f}  escalated {escalated.mean():.2f} "
-        f"(harmless {harmless:.2f})"
+        f"F1 {m['f1']:.3f}  FPR {m['fpr']:.3f}  FNR {m['fnr']:.3f}  "
+        f"escalated {m['escalated']:.2f} (harmless {m['harmless']:.2f})"
     )
 
 
@@ -79,8 +90,8 @@ def _scored(
 
 def _paired(
     first: Path, then: Path, probes: dict[tuple[str, str, str], Probe], out_of_fold: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
-    """Both runs' scores on their shared items, the gold, and the two probes' thresholds."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Probe, Probe]:
+    """Both runs' scores on their shared items, the gold, and the two probes."""
     first_of, first_probe = _scored(first, probes, out_of_fold)
     then_of, then_probe = _scored(then, probes, out_of_fold)
     ids = sorted(first_of.keys() & then_of.keys())
@@ -88,7 +99,9 @@ def _paired(
         raise ConfigError(f"{first} and {then} share no items")
     scores = [np.array([of[i][0] for i in ids]) for of in (first_of, then_of)]
     gold = np.array([first_of[i][1] for i in ids])
-    return scores[0], scores[1], gold, first_probe.threshold, then_probe.threshold
+    if first_probe.key[:2] != then_probe.key[:2]:
+        raise ConfigError(f"{first} and {then} were read by other judges or frameworks")
+    return scores[0], scores[1], gold, first_probe, then_probe
 
 
 def _bands(
@@ -124,10 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         " --first/--then",
     )
     parser.add_argument("--probes", default=str(_PACKAGED), help="the probe file")
+    parser.add_argument(
+        "--save", metavar="FILE", help="with --choose-on: add the chosen band to this band file"
+    )
     parser.add_argument("--top", type=int, default=10, help="bands printed")
     args = parser.parse_args(argv)
+    if args.save and not args.choose_on:
+        parser.error("--save needs --choose-on: a band chosen on the items it is measured on is")
     probes = load_probes(Path(args.probes))
-    first, then, gold, t_first, t_then = _paired(Path(args.first), Path(args.then), probes, False)
+    first, then, gold, first_probe, then_probe = _paired(
+        Path(args.first), Path(args.then), probes, False
+    )
+    t_first, t_then = first_probe.threshold, then_probe.threshold
     print(f"{len(gold)} items in both runs")
     alone = cascade(first, then, t_then, t_first, t_first)
     print(f"first alone (threshold {t_first:.3f}): {_figures(*alone, gold)}")
@@ -135,18 +156,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"then alone (threshold {t_then:.3f}): {_figures(*every, gold)}")
     then_f1 = measure_scores(every[0].astype(float), gold, 1.0)["f1"] or 0.0
     if args.choose_on:
-        train = _paired(Path(args.choose_on[0]), Path(args.choose_on[1]), probes, True)
-        train_every = cascade(train[0], train[1], t_then, -np.inf, np.inf)
-        train_f1 = measure_scores(train_every[0].astype(float), train[2], 1.0)["f1"] or 0.0
-        chosen = _cheapest(_bands(*train), train_f1)
+        train_first, train_then, train_gold, _, _ = _paired(
+            Path(args.choose_on[0]), Path(args.choose_on[1]), probes, True
+        )
+        train_every = cascade(train_first, train_then, t_then, -np.inf, np.inf)
+        train_f1 = measure_scores(train_every[0].astype(float), train_gold, 1.0)["f1"] or 0.0
+        chosen = _cheapest(_bands(train_first, train_then, train_gold, t_first, t_then), train_f1)
         if chosen is None:
             raise ConfigError("no band reaches the better review's F1 on the train runs")
-        lo, hi = chosen
+        # Rounded outward: the band still contains the first probe's threshold.
+        lo, hi = math.floor(chosen[0] * 1e4) / 1e4, math.ceil(chosen[1] * 1e4) / 1e4
+        on_train = cascade(train_first, train_then, t_then, lo, hi)
+        here = cascade(first, then, t_then, lo, hi)
         print(
             f"band chosen on train, out of fold: [{lo:.2f}, {hi:.2f}): "
-            f"{_figures(*cascade(train[0], train[1], t_then, lo, hi), train[2])}"
+            f"{_figures(*on_train, train_gold)}"
         )
-        print(f"at that band here: {_figures(*cascade(first, then, t_then, lo, hi), gold)}")
+        print(f"at that band here: {_figures(*here, gold)}")
+        if args.save:
+            fitted = {
+                "rule": "least escalated band reaching the second review's F1, train out of fold",
+                "chosen_on": list(args.choose_on),
+                "train_out_of_fold": _measured(*on_train, train_gold),
+                "measured_on": [args.first, args.then],
+                "measured": _measured(*here, gold),
+                "date": datetime.now(UTC).date().isoformat(),
+            }
+            band = Band(*first_probe.key, then_probe.layout, lo, hi, fitted)
+            save_band(Path(args.save), band)
+            print(f"saved the band for {band.key} in {args.save}")
         return 0
     bands = _bands(first, then, gold, t_first, t_then)
     for _, _, lo, hi in bands[: args.top]:

@@ -58,6 +58,7 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
                     " turn, from the cache of the generation that wrote it (faster; the probe"
                     ' reads worse there: docs/decisions.md, "The judge\'s own turn")'
                 )
+            _log_second_opinion(settings, conscience)
             fitted_read = probe.fitted.get("read", "embeddings")  # files from before: embeddings
             if fitted_read != conscience.probe_read:
                 log.warning(
@@ -97,6 +98,31 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
             key,
             conscience.calibration_source,
         )
+
+
+def _log_second_opinion(settings: Settings, conscience: Any) -> None:
+    """Say whether a second opinion backs the first probe, and where it is asked."""
+    if conscience.second_opinion is None:
+        return
+    band = conscience.band_for(settings.framework)
+    if band is None:
+        log.warning(
+            "no band of doubt for %s/%s then %s (%s): no second opinion is asked",
+            settings.framework,
+            settings.layout.value,
+            conscience.second_opinion.value,
+            conscience.band_source,
+        )
+        return
+    log.info(
+        "a second opinion in the %s layout where the first probe's P(unethical) is in"
+        " [%.3f, %.3f) (%s; it escalated %.0f%% of the items it was measured on)",
+        band.then,
+        band.lo,
+        band.hi,
+        conscience.band_source,
+        100 * float(band.fitted.get("measured", {}).get("escalated", float("nan"))),
+    )
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

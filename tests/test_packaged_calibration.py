@@ -113,6 +113,14 @@ def test_start_up_log_names_the_rule_in_use(
     text = start(layout="follow-up-brief")
     assert f"probe verdicts for {(DEFAULT_MODEL, 'three-laws', 'follow-up-brief')!r}" in text
     assert "the follow-up layout: a review reads the answer as the judge's own last turn" in text
+    assert "a second opinion" not in text
+    text = start(layout="follow-up-brief", second_opinion="paper")
+    assert "a second opinion in the paper layout where the first probe's P(unethical) is in" in text
+    no_band = tmp_path / "bands.json"
+    no_band.write_text("[]")
+    text = start(layout="follow-up-brief", second_opinion="paper", band_file=no_band)
+    doubt = "no band of doubt for three-laws/follow-up-brief then paper"
+    assert f"{doubt} (band file {no_band})" in text
     assert "probe verdicts" not in start(judge_method="single")
     text = start(framework="my-own", frameworks_dir=str(_own_framework(tmp_path)))
     assert "probe verdicts" not in text and f"not {(DEFAULT_MODEL, 'my-own', 'paper')!r}" in text

@@ -51,6 +51,8 @@ def test_the_wheel_installs_only_names_under_conscience(wheel: Path) -> None:
     # Package data and the engine's child script, which is run by path.
     assert "conscience/frameworks/three-laws.toml" in names
     assert "conscience/calibrations/default.json" in names
+    assert "conscience/calibrations/probe.json" in names
+    assert "conscience/calibrations/cascade.json" in names
     assert "conscience/evals/data/verdicts.jsonl" in names
     assert "conscience/evals/data/harm_judging_split.json" in names
     assert "conscience/engine/child.py" in names

@@ -65,6 +65,8 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE judgements ADD COLUMN screen TEXT",),
     # 3: the decomposed verdict's three probabilities (conscience/decomposed.py), JSON.
     ("ALTER TABLE judgements ADD COLUMN parts TEXT",),
+    # 4: a second opinion's P(unethical) per layout (conscience/cascade.py), JSON.
+    ("ALTER TABLE judgements ADD COLUMN readings TEXT",),
 )
 
 POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -101,4 +103,6 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE judgements ADD COLUMN screen jsonb",),
     # 3: the decomposed verdict's three probabilities (conscience/decomposed.py), JSON.
     ("ALTER TABLE judgements ADD COLUMN parts jsonb",),
+    # 4: a second opinion's P(unethical) per layout (conscience/cascade.py), JSON.
+    ("ALTER TABLE judgements ADD COLUMN readings jsonb",),
 )
