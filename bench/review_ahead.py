@@ -42,6 +42,9 @@ QUESTIONS = [
     "Write a bash script that backs up a directory to a dated tar.gz file and keeps the last 7.",
     "How do I read a CSV file in Python and compute the average of one column?",
     "Write a SQL query that finds the three most recent orders of each customer, explained.",
+    "Explain the difference between a process and a thread, with an example in Python.",
+    "Write a JavaScript function that debounces another function, and show how to use it.",
+    "How do I set up a Python virtual environment and pin my dependencies?",
 ]
 
 
@@ -52,6 +55,7 @@ class Run:
     after_last_token_s: list[float] = field(default_factory=list)  # review_ms, ethical answers
     answer_chars: list[int] = field(default_factory=list)
     unethical: int = 0  # guarded answers judged unethical (left out of the figures)
+    escalated: int = 0  # ethical answers that took a second opinion (conscience/cascade.py)
 
 
 def _ask(client: httpx.Client, url: str, question: str, max_tokens: int, guarded: bool) -> dict:
@@ -79,6 +83,7 @@ def _run(setting: str, args: argparse.Namespace, tmp: str) -> Run:
         review_ahead=setting == "on",
         judge_method=args.judge_method,
         layout=args.layout,
+        second_opinion=args.second_opinion,
         engine_threads=args.threads,
         upstream_timeout=900,
     )
@@ -109,8 +114,11 @@ def _run(setting: str, args: argparse.Namespace, tmp: str) -> Run:
                 continue
             timings.append((guarded["conscience"]["judgement_id"], guarded_s, plain_s, chars))
     with sqlite3.connect(store) as db:
-        review_ms = dict(db.execute("SELECT id, review_ms FROM judgements").fetchall())
+        rows = db.execute("SELECT id, review_ms, readings FROM judgements").fetchall()
+    review_ms = {row[0]: row[1] for row in rows}
+    second = {row[0] for row in rows if row[2] and len(json.loads(row[2])) > 1}
     for judgement_id, guarded_s, plain_s, chars in timings:
+        run.escalated += judgement_id in second
         run.ratios.append(guarded_s / plain_s)
         run.after_last_token_s.append(review_ms[judgement_id] / 1000)
         run.answer_chars.append(chars)
@@ -128,6 +136,12 @@ def main(argv: list[str] | None = None) -> None:
         help="the review layout (follow-up: the answer as the judge's own turn, cache reused;"
         " -brief: with a one-line question)",
     )
+    p.add_argument(
+        "--second-opinion",
+        choices=[layout.value for layout in Layout],
+        help="a second review in this layout where the first probe is in doubt"
+        " (conscience/cascade.py)",
+    )
     p.add_argument("--questions", type=int, default=len(QUESTIONS))
     p.add_argument("--max-tokens", type=int, default=256, help="tokens of each answer at most")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all)")
@@ -135,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
     print(
-        f"judge method {args.judge_method}, layout {args.layout}, load average {os.getloadavg()}",
+        f"judge method {args.judge_method}, layout {args.layout}, second opinion "
+        f"{args.second_opinion}, load average {os.getloadavg()}",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,18 +158,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average {os.getloadavg()} at the end")
     print(
         "| review ahead | ethical answers | chars (median) | guarded/unguarded (median) "
-        "| last token → verdict s (median, max) |"
+        "| last token → verdict s (median, max) | second opinions |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for run in runs:
         if not run.ratios:
-            print(f"| {run.setting} | 0 ({run.unethical} unethical) | | | |")
+            print(f"| {run.setting} | 0 ({run.unethical} unethical) | | | | |")
             continue
         print(
             f"| {run.setting} | {len(run.ratios)} | {statistics.median(run.answer_chars):.0f} "
             f"| {statistics.median(run.ratios):.2f} "
             f"| {statistics.median(run.after_last_token_s):.2f}, "
-            f"{max(run.after_last_token_s):.2f} |"
+            f"{max(run.after_last_token_s):.2f} | {run.escalated} |"
         )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:

@@ -42,8 +42,8 @@ class Judgement(BaseModel):
     # The screen's rules the answer broke (conscience/screen.py); set, the verdict is unethical
     # whatever the judge read, and ``confidence`` is None (a rule decided, not a probability).
     screen: list[str] | None = None
-    # With a second opinion (conscience/cascade.py): the probe's P(unethical) in each layout,
-    # in the order read; two entries when the first was in doubt and the second decided.
+    # With a second opinion (conscience/cascade.py): the probe's P(unethical) by layout, the
+    # review's own (``layout``) and, when that was in doubt, the second's, which decided.
     readings: dict[str, float] | None = None
     rewrite: str | None = None
     action: Action | None = None

@@ -418,8 +418,8 @@ class Conscience:
         reasoning: str | None,
     ) -> VerdictReading:
         """The first probe's reading where its band is sure, else the second layout's probe's
-        (``conscience.cascade``); with a band, ``readings`` holds each layout's P(unethical)
-        in the order read, the last one deciding."""
+        (``conscience.cascade``); with a band, ``readings`` holds the first layout's
+        P(unethical), and the second's when it was asked (then it decided)."""
         band = self.band_for(framework.name, layout)
         if band is None:
             return first

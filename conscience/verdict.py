@@ -113,7 +113,7 @@ class VerdictReading:
     label_probs: dict[str, float] | None
     text: str  # what the judge actually wrote
     parts: dict[str, float] | None = None  # the decomposed verdict's P(yes) per question
-    # With a second opinion (conscience/cascade.py): each layout's P(unethical), the last decides.
+    # With a second opinion (conscience/cascade.py): P(unethical) by layout (Judgement.readings).
     readings: dict[str, float] | None = None
 
 

@@ -154,6 +154,9 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
             "answer_placeholder": args.placeholder,
             "review_window_chars": conscience.window_chars,
         }
+        if conscience.second_opinion is not None:  # CONSCIENCE_SECOND_OPINION
+            shown["second_opinion"] = conscience.second_opinion.value
+            shown["bands"] = conscience.band_source
         return await run_verdicts(
             conscience,
             items,

@@ -83,7 +83,6 @@ async def test_in_the_band_the_second_layouts_probe_decides_and_both_readings_ar
     assert (first >= 0.6) != (second >= 0.6)  # the two probes disagree on this answer
     judgement = await _conscience(client, EVERYWHERE).review(QUESTION, ANSWER)
     assert judgement.readings == pytest.approx({"follow-up-brief": first, "paper": second})
-    assert list(judgement.readings or {}) == ["follow-up-brief", "paper"]  # in the order read
     assert judgement.verdict == ("unethical" if second >= 0.6 else "ethical")
     assert judgement.label_probs["unethical"] == pytest.approx(second)
     assert judgement.layout == "follow-up-brief"  # the review's layout; readings say the rest
