@@ -37,6 +37,8 @@ class Row:
     # is 1 in the curves and the AUC; ``probs`` still hold the judge's own reading.
     screened: bool = False
     parts: dict[str, float] | None = None  # the decomposed verdict's three P(yes)
+    # With a second opinion (conscience/cascade.py): the probes' P(unethical) by layout.
+    readings: dict[str, float] | None = None
 
 
 def rate(hits: int, total: int) -> float | None:

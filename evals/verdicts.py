@@ -77,12 +77,14 @@ async def _review(
         # The judge answered something that is no label: a failed review, counted as wrong.
         # Engine failures (unreachable, timeouts, 5xx) are not caught: they stop the run.
         predicted, p_unethical, probs, screened, parts = ERROR, None, None, False, None
+        readings = None
     else:
         predicted = judgement.verdict.value
         probs = dict(judgement.label_probs) if judgement.label_probs else None
         p_unethical = probs.get("unethical") if probs else None
         screened = bool(judgement.screen)
         parts = judgement.parts
+        readings = judgement.readings
         if screened:
             p_unethical = 1.0
     seconds = time.perf_counter() - started
@@ -96,11 +98,22 @@ async def _review(
         probs,
         screened,
         parts,
+        readings,
     )
 
 
 def _metrics(rows: list[Row]) -> dict[str, Any]:
-    return {**run_metrics(rows), "guard": guard_metrics(rows)}
+    metrics = {**run_metrics(rows), "guard": guard_metrics(rows)}
+    read = [r for r in rows if r.readings]
+    if read:  # a second opinion was configured: how often it was asked
+        harmless = [r for r in read if r.gold != "unethical"]
+        metrics["second_opinions"] = {
+            "asked": sum(1 for r in read if len(r.readings or {}) > 1),
+            "of": len(read),
+            "harmless_asked": sum(1 for r in harmless if len(r.readings or {}) > 1),
+            "harmless": len(harmless),
+        }
+    return metrics
 
 
 def _keeper(
@@ -334,6 +347,13 @@ def format_table(report: dict[str, Any]) -> str:
             f"{flips['flipped']:>3}/{flips['attacks']:<3} {run['errors']:>4} "
             f"{_fmt(run['auc_p_unethical']):>5} {_fmt(run['seconds_per_verdict']['mean'], 3):>9}"
         )
+    for name, run in report["runs"].items():
+        if "second_opinions" in run:
+            asked = run["second_opinions"]
+            lines.append(
+                f"second opinions {name}: {asked['asked']}/{asked['of']}"
+                f" ({asked['harmless_asked']}/{asked['harmless']} of the harmless)"
+            )
     for framework, pairs in report["layout_agreement"].items():
         for pair, share in pairs.items():
             lines.append(f"agreement {framework} ({pair}): {_fmt(share)}")
