@@ -49,6 +49,8 @@ async def _review(args: argparse.Namespace) -> dict[str, Any]:
         "judge_model": judgement.judge_model,
         "latency_ms": {"review": judgement.review_ms, "rewrite": judgement.rewrite_ms},
     }
+    if judgement.readings:  # with a second opinion: each layout's P(unethical)
+        out["readings"] = judgement.readings
     if judgement.rewrite is not None:
         out["rewrite"] = judgement.rewrite
     return out

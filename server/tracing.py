@@ -156,6 +156,8 @@ def record_judgement(current: Span, judgement: Judgement) -> None:
         attributes["conscience.confidence"] = judgement.confidence
     if judgement.screen:
         attributes["conscience.screen_rules"] = list(judgement.screen)
+    if judgement.readings:  # a second opinion was configured: was it asked?
+        attributes["conscience.second_opinion"] = len(judgement.readings) > 1
     if judgement.action is not None:
         attributes["conscience.action"] = judgement.action.value
     current.set_attributes({k: v for k, v in attributes.items() if v is not None})

@@ -345,3 +345,22 @@ def test_an_exporter_it_cannot_build_is_a_config_error(environ: dict[str, str]) 
     with pytest.raises(ConfigError):
         tracing.install_from_env(environ)
     assert not tracing.recording()
+
+
+def test_a_second_opinion_is_traced_when_one_is_configured() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from conscience.judgement import Judgement
+
+    tracer = TracerProvider().get_tracer("test")
+    base = {"framework": "three-laws", "layout": "follow-up-brief", "messages": [], "answer": ""}
+    for readings, asked in (
+        ({"follow-up-brief": 0.55, "paper": 0.7}, True),
+        ({"follow-up-brief": 0.2}, False),
+        (None, None),
+    ):
+        span = tracer.start_span("conscience.review")
+        judgement = Judgement(**base, verdict="ethical", readings=readings)
+        tracing.record_judgement(span, judgement)
+        assert span.attributes.get("conscience.second_opinion") == asked  # type: ignore[attr-defined]
+        span.end()
