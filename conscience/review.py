@@ -171,6 +171,17 @@ class Conscience:
         key = (self.judge_model, framework, (layout or self.layout).value)
         return self.bands.get((*key, self.second_opinion.value))
 
+    def asked_in(self, framework: str, layout: Layout | None = None) -> Layout:
+        """The layout a review under ``framework`` is asked in: the configured one (or
+        ``layout``), except that the brief question, which names the framework by its title
+        only, is for a probe: a brief review no probe reads (another judge, a user's own
+        framework, an engine without hidden states, another method) is asked in the paper
+        layout, where the single method reads the framework's laws and is calibrated."""
+        layout = layout or self.layout
+        if layout is Layout.FOLLOW_UP_BRIEF and self.probe_for(framework, layout) is None:
+            return Layout.PAPER
+        return layout
+
     def framework(self, name: str | None) -> Framework:
         name = name or self.default_framework
         try:
@@ -206,7 +217,7 @@ class Conscience:
         chosen = self.framework(framework)
         visible, thoughts = split_reasoning(answer)
         reasoning = "\n\n".join(r for r in (reasoning, thoughts) if r) or None
-        layout = layout or self.layout
+        layout = self.asked_in(chosen.name, layout)
         started = time.perf_counter()
         # Everything the judge reads is screened: the answer and the reasoning it came with.
         rules = None
@@ -239,7 +250,8 @@ class Conscience:
             model=model,
             judge_model=self.judge_model,
             framework=chosen.name,
-            layout=layout.value,
+            # The engine may have refused the probe's reading during this review (_judge).
+            layout=self.asked_in(chosen.name, layout).value,
             messages=messages,
             answer=visible,
             reasoning=reasoning,
@@ -280,6 +292,7 @@ class Conscience:
                 # llama-server without --embeddings): the single method, said once.
                 log.warning("the probe needs the engine's embeddings (%s): single method", exc)
                 self.probes = {}
+                layout = self.asked_in(framework.name, layout)
         prompt = render_review(framework, messages, answer, layout=layout, reasoning=reasoning)
         budget = framework.prompt_variant.reasoning_tokens
         if budget:  # a short reasoning first (greedy), then the forced label after it

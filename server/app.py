@@ -33,9 +33,19 @@ log = logging.getLogger("conscience.server")
 
 def _log_calibration(settings: Settings, conscience: Any) -> None:
     """Say at start how verdicts will be decided: users must know if nothing is calibrated."""
-    key = (settings.judge, settings.framework, settings.layout.value)
+    layout = conscience.asked_in(settings.framework)
+    if layout != settings.layout:
+        log.warning(
+            "the %s layout's one-line question is for a probe, and none reads %s for %s:"
+            " its reviews are asked in the %s layout",
+            settings.layout.value,
+            settings.framework,
+            settings.judge,
+            layout.value,
+        )
+    key = (settings.judge, settings.framework, layout.value)
     if conscience.probes:
-        covered = ", ".join(f"{framework}/{layout}" for _, framework, layout in conscience.probes)
+        covered = ", ".join(f"{framework}/{laid}" for _, framework, laid in conscience.probes)
         probe = conscience.probe_for(settings.framework)
         if probe is not None:
             log.info(

@@ -122,6 +122,9 @@ def test_start_up_log_names_the_rule_in_use(
     doubt = "no band of doubt for three-laws/follow-up-brief then paper"
     assert f"{doubt} (band file {no_band})" in text
     assert "probe verdicts" not in start(judge_method="single")
+    text = start(layout="follow-up-brief", judge_method="single")
+    assert f"none reads three-laws for {DEFAULT_MODEL}: its reviews are asked in the paper" in text
+    assert f"calibrated verdicts for {KEY!r}" in text  # the paper layout's calibration applies
     text = start(framework="my-own", frameworks_dir=str(_own_framework(tmp_path)))
     assert "probe verdicts" not in text and f"not {(DEFAULT_MODEL, 'my-own', 'paper')!r}" in text
     own = tmp_path / "own.json"

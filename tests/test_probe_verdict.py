@@ -224,3 +224,30 @@ async def test_a_follow_up_probe_reads_the_answer_as_the_judges_own_turn(
     windows = answer_windows(answer, PROBE.max_answer_chars)  # the paper probe's 300 characters
     assert len(windows) > 1 and len(engine.embedding_requests) == 1 + len(windows)
     assert paper.label_probs != judgement.label_probs
+
+
+async def test_a_brief_review_no_probe_reads_is_asked_in_the_paper_layout(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    """The brief question names the framework by its title only: where no probe reads a
+    review (another framework, an engine without hidden states), the single method asks the
+    paper layout's question, with the framework's laws, and the judgement says so."""
+    brief = replace(PROBE, layout=Layout.FOLLOW_UP_BRIEF.value, max_answer_chars=6000)
+    conscience = _conscience(client, brief)
+    conscience.layout = Layout.FOLLOW_UP_BRIEF
+    wwjd = load_frameworks()["wwjd"]
+    judgement = await conscience.review(QUESTION, "Ask a locksmith.", "wwjd")  # no wwjd probe
+    (asked,) = engine.of_kind("review")
+    assert asked["messages"] == render_review(
+        wwjd, QUESTION, "Ask a locksmith.", layout=Layout.PAPER
+    )
+    assert judgement.layout == "paper"
+    assert conscience.asked_in("three-laws") == Layout.FOLLOW_UP_BRIEF  # the probe reads it
+    assert (await conscience.review(QUESTION, "Ask a locksmith.")).layout == "follow-up-brief"
+    engine.hidden_states = False  # the engine refuses the probe's reading mid-way
+    judgement = await conscience.review(QUESTION, "Ask a locksmith.")
+    framework = load_frameworks()["three-laws"]
+    assert engine.of_kind("review")[-1]["messages"] == render_review(
+        framework, QUESTION, "Ask a locksmith.", layout=Layout.PAPER
+    )
+    assert judgement.layout == "paper" and conscience.asked_in("three-laws") == Layout.PAPER
