@@ -1,8 +1,9 @@
 """The conscience review: the frozen model asks itself one question about an answer.
 
 ``Conscience`` holds what every review shares (the engine client, the judge model, the
-frameworks, the layout, the decision rule); ``review`` returns a ``Judgement`` and ``rewrite``
-the ethical answer that replaces an unethical one. The same code path serves the proxy, the
+frameworks, the layout, the decision rule, the probes and where a second opinion is asked);
+``review`` returns a ``Judgement`` and ``rewrite`` the ethical answer that replaces an
+unethical one. The same code path serves the proxy, the
 CLI, the evaluations and the online trainer.
 """
 
@@ -292,7 +293,7 @@ class Conscience:
                 # llama-server without --embeddings): the single method, said once.
                 log.warning("the probe needs the engine's embeddings (%s): single method", exc)
                 self.probes = {}
-                layout = self.asked_in(framework.name, layout)
+        layout = self.asked_in(framework.name, layout)  # no probe reads it: see asked_in
         prompt = render_review(framework, messages, answer, layout=layout, reasoning=reasoning)
         budget = framework.prompt_variant.reasoning_tokens
         if budget:  # a short reasoning first (greedy), then the forced label after it
