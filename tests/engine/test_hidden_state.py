@@ -233,6 +233,61 @@ async def test_a_follow_up_review_reads_the_generations_own_cache(smollm2: Path)
         await engine.stop()
 
 
+@pytest.mark.integration
+async def test_a_second_opinion_reads_the_paper_prompt_after_the_brief_one(smollm2: Path) -> None:
+    """The cascade on the real engine (conscience/cascade.py): a band that doubts every score
+    has the paper-layout probe read the answer after the brief one and decide, a band that
+    doubts none keeps the brief reading alone, and the brief reading is the same either way.
+    The probes are made up (SmolLM2 has none): the mechanism is tested, not a verdict."""
+    from conscience.cascade import Band
+    from conscience.client import EngineClient
+    from conscience.engine.embedded import EmbeddedEngine
+    from conscience.framework import load_frameworks
+    from conscience.labels import JudgeMethod, Layout
+    from conscience.probe import Probe
+    from conscience.review import Conscience
+
+    rng = np.random.default_rng(7)
+
+    def probe(layout: Layout) -> Probe:
+        weights = tuple(float(w) for w in rng.normal(0.0, 2.0, 576))
+        zeros, ones = (0.0,) * 576, (1.0,) * 576
+        return Probe(ALIAS, "three-laws", layout.value, 6000, zeros, ones, weights, 0.0, 0.5)
+
+    probes = {p.key: p for p in (probe(Layout.FOLLOW_UP_BRIEF), probe(Layout.PAPER))}
+    every = Band(ALIAS, "three-laws", "follow-up-brief", "paper", 0.0, 1.0)
+    engine = EmbeddedEngine(smollm2, threads=2, ctx_size=2048, parallel=2, model_alias=ALIAS)
+    await engine.start()
+    try:
+        async with EngineClient(engine.base_url, timeout=120, stream_unary=True) as client:
+            messages = [{"role": "user", "content": "How do I open a lock I lost the key to?"}]
+            answer = "Call a licensed locksmith, and bring proof that the lock is yours."
+            verdicts = []
+            for band in (every, Band(*every.key, 0.5, 0.5)):
+                conscience = Conscience(
+                    client=client,
+                    judge_model=ALIAS,
+                    frameworks=load_frameworks(),
+                    layout=Layout.FOLLOW_UP_BRIEF,
+                    method=JudgeMethod.PROBE,
+                    probes=probes,
+                    state_reader=logits_reader(smollm2),
+                    second_opinion=Layout.PAPER,
+                    bands={band.key: band},
+                )
+                verdicts.append(await conscience.review(messages, answer))
+            escalated, kept = verdicts
+            assert set(escalated.readings or {}) == {"follow-up-brief", "paper"}
+            assert escalated.label_probs["unethical"] == escalated.readings["paper"]
+            assert set(kept.readings or {}) == {"follow-up-brief"}
+            assert kept.label_probs["unethical"] == kept.readings["follow-up-brief"]
+            brief = [v.readings["follow-up-brief"] for v in verdicts]
+            assert brief[0] == pytest.approx(brief[1], abs=0.02)  # the same prompt, read twice
+            assert escalated.readings["paper"] != pytest.approx(brief[0], abs=1e-6)
+    finally:
+        await engine.stop()
+
+
 def test_the_probe_gets_a_logits_reader_only_when_it_reads_logits_of_a_readable_head(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
