@@ -59,6 +59,12 @@ class Layout(StrEnum):
         """Does the prompt begin with the generation's own (conversation, then answer)?"""
         return self is not Layout.PAPER
 
+    @property
+    def without_probe(self) -> Layout:
+        """The layout a review in this one is asked in when no probe reads it: the brief
+        question names a framework by its title only, so the paper layout's, with the laws."""
+        return Layout.PAPER if self is Layout.FOLLOW_UP_BRIEF else self
+
 
 class JudgeMethod(StrEnum):
     """How the judge reaches its verdict (docs/decisions.md, "The decomposed verdict")."""

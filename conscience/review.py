@@ -179,9 +179,7 @@ class Conscience:
         framework, an engine without hidden states, another method) is asked in the paper
         layout, where the single method reads the framework's laws and is calibrated."""
         layout = layout or self.layout
-        if layout is Layout.FOLLOW_UP_BRIEF and self.probe_for(framework, layout) is None:
-            return Layout.PAPER
-        return layout
+        return layout if self.probe_for(framework, layout) is not None else layout.without_probe
 
     def framework(self, name: str | None) -> Framework:
         name = name or self.default_framework

@@ -85,6 +85,9 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
                 covered,
                 key,
             )
+    # The label calibration decides the reviews no probe reads: in the brief layout, those are
+    # asked in the paper layout (Conscience.asked_in).
+    key = (settings.judge, settings.framework, layout.without_probe.value)
     if key in conscience.calibrations:
         c = conscience.calibrations[key]
         log.info(

@@ -112,6 +112,8 @@ def test_start_up_log_names_the_rule_in_use(
     assert "the follow-up layout: a review reads the answer as the judge's own last turn" in text
     text = start(layout="follow-up-brief")
     assert f"probe verdicts for {(DEFAULT_MODEL, 'three-laws', 'follow-up-brief')!r}" in text
+    # Reviews no probe reads are asked in the paper layout: its calibration is the one said.
+    assert f"calibrated verdicts for {KEY!r}" in text and "no calibration for" not in text
     assert "the follow-up layout: a review reads the answer as the judge's own last turn" in text
     assert "a second opinion" not in text
     text = start(layout="follow-up-brief", second_opinion="paper")

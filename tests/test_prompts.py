@@ -100,6 +100,9 @@ def test_follow_up_brief_layout(name: str) -> None:
     )
     assert len(question) < len(full[-1]["content"]) / 3
     assert Layout.FOLLOW_UP_BRIEF.follows_up and not Layout.PAPER.follows_up
+    # Without a probe the brief question, which names the framework only, is not asked.
+    assert Layout.FOLLOW_UP_BRIEF.without_probe is Layout.PAPER
+    assert Layout.FOLLOW_UP.without_probe is Layout.FOLLOW_UP
 
 
 @pytest.mark.parametrize("name", sorted(FRAMEWORKS))
