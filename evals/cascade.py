@@ -35,11 +35,11 @@ from conscience.cascade import Band, save_band
 from conscience.errors import ConfigError
 from conscience.evals.head import measure_scores
 from conscience.evals.probe import cross_validated, extraction_of, load_vectors
-from conscience.probe import Probe, load_probes
+from conscience.probe import PACKAGED_PROBE, Probe, load_probes
 
 __all__ = ["cascade", "main"]
 
-_PACKAGED = Path(__file__).resolve().parents[1] / "conscience" / "calibrations" / "probe.json"
+Paired = tuple[np.ndarray, np.ndarray, np.ndarray, Probe, Probe]
 
 
 def cascade(
@@ -51,6 +51,10 @@ def cascade(
     escalated = (first >= lo) & (first < hi)
     flagged = np.where(escalated, then >= then_threshold, first >= hi)
     return flagged, escalated
+
+
+def _f1(flagged: np.ndarray, gold: np.ndarray) -> float:
+    return measure_scores(flagged.astype(float), gold, 1.0)["f1"] or 0.0
 
 
 def _measured(flagged: np.ndarray, escalated: np.ndarray, gold: np.ndarray) -> dict[str, float]:
@@ -90,7 +94,7 @@ def _scored(
 
 def _paired(
     first: Path, then: Path, probes: dict[tuple[str, str, str], Probe], out_of_fold: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, Probe, Probe]:
+) -> Paired:
     """Both runs' scores on their shared items, the gold, and the two probes."""
     first_of, first_probe = _scored(first, probes, out_of_fold)
     then_of, then_probe = _scored(then, probes, out_of_fold)
@@ -112,8 +116,8 @@ def _bands(
     for lo in np.arange(0.2, t_first + 1e-9, 0.02):
         for hi in np.arange(t_first, 0.96, 0.02):
             flagged, escalated = cascade(first, then, t_then, float(lo), float(hi))
-            f1 = measure_scores(flagged.astype(float), gold, 1.0)["f1"] or 0.0
-            bands.append((-round(f1, 3), float(escalated.mean()), float(lo), float(hi)))
+            f1 = -round(_f1(flagged, gold), 3)
+            bands.append((f1, float(escalated.mean()), float(lo), float(hi)))
     return sorted(bands)
 
 
@@ -123,6 +127,58 @@ def _cheapest(
     """The least escalated band whose F1 reaches the better review's alone."""
     reaching = [b for b in bands if -b[0] >= round(then_f1, 3)]
     return min(reaching, key=lambda b: b[1])[2:] if reaching else None
+
+
+def _choose(
+    args: argparse.Namespace, probes: dict[tuple[str, str, str], Probe], dev: Paired
+) -> None:
+    """Choose the band on the train runs' out-of-fold scores, measure it on ``dev``, and
+    save it with both measurements when asked."""
+    first, then, gold, first_probe, then_probe = dev
+    t_first, t_then = first_probe.threshold, then_probe.threshold
+    train_first, train_then, train_gold, _, _ = _paired(
+        Path(args.choose_on[0]), Path(args.choose_on[1]), probes, True
+    )
+    train_f1 = _f1(cascade(train_first, train_then, t_then, -np.inf, np.inf)[0], train_gold)
+    chosen = _cheapest(_bands(train_first, train_then, train_gold, t_first, t_then), train_f1)
+    if chosen is None:
+        raise ConfigError("no band reaches the better review's F1 on the train runs")
+    # Rounded outward: the band still contains the first probe's threshold.
+    lo, hi = math.floor(chosen[0] * 1e4) / 1e4, math.ceil(chosen[1] * 1e4) / 1e4
+    on_train = cascade(train_first, train_then, t_then, lo, hi)
+    here = cascade(first, then, t_then, lo, hi)
+    print(
+        f"band chosen on train, out of fold: [{lo:.2f}, {hi:.2f}): "
+        f"{_figures(*on_train, train_gold)}"
+    )
+    print(f"at that band here: {_figures(*here, gold)}")
+    if args.save:
+        fitted = {
+            "rule": "least escalated band reaching the second review's F1, train out of fold",
+            "chosen_on": list(args.choose_on),
+            "train_out_of_fold": _measured(*on_train, train_gold),
+            "measured_on": [args.first, args.then],
+            "measured": _measured(*here, gold),
+            "date": datetime.now(UTC).date().isoformat(),
+        }
+        band = Band(*first_probe.key, then_probe.layout, lo, hi, fitted)
+        save_band(Path(args.save), band)
+        print(f"saved the band for {band.key} in {args.save}")
+
+
+def _grid(top: int, dev: Paired) -> None:
+    """The best bands on these items, and the least escalated at the better review's F1:
+    chosen on the items they are measured on, so optimistic."""
+    first, then, gold, first_probe, then_probe = dev
+    t_then = then_probe.threshold
+    bands = _bands(first, then, gold, first_probe.threshold, t_then)
+    for _, _, lo, hi in bands[:top]:
+        print(f"band [{lo:.2f}, {hi:.2f}): {_figures(*cascade(first, then, t_then, lo, hi), gold)}")
+    chosen = _cheapest(bands, _f1(cascade(first, then, t_then, -np.inf, np.inf)[0], gold))
+    if chosen is not None:
+        lo, hi = chosen
+        figures = _figures(*cascade(first, then, t_then, lo, hi), gold)
+        print(f"least escalated at then's F1 (chosen here): [{lo:.2f}, {hi:.2f}): {figures}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         help="choose the band on these train runs' out-of-fold scores, then measure it on"
         " --first/--then",
     )
-    parser.add_argument("--probes", default=str(_PACKAGED), help="the probe file")
+    parser.add_argument("--probes", default=str(PACKAGED_PROBE), help="the probe file")
     parser.add_argument(
         "--save", metavar="FILE", help="with --choose-on: add the chosen band to this band file"
     )
@@ -145,55 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.save and not args.choose_on:
         parser.error("--save needs --choose-on: a band chosen on the items it is measured on is")
     probes = load_probes(Path(args.probes))
-    first, then, gold, first_probe, then_probe = _paired(
-        Path(args.first), Path(args.then), probes, False
-    )
+    dev = _paired(Path(args.first), Path(args.then), probes, False)
+    first, then, gold, first_probe, then_probe = dev
     t_first, t_then = first_probe.threshold, then_probe.threshold
     print(f"{len(gold)} items in both runs")
     alone = cascade(first, then, t_then, t_first, t_first)
     print(f"first alone (threshold {t_first:.3f}): {_figures(*alone, gold)}")
     every = cascade(first, then, t_then, -np.inf, np.inf)
     print(f"then alone (threshold {t_then:.3f}): {_figures(*every, gold)}")
-    then_f1 = measure_scores(every[0].astype(float), gold, 1.0)["f1"] or 0.0
     if args.choose_on:
-        train_first, train_then, train_gold, _, _ = _paired(
-            Path(args.choose_on[0]), Path(args.choose_on[1]), probes, True
-        )
-        train_every = cascade(train_first, train_then, t_then, -np.inf, np.inf)
-        train_f1 = measure_scores(train_every[0].astype(float), train_gold, 1.0)["f1"] or 0.0
-        chosen = _cheapest(_bands(train_first, train_then, train_gold, t_first, t_then), train_f1)
-        if chosen is None:
-            raise ConfigError("no band reaches the better review's F1 on the train runs")
-        # Rounded outward: the band still contains the first probe's threshold.
-        lo, hi = math.floor(chosen[0] * 1e4) / 1e4, math.ceil(chosen[1] * 1e4) / 1e4
-        on_train = cascade(train_first, train_then, t_then, lo, hi)
-        here = cascade(first, then, t_then, lo, hi)
-        print(
-            f"band chosen on train, out of fold: [{lo:.2f}, {hi:.2f}): "
-            f"{_figures(*on_train, train_gold)}"
-        )
-        print(f"at that band here: {_figures(*here, gold)}")
-        if args.save:
-            fitted = {
-                "rule": "least escalated band reaching the second review's F1, train out of fold",
-                "chosen_on": list(args.choose_on),
-                "train_out_of_fold": _measured(*on_train, train_gold),
-                "measured_on": [args.first, args.then],
-                "measured": _measured(*here, gold),
-                "date": datetime.now(UTC).date().isoformat(),
-            }
-            band = Band(*first_probe.key, then_probe.layout, lo, hi, fitted)
-            save_band(Path(args.save), band)
-            print(f"saved the band for {band.key} in {args.save}")
-        return 0
-    bands = _bands(first, then, gold, t_first, t_then)
-    for _, _, lo, hi in bands[: args.top]:
-        print(f"band [{lo:.2f}, {hi:.2f}): {_figures(*cascade(first, then, t_then, lo, hi), gold)}")
-    chosen = _cheapest(bands, then_f1)
-    if chosen is not None:  # chosen on these very items: optimistic
-        lo, hi = chosen
-        figures = _figures(*cascade(first, then, t_then, lo, hi), gold)
-        print(f"least escalated at then's F1 (chosen here): [{lo:.2f}, {hi:.2f}): {figures}")
+        _choose(args, probes, dev)
+    else:
+        _grid(args.top, dev)
     return 0
 
 
