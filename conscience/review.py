@@ -216,7 +216,7 @@ class Conscience:
         chosen = self.framework(framework)
         visible, thoughts = split_reasoning(answer)
         reasoning = "\n\n".join(r for r in (reasoning, thoughts) if r) or None
-        layout = self.asked_in(chosen.name, layout)
+        layout = layout or self.layout  # _judge asks where no probe reads it (asked_in)
         started = time.perf_counter()
         # Everything the judge reads is screened: the answer and the reasoning it came with.
         rules = None
@@ -249,8 +249,7 @@ class Conscience:
             model=model,
             judge_model=self.judge_model,
             framework=chosen.name,
-            # The engine may have refused the probe's reading during this review (_judge).
-            layout=self.asked_in(chosen.name, layout).value,
+            layout=self.asked_in(chosen.name, layout).value,  # as _judge decided
             messages=messages,
             answer=visible,
             reasoning=reasoning,

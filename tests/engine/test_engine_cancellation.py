@@ -178,8 +178,9 @@ async def test_a_streamed_chat_assembles_into_the_unary_answer(
         assert other["object"] == "text_completion"
 
 
-# A leave a fifth into a prefill must free the engine within this share of the prefill's time:
-# the 0.8 left would run out without the cancellation (measured: 1.2 of it for a unary reading).
+# A request left a fifth into its prefill must free the engine within this share of the
+# prefill's time: the 0.8 left would run out without the cancellation (measured: 1.2 of it for
+# a unary reading).
 LEFT_WITHIN = 0.6
 
 
