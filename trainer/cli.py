@@ -94,6 +94,8 @@ def _config(args: argparse.Namespace) -> Any:
         given["use_rslora"] = True
     if args.gradient_checkpointing:
         given["gradient_checkpointing"] = True
+    if args.shard_base:
+        given["shard_base"] = True
     if given.get("init_adapter") == "current":
         given["init_adapter"] = _current_adapter(Path(args.out).parent)
     return TrainConfig(
@@ -155,9 +157,9 @@ def _check_online(args: argparse.Namespace) -> None:
         raise ConscienceError("--online needs --task-data FILE.jsonl (the task set)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the launcher's variable (distributed.py)
         raise ConscienceError("--online runs on one process: not under torchrun/accelerate")
-    for name in ("pairs", "publish", "limit"):
+    for name in ("pairs", "publish", "limit", "shard_base"):
         if getattr(args, name):
-            raise ConscienceError(f"--{name} does not go with --online")
+            raise ConscienceError(f"--{name.replace('_', '-')} does not go with --online")
     if args.judge_url and args.judge_gguf:
         raise ConscienceError("give the judge as --judge-url or as --judge-gguf, not both")
 
@@ -294,6 +296,12 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
         "--gradient-checkpointing",
         action="store_true",
         help="recompute activations in the backward (memory for compute; big models)",
+    )
+    train.add_argument(
+        "--shard-base",
+        action="store_true",
+        help="under torchrun/accelerate: split the frozen base over the processes (FSDP), for "
+        "a model one device cannot hold",
     )
     online = train.add_argument_group("the paper's run (--online): SFT + conscience DPO")
     online.add_argument(

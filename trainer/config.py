@@ -55,6 +55,9 @@ class TrainConfig:
     dtype: str = "auto"  # "auto" = bf16 on CUDA and on CPUs with native bf16, else fp32
     device: str = "auto"  # "auto" = cuda if available, else cpu
     gradient_checkpointing: bool = False  # trade compute for memory on long pairs / big models
+    # Under a launcher: the frozen base split over the processes (FSDP), for a model one device
+    # cannot hold; the reference then runs live with each step (every pass is a collective).
+    shard_base: bool = False
     dense_cache: str | None = None  # where a GGUF's dense checkpoint is kept (None: model cache)
     # --- bookkeeping
     seed: int = 0  # seeds LoRA init and the data order: the same seed, the same adapter

@@ -17,6 +17,13 @@ step, with nothing for DDP's bucketing to overlap.
 Only rank 0 writes (adapter, checkpoints, metrics, report), publishes and marks pairs consumed;
 the launcher's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``...) says
 whether and how to join. Backend: NCCL on CUDA, gloo on CPU.
+
+A model one device cannot hold (``shard_base``): the frozen base's weights are split over the
+ranks with FSDP (``fully_shard``), each transformer block its own unit and the decoder's
+embeddings and norm the root; a block's weights are gathered for its forward and again for its
+backward, then dropped. The adapter stays whole on every rank (FSDP ignores it) and its
+gradients are summed as above, so the step is the same one. Every forward and backward is then
+a collective: the ranks must run as many of them, in the same order (``idle_passes``).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["Ranks", "join", "leave"]
+__all__ = ["Ranks", "join", "leave", "shard_base"]
 
 T = TypeVar("T")
 
@@ -48,6 +55,12 @@ class Ranks:
     def share(self, micro_batches: list[list[int]]) -> list[list[int]]:
         """This rank's micro-batches of one optimizer step (maybe none, in a short last step)."""
         return micro_batches[self.rank :: self.world]
+
+    def idle_passes(self, micro_batches: list[list[int]]) -> int:
+        """Passes this rank runs without pairs of its own in a step, so that it runs as many as
+        the busiest rank: with a sharded base every pass gathers weights from all ranks."""
+        busiest = -(-len(micro_batches) // self.world)
+        return busiest - len(self.share(micro_batches))
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -128,3 +141,48 @@ def leave() -> Ranks:
         torch.distributed.barrier()  # no rank tears the group down under another's last call
         torch.distributed.destroy_process_group()
     return ranks
+
+
+def _blocks(base: Any) -> list[torch.nn.Module]:
+    """The decoder's transformer blocks: the classes the model names as never to be split
+    (``_no_split_modules``, what accelerate wraps for FSDP too)."""
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    return [m for m in base.get_decoder().modules() if type(m).__name__ in names]
+
+
+def _bytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def shard_base(model: Any, device: torch.device) -> tuple[int, int]:
+    """Split the frozen base of ``model`` (a peft model, on the CPU) over the ranks, and move
+    it to ``device``: each block its own FSDP unit, the decoder the root; the adapter's
+    parameters (the trainable ones) stay whole and are moved as they are. An LM head outside
+    the decoder stays whole too (with tied embeddings it keeps the full matrix the decoder
+    shards). Returns the base's bytes held on this rank and the whole base's.
+
+    Call it after the adapter exists and before the first forward, on every rank alike.
+    """
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    base = model.get_base_model()
+    blocks = _blocks(base)
+    if not blocks:
+        raise ValueError(f"{type(base).__name__} names no transformer block to shard")
+    frozen = {id(p): p for p in model.parameters() if not p.requires_grad}
+    whole = _bytes(list(frozen.values()))
+    adapter = {p for p in model.parameters() if p.requires_grad}
+    for block in blocks:
+        fully_shard(block, ignored_params=adapter)
+    fully_shard(base.get_decoder(), ignored_params=adapter)
+    # What FSDP does not manage (the adapter, a head outside the decoder) goes as it is.
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if not isinstance(tensor, DTensor) and tensor.device != device:
+            tensor.data = tensor.data.to(device)
+    here = {
+        id(p): p.to_local() if isinstance(p, DTensor) else p
+        for p in model.parameters()
+        if not p.requires_grad
+    }
+    return _bytes(list(here.values())), whole

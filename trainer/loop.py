@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from conscience.errors import ConfigError
 from conscience.progress import Progress
 from conscience.trainer.budget import Budget
 from conscience.trainer.checkpoint import (
@@ -32,7 +33,7 @@ from conscience.trainer.checkpoint import (
 )
 from conscience.trainer.config import TrainConfig
 from conscience.trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
-from conscience.trainer.distributed import join
+from conscience.trainer.distributed import join, shard_base
 from conscience.trainer.loss import (
     chunked_sequence_logps,
     combined_loss,
@@ -42,7 +43,13 @@ from conscience.trainer.loss import (
     sft_loss,
 )
 from conscience.trainer.metrics import MetricsLog, plot_metrics, write_report
-from conscience.trainer.model import load_tokenizer, pad_id, prepare_training, resolve_dtype
+from conscience.trainer.model import (
+    load_tokenizer,
+    pad_id,
+    prepare_training,
+    resolve_device,
+    resolve_dtype,
+)
 from conscience.trainer.schedule import lr_at, plan_steps
 
 logger = logging.getLogger("conscience.trainer")
@@ -304,11 +311,15 @@ def train(
     steps done, whatever the plan held (a budget or ``max_steps`` leaves the rest unlearned).
 
     Under ``torchrun`` / ``accelerate launch`` every process runs this with its share of each
-    step (``trainer/distributed.py``); only rank 0 writes anything.
+    step (``trainer/distributed.py``); only rank 0 writes anything. With ``shard_base`` the
+    processes split the frozen base between them, and the reference runs with each step.
     """
     started = time.perf_counter()
     budget = Budget(config.max_minutes * 60 if config.max_minutes else None)
     ranks = join()
+    sharded = config.shard_base
+    if sharded and ranks.world == 1:
+        raise ConfigError("shard_base splits the model over processes: run under torchrun")
     out = config.out_path
     out.mkdir(parents=True, exist_ok=True)
     rows = read_jsonl(pairs) if isinstance(pairs, str | Path) else list(pairs)
@@ -337,7 +348,12 @@ def train(
         return report
 
     # --- model: base weights frozen, a fresh seeded LoRA adapter on top (the same on every rank)
-    model, params, optimizer, device = prepare_training(config, ranks.device(config.device))
+    device = ranks.device(config.device) or resolve_device(config)
+    cpu = torch.device("cpu")
+    model, params, optimizer, _ = prepare_training(config, device, load_on=cpu if sharded else None)
+    if sharded:  # loaded whole on the CPU, then each rank keeps its part on its device
+        held, whole = shard_base(model, device)
+        report["base_bytes"] = {"whole": whole, "rank0": held}
     ranks.sync_params(params)
     pad = pad_id(tokenizer)
 
@@ -350,7 +366,9 @@ def train(
     )
     plan, start_step = progress.plan, progress.start
     ref_seconds = 0.0
-    if config.precompute_ref and progress.ref is None:
+    if sharded:  # a pass per pair ahead would differ between ranks: the reference runs live
+        progress.ref = None
+    elif config.precompute_ref and progress.ref is None:
         progress.ref = (
             torch.full((len(dataset),), torch.nan),
             torch.full((len(dataset),), torch.nan),
@@ -434,6 +452,10 @@ def train(
                 ("chosen_logps", terms.policy_chosen), ("rejected_logps", terms.policy_rejected),
             ):  # fmt: skip
                 sums[key] += float(values.detach().sum())  # a sync point, once per micro-batch
+        for _ in range(ranks.idle_passes(plan[step]) if sharded else 0):
+            # No pairs of its own left: a pass that moves nothing, for the others' collectives.
+            batch = collate([dataset[i] for i in plan[step][0]], pad).to(device)
+            (pair_terms(model, batch, config.beta).dpo.sum() * 0.0).backward()
         ranks.sum_gradients(params)  # every rank's share of the step: the step's gradient
         sums = ranks.sum_values(sums, device)
         tokens = int(sums.pop("tokens"))
@@ -468,6 +490,8 @@ def train(
             on_step(done, record)
     if bar is not None:
         bar.close()
+    if sharded:  # the measurement's passes must be the same on every rank: rank 0's warm start
+        progress.warm = ranks.broadcast(progress.warm)
     trained = sorted({i for micro in plan[:done] for indices in micro for i in indices})
     report.update(
         pairs_used=len(trained),
@@ -481,6 +505,8 @@ def train(
             write_report(out, report)
         return report
     if log is None:  # not rank 0: rank 0 writes the result
+        if sharded:  # the measurement's passes gather weights from every rank: run them too
+            after_training(model, dataset, trained, ref, config, pad, device, progress.warm)
         report.update(steps=done, seconds=time.perf_counter() - started)
         return report
 

@@ -131,13 +131,14 @@ def load_model(config: TrainConfig, device: torch.device, dtype: torch.dtype) ->
 
 
 def prepare_training(
-    config: TrainConfig, device: torch.device | None = None
+    config: TrainConfig, device: torch.device | None = None, *, load_on: torch.device | None = None
 ) -> tuple[Any, list[torch.nn.Parameter], torch.optim.Optimizer, torch.device]:
     """The model (base frozen, fresh seeded LoRA adapter, train mode), its trainable
     parameters and their AdamW optimizer, on ``device`` (default: the configured one) and
-    the configured dtype."""
+    the configured dtype for it; ``load_on`` another device (the CPU, for a base to be split
+    over several processes onto theirs) leaves the model there."""
     device = device or resolve_device(config)
-    model = load_model(config, device, resolve_dtype(config, device))
+    model = load_model(config, load_on or device, resolve_dtype(config, device))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -34,22 +34,24 @@ async def _store(path, pair_texts):
     return store
 
 
-@pytest.mark.slow
-async def test_two_processes_train_what_one_does_with_twice_the_accumulation(
-    tiny_model_dir, tmp_path, pair_texts
-):
-    # The same stored pairs twice: one store for each way of training.
+async def _train_both_ways(tiny_model_dir, tmp_path, pair_texts, *flags: str, **settings):
+    """The same stored pairs trained by two processes under torchrun with ``flags`` (one
+    micro-batch each a step) and by one process with twice the accumulation: (the two
+    processes' printed summary, their report, the one process's report)."""
     one_store = await _store(tmp_path / "one.sqlite3", pair_texts)
     await one_store.close()
     for path in tmp_path.glob("one.sqlite3*"):
         shutil.copy(path, tmp_path / path.name.replace("one", "two"))
+    settings = SETTINGS | settings
+    limit = settings.pop("limit", None)
 
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "conscience.cli", "train", "--store", str(tmp_path / "two.sqlite3"),
         "--base-model", str(tiny_model_dir), "--out", str(tmp_path / "two"), "--run-id", "two",
-        "--grad-accum", "1", "--quiet",
-        *(f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()),
+        "--grad-accum", "1", "--quiet", *flags,
+        *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items()),
+        *([f"--limit={limit}"] if limit else []),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONSCIENCE_")}
     done = subprocess.run(
@@ -63,16 +65,16 @@ async def test_two_processes_train_what_one_does_with_twice_the_accumulation(
     try:
         config = TrainConfig(
             model=str(tiny_model_dir), out_dir=str(tmp_path / "one"), grad_accum=2,
-            progress=False, **SETTINGS,
+            progress=False, **settings,
         )  # fmt: skip
-        one = await job.train_from_store(store, config, "one")
+        one = await job.train_from_store(store, config, "one", limit=limit)
     finally:
         await store.close()
-
     two = json.loads((tmp_path / "two" / "report.json").read_text())
-    assert two["processes"] == 2 and summary["status"] == "trained"
-    assert (two["steps"], two["pairs_used"], two["consumed"]) == (one["steps"], 6, 6) == (6, 6, 6)
-    assert summary["consumed"] == 6
+    return summary, two, one
+
+
+def _same_adapter(tmp_path) -> None:
     got = load_file(str(tmp_path / "two" / "adapter_model.safetensors"))
     want = load_file(str(tmp_path / "one" / "adapter_model.safetensors"))
     assert got.keys() == want.keys()
@@ -80,6 +82,17 @@ async def test_two_processes_train_what_one_does_with_twice_the_accumulation(
         assert not torch.equal(want[name], torch.zeros_like(want[name])) or "lora_A" in name
         relative = float((got[name] - want[name]).norm() / want[name].norm())
         assert relative <= 1e-4, f"{name}: {relative:.2e}"
+
+
+@pytest.mark.slow
+async def test_two_processes_train_what_one_does_with_twice_the_accumulation(
+    tiny_model_dir, tmp_path, pair_texts
+):
+    summary, two, one = await _train_both_ways(tiny_model_dir, tmp_path, pair_texts)
+    assert two["processes"] == 2 and summary["status"] == "trained"
+    assert (two["steps"], two["pairs_used"], two["consumed"]) == (one["steps"], 6, 6) == (6, 6, 6)
+    assert summary["consumed"] == 6
+    _same_adapter(tmp_path)
     steps = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()]
     assert [s["pairs"] for s in steps] == [2] * 6  # each step: one pair on each rank
     assert steps[-1]["loss"] == pytest.approx(one["final"]["loss"], rel=1e-4)
@@ -93,6 +106,59 @@ async def test_two_processes_train_what_one_does_with_twice_the_accumulation(
         assert consumed == {"two"}
     finally:
         await store.close()
+
+
+@pytest.fixture(scope="module")
+def tied_model_dir(tmp_path_factory, tokenizer_factory):
+    """The tiny random Llama with its LM head tied to the embeddings."""
+    from conscience.trainer.testing import build_random_llama
+
+    path = tmp_path_factory.mktemp("tiny-tied")
+    tokenizer = tokenizer_factory()
+    tokenizer.save_pretrained(path)
+    build_random_llama("tiny-tied", tokenizer).save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny_model_dir", "tied_model_dir"])
+async def test_two_processes_sharing_the_base_train_what_one_does(
+    model, request, tmp_path, pair_texts
+):
+    # Five pairs, one epoch: steps of 2, 2 and 1 micro-batches; in the last, rank 1 has no pair
+    # and runs a pass that moves nothing so that rank 0's passes can gather its weights.
+    summary, two, one = await _train_both_ways(
+        request.getfixturevalue(model), tmp_path, pair_texts, "--shard-base", epochs=1, limit=5
+    )
+    assert two["processes"] == 2 and summary["status"] == "trained"
+    assert (two["steps"], two["pairs_used"], two["consumed"]) == (one["steps"], 5, 5) == (3, 5, 5)
+    _same_adapter(tmp_path)
+    steps = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()]
+    assert [s["pairs"] for s in steps] == [2, 2, 1]
+    assert steps[-1]["loss"] == pytest.approx(one["final"]["loss"], rel=1e-4)
+    assert two["after"]["pairs"] == one["after"]["pairs"] == 5
+    assert two["after"]["reward_margin"] == pytest.approx(one["after"]["reward_margin"], rel=1e-3)
+    # Rank 0 held about half of the base: the blocks, embeddings and norm halved, the head
+    # whole (tied: a whole copy of the matrix the embeddings shard).
+    held, whole = two["base_bytes"]["rank0"], two["base_bytes"]["whole"]
+    assert whole / 2 <= held < whole * 0.7, two["base_bytes"]
+
+
+def test_idle_passes_even_out_a_short_step():
+    three = [[0], [1], [2]]
+    assert [Ranks(r, 2).idle_passes(three) for r in (0, 1)] == [0, 1]
+    assert [Ranks(r, 3).idle_passes(three) for r in (0, 1, 2)] == [0, 0, 0]
+    assert [Ranks(r, 4).idle_passes(three) for r in range(4)] == [0, 0, 0, 1]
+    assert Ranks().idle_passes(three) == 0
+
+
+async def test_sharding_on_one_process_is_refused(tiny_model_dir, tmp_path, rows):
+    from conscience.errors import ConfigError
+    from conscience.trainer.loop import train
+
+    config = TrainConfig(model=str(tiny_model_dir), out_dir=str(tmp_path), shard_base=True)
+    with pytest.raises(ConfigError, match="torchrun"):
+        train(config, rows)
 
 
 async def test_a_rank_other_than_0_marks_nothing_and_writes_nothing(

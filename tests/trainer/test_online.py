@@ -337,6 +337,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, engi
         (["--online"], "--online needs --task-data"),
         (["--task-data", "t.jsonl"], "--task-data: only with --online"),
         (["--online", "--task-data", "t.jsonl", "--pairs", "p.jsonl"], "--pairs does not go"),
+        (["--online", "--task-data", "t.jsonl", "--shard-base"], "--shard-base does not go"),
         (["--online", "--task-data", "t", "--judge-url", "u", "--judge-gguf", "g"], "not both"),
     ],
 )
