@@ -45,15 +45,6 @@ SHAPES: dict[str, dict[str, Any]] = {
         "num_attention_heads": 2,
         "num_key_value_heads": 2,
     },
-    "tiny-tied": {  # the same, the LM head sharing the embeddings (as SmolLM2's and Qwen2.5's)
-        "vocab_size": None,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-        "tie_word_embeddings": True,
-    },
     "smollm2-135m": {  # SmolLM2-135M-Instruct's shape, the DESIGN's trainer baseline model
         "vocab_size": 49152,
         "hidden_size": 576,
@@ -73,6 +64,8 @@ SHAPES: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": True,
     },
 }
+# The tiny shape with its LM head sharing the embeddings (as SmolLM2's and Qwen2.5's).
+SHAPES["tiny-tied"] = SHAPES["tiny"] | {"tie_word_embeddings": True}
 
 
 def build_chat_tokenizer(words: tuple[str, ...] = WORDS) -> Any:
