@@ -28,13 +28,15 @@ a collective: the ranks must run as many of them, in the same order (``idle_pass
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["Ranks", "join", "leave", "shard_base"]
+__all__ = ["Ranks", "join", "leave", "shard_base", "shard_mesh"]
 
 T = TypeVar("T")
 
@@ -65,6 +67,16 @@ class Ranks:
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()
+
+    @contextlib.contextmanager
+    def in_turn(self) -> Iterator[None]:
+        """The body on one rank after another, rank 0 first: rank r enters when ranks 0..r-1
+        have left it (each rank passes ``world`` barriers, the r-th right after its body)."""
+        for _ in range(self.rank):
+            self.barrier()
+        yield
+        for _ in range(self.rank, self.world):
+            self.barrier()
 
     def broadcast(self, value: T) -> T:
         """Rank 0's ``value`` (any picklable object), on every rank."""
@@ -154,14 +166,23 @@ def _bytes(tensors: list[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def shard_base(model: Any, device: torch.device) -> tuple[int, int]:
-    """Split the frozen base of ``model`` (a peft model, on the CPU) over the ranks, and move
-    it to ``device``: each block its own FSDP unit, the decoder the root; the adapter's
-    parameters (the trainable ones) stay whole and are moved as they are. An LM head outside
-    the decoder stays whole too (with tied embeddings it keeps the full matrix the decoder
-    shards). Returns the base's bytes held on this rank and the whole base's.
+def shard_mesh(ranks: Ranks, device: torch.device) -> Any:
+    """The ranks as FSDP's one-dimensional mesh; made by every rank at once (a collective)."""
+    from torch.distributed.device_mesh import init_device_mesh
 
-    Call it after the adapter exists and before the first forward, on every rank alike.
+    return init_device_mesh(device.type, (ranks.world,))
+
+
+def shard_base(model: Any, device: torch.device, mesh: Any) -> tuple[int, int]:
+    """Split the frozen base of ``model`` (a peft model, on the CPU) over the ranks of
+    ``mesh`` (``shard_mesh``), and move it to ``device``: each block its own FSDP unit, the
+    decoder the root; the adapter's parameters (the trainable ones) stay whole and are moved as
+    they are. An LM head outside the decoder stays whole too (with tied embeddings it keeps the
+    full matrix the decoder shards). Returns the base's bytes held on this rank and the whole
+    base's. No collective: the ranks may call it in turn (``Ranks.in_turn``), so that only one
+    whole copy of the base is in host memory at a time.
+
+    Call it after the adapter exists and before the first forward, on every rank.
     """
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
@@ -174,12 +195,14 @@ def shard_base(model: Any, device: torch.device) -> tuple[int, int]:
     whole = _bytes(list(frozen.values()))
     adapter = {p for p in model.parameters() if p.requires_grad}
     for block in blocks:
-        fully_shard(block, ignored_params=adapter)
-    fully_shard(base.get_decoder(), ignored_params=adapter)
-    # What FSDP does not manage (the adapter, a head outside the decoder) goes as it is.
+        fully_shard(block, mesh=mesh, ignored_params=adapter)
+    fully_shard(base.get_decoder(), mesh=mesh, ignored_params=adapter)
+    # What FSDP does not manage (the adapter, a head outside the decoder) goes whole, in memory
+    # of its own: a tensor still in the loaded checkpoint's memory map would keep the whole
+    # file mapped, and every page the sharding read resident.
     for tensor in [*model.parameters(), *model.buffers()]:
-        if not isinstance(tensor, DTensor) and tensor.device != device:
-            tensor.data = tensor.data.to(device)
+        if not isinstance(tensor, DTensor):
+            tensor.data = tensor.data.to(device, copy=True)
     here = {
         id(p): p.to_local() if isinstance(p, DTensor) else p
         for p in model.parameters()

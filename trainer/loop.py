@@ -33,7 +33,7 @@ from conscience.trainer.checkpoint import (
 )
 from conscience.trainer.config import TrainConfig
 from conscience.trainer.data import Batch, EncodedPair, collate, encode_pairs, read_jsonl
-from conscience.trainer.distributed import join, shard_base
+from conscience.trainer.distributed import join, shard_base, shard_mesh
 from conscience.trainer.loss import (
     chunked_sequence_logps,
     combined_loss,
@@ -349,11 +349,17 @@ def train(
 
     # --- model: base weights frozen, a fresh seeded LoRA adapter on top (the same on every rank)
     device = ranks.device(config.device) or resolve_device(config)
-    cpu = torch.device("cpu")
-    model, params, optimizer, _ = prepare_training(config, device, load_on=cpu if sharded else None)
-    if sharded:  # loaded whole on the CPU, then each rank keeps its part on its device
-        held, whole = shard_base(model, device)
+    if sharded:  # each rank in turn loads it whole on the CPU and keeps its part on its device
+        mesh = shard_mesh(ranks, device)
+        with ranks.in_turn():
+            logger.info("rank %d of %d: loading the base to keep its part", ranks.rank, ranks.world)
+            cpu = torch.device("cpu")
+            model, params, optimizer, _ = prepare_training(config, device, load_on=cpu)
+            held, whole = shard_base(model, device, mesh)
+            logger.info("rank %d: holds %d of the base's %d bytes", ranks.rank, held, whole)
         report["base_bytes"] = {"whole": whole, "rank0": held}
+    else:
+        model, params, optimizer, _ = prepare_training(config, device)
     ranks.sync_params(params)
     pad = pad_id(tokenizer)
 

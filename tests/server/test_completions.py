@@ -247,15 +247,21 @@ def test_what_cannot_be_reviewed_is_refused(
 
 
 def test_upstream_errors(engine: ScriptedEngine, make_proxy) -> None:
-    client = _client(make_proxy(upstream_timeout=0.5))
+    # Faults that come at once, through a proxy whose timeout a busy machine cannot reach; the
+    # slow one through a proxy that gives up after 0.5 s.
+    client = _client(make_proxy(upstream_timeout=30.0))
+    slow = _client(make_proxy(upstream_timeout=0.5))
     engine.faults["generate"] = Fault(status=400, times=1)  # the upstream's 4xx passes
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model="gen", prompt=PROMPT)
     assert bad.value.body["message"] == "scripted fault 400"
-    for fault, status in ((Fault(status=500), 502), (Fault(status=200, delay=1.5), 504)):
+    for fault, status, via in (
+        (Fault(status=500), 502, client),
+        (Fault(status=200, delay=1.5), 504, slow),
+    ):
         engine.faults["generate"] = Fault(**{**fault.__dict__, "times": 1})
         with pytest.raises(openai.APIStatusError) as info:
-            client.completions.create(model="gen", prompt=PROMPT)
+            via.completions.create(model="gen", prompt=PROMPT)
         assert info.value.status_code == status
     engine.faults["generate"] = Fault(status=200, body=b'{"choices": []}', times=1)
     with pytest.raises(openai.APIStatusError) as broken:

@@ -363,19 +363,20 @@ def test_a_failed_rewrite_blocks(engine: ScriptedEngine, proxy_url: str, tmp_pat
 def test_upstream_errors_map_as_for_chat_completions(
     engine: ScriptedEngine, make_proxy: Any
 ) -> None:
-    url = make_proxy(upstream_timeout=0.5)
-    client = _client(url)
+    # Faults that come at once, through a proxy whose timeout a busy machine cannot reach; the
+    # slow one through a proxy that gives up after 0.5 s.
+    url, slow = make_proxy(upstream_timeout=30.0), make_proxy(upstream_timeout=0.5)
     engine.faults["generate"] = Fault(status=400, times=1)  # the upstream's own 4xx passes
     with pytest.raises(openai.BadRequestError, match="scripted fault 400"):
-        client.responses.create(model="gen", input=QUESTION)
-    for fault, status, code in [
-        (Fault(status=500, times=1), 502, "upstream_error"),
-        (Fault(status=401, times=1), 502, "upstream_auth_failed"),
-        (Fault(status=200, delay=1.5, times=1), 504, "upstream_timeout"),
-        (Fault(status=200, body=b"\x00garbage", times=1), 502, None),
+        _client(url).responses.create(model="gen", input=QUESTION)
+    for fault, status, code, proxy in [
+        (Fault(status=500, times=1), 502, "upstream_error", url),
+        (Fault(status=401, times=1), 502, "upstream_auth_failed", url),
+        (Fault(status=200, delay=1.5, times=1), 504, "upstream_timeout", slow),
+        (Fault(status=200, body=b"\x00garbage", times=1), 502, None, url),
     ]:
         engine.faults["generate"] = fault
-        response = _post(url, {"model": "gen", "input": QUESTION})
+        response = _post(proxy, {"model": "gen", "input": QUESTION})
         error = _envelope(response, status)
         assert code is None or error["code"] == code
         assert "sk-upstream-secret" not in response.text

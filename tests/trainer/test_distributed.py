@@ -37,7 +37,7 @@ async def _store(path, pair_texts):
 async def _train_both_ways(tiny_model_dir, tmp_path, pair_texts, *flags: str, **settings):
     """The same stored pairs trained by two processes under torchrun with ``flags`` (one
     micro-batch each a step) and by one process with twice the accumulation: (the two
-    processes' printed summary, their report, the one process's report)."""
+    processes' printed summary, their report, the one process's report, their log)."""
     one_store = await _store(tmp_path / "one.sqlite3", pair_texts)
     await one_store.close()
     for path in tmp_path.glob("one.sqlite3*"):
@@ -71,7 +71,7 @@ async def _train_both_ways(tiny_model_dir, tmp_path, pair_texts, *flags: str, **
     finally:
         await store.close()
     two = json.loads((tmp_path / "two" / "report.json").read_text())
-    return summary, two, one
+    return summary, two, one, done.stderr
 
 
 def _same_adapter(tmp_path) -> None:
@@ -88,7 +88,7 @@ def _same_adapter(tmp_path) -> None:
 async def test_two_processes_train_what_one_does_with_twice_the_accumulation(
     tiny_model_dir, tmp_path, pair_texts
 ):
-    summary, two, one = await _train_both_ways(tiny_model_dir, tmp_path, pair_texts)
+    summary, two, one, _ = await _train_both_ways(tiny_model_dir, tmp_path, pair_texts)
     assert two["processes"] == 2 and summary["status"] == "trained"
     assert (two["steps"], two["pairs_used"], two["consumed"]) == (one["steps"], 6, 6) == (6, 6, 6)
     assert summary["consumed"] == 6
@@ -127,7 +127,7 @@ async def test_two_processes_sharing_the_base_train_what_one_does(
 ):
     # Five pairs, one epoch: steps of 2, 2 and 1 micro-batches; in the last, rank 1 has no pair
     # and runs a pass that moves nothing so that rank 0's passes can gather its weights.
-    summary, two, one = await _train_both_ways(
+    summary, two, one, log = await _train_both_ways(
         request.getfixturevalue(model), tmp_path, pair_texts, "--shard-base", epochs=1, limit=5
     )
     assert two["processes"] == 2 and summary["status"] == "trained"
@@ -142,6 +142,34 @@ async def test_two_processes_sharing_the_base_train_what_one_does(
     # whole (tied: a whole copy of the matrix the embeddings shard).
     held, whole = two["base_bytes"]["rank0"], two["base_bytes"]["whole"]
     assert whole / 2 <= held < whole * 0.7, two["base_bytes"]
+    # The ranks loaded the whole base one after the other: rank 1 only once rank 0 kept its part.
+    events = [line.split("conscience.trainer")[-1] for line in log.splitlines() if "rank " in line]
+    loading = [i for i, e in enumerate(events) if "loading the base" in e]
+    holding = [i for i, e in enumerate(events) if "holds" in e]
+    assert len(loading) == len(holding) == 2 and loading[0] < holding[0] < loading[1], events
+
+
+def test_ranks_take_their_turn_one_after_another(monkeypatch):
+    import threading
+    import time
+
+    world = 3
+    gate = threading.Barrier(world, timeout=10)
+    monkeypatch.setattr(Ranks, "barrier", lambda self: gate.wait())
+    order = []
+
+    def rank(r):
+        with Ranks(r, world).in_turn():
+            order.append(("in", r))
+            time.sleep(0.05)  # a rank let in too early would enter while this one is inside
+            order.append(("out", r))
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in reversed(range(world))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert order == [(event, r) for r in range(world) for event in ("in", "out")]
 
 
 def test_idle_passes_even_out_a_short_step():
