@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from conscience.cascade import escalated
 from conscience.labels import Layout
 from conscience.server.app import create_app
 from conscience.server.threaded import serve_in_thread
@@ -116,7 +117,7 @@ def _run(setting: str, args: argparse.Namespace, tmp: str) -> Run:
     with sqlite3.connect(store) as db:
         rows = db.execute("SELECT id, review_ms, readings FROM judgements").fetchall()
     review_ms = {row[0]: row[1] for row in rows}
-    second = {row[0] for row in rows if row[2] and len(json.loads(row[2])) > 1}
+    second = {row[0] for row in rows if row[2] and escalated(json.loads(row[2]))}
     for judgement_id, guarded_s, plain_s, chars in timings:
         run.escalated += judgement_id in second
         run.ratios.append(guarded_s / plain_s)

@@ -28,7 +28,7 @@ from typing import Any
 from conscience.calibration import write_entries
 from conscience.errors import ConfigError
 
-__all__ = ["PACKAGED_BANDS", "Band", "load_bands", "save_band"]
+__all__ = ["PACKAGED_BANDS", "Band", "escalated", "load_bands", "save_band"]
 
 PACKAGED_BANDS = Path(__file__).parent / "calibrations" / "cascade.json"
 
@@ -50,6 +50,12 @@ class Band:
     def doubts(self, score: float) -> bool:
         """Is the first probe's ``score`` in the band, where the second opinion decides?"""
         return self.lo <= score < self.hi
+
+
+def escalated(readings: dict[str, float] | None) -> bool:
+    """Was the second opinion asked? A judgement's ``readings`` hold the first layout's
+    P(unethical) alone when the band was sure, and the second's beside it when it doubted."""
+    return len(readings or {}) > 1
 
 
 def _band_of(entry: Any) -> Band:

@@ -199,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=10, help="bands printed")
     args = parser.parse_args(argv)
     if args.save and not args.choose_on:
-        parser.error("--save needs --choose-on: a band chosen on the items it is measured on is")
+        parser.error(
+            "--save needs --choose-on: a band chosen on the items it is measured on is optimistic"
+        )
     probes = load_probes(Path(args.probes))
     dev = _paired(Path(args.first), Path(args.then), probes, False)
     first, then, gold, first_probe, then_probe = dev

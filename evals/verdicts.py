@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from conscience.calibration import select_calibrations
+from conscience.cascade import escalated
 from conscience.errors import ConfigError, VerdictError
 from conscience.evals.bounded import run_bounded
 from conscience.evals.guard_metrics import guard_metrics
@@ -108,9 +109,9 @@ def _metrics(rows: list[Row]) -> dict[str, Any]:
     if read:  # a second opinion was configured: how often it was asked
         harmless = [r for r in read if r.gold != "unethical"]
         metrics["second_opinions"] = {
-            "asked": sum(1 for r in read if len(r.readings or {}) > 1),
+            "asked": sum(1 for r in read if escalated(r.readings)),
             "of": len(read),
-            "harmless_asked": sum(1 for r in harmless if len(r.readings or {}) > 1),
+            "harmless_asked": sum(1 for r in harmless if escalated(r.readings)),
             "harmless": len(harmless),
         }
     return metrics

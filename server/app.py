@@ -87,12 +87,12 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
             )
     # The label calibration decides the reviews no probe reads: in the brief layout, those are
     # asked in the paper layout (Conscience.asked_in).
-    key = (settings.judge, settings.framework, layout.without_probe.value)
-    if key in conscience.calibrations:
-        c = conscience.calibrations[key]
+    calibrated = (settings.judge, settings.framework, layout.without_probe.value)
+    if calibrated in conscience.calibrations:
+        c = conscience.calibrations[calibrated]
         log.info(
             "calibrated verdicts for %s (%s): P(unethical) >= %s is unethical, T = %.2f",
-            key,
+            calibrated,
             conscience.calibration_source,
             c.unethical_threshold,
             c.temperature,
@@ -101,14 +101,14 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
         log.info(
             "no calibration for %s: P(unethical) >= %s (CONSCIENCE_UNETHICAL_THRESHOLD) "
             "is unethical; confidence uncalibrated",
-            key,
+            calibrated,
             settings.unethical_threshold,
         )
     else:
         log.warning(
             "no calibration for %s (%s): the verdict is the most probable label and its "
             "confidence is uncalibrated (run `conscience calibrate`)",
-            key,
+            calibrated,
             conscience.calibration_source,
         )
 

@@ -36,6 +36,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from conscience.cascade import escalated
 from conscience.errors import ConfigError
 from conscience.judgement import Judgement
 
@@ -157,7 +158,7 @@ def record_judgement(current: Span, judgement: Judgement) -> None:
     if judgement.screen:
         attributes["conscience.screen_rules"] = list(judgement.screen)
     if judgement.readings:  # a second opinion was configured: was it asked?
-        attributes["conscience.second_opinion"] = len(judgement.readings) > 1
+        attributes["conscience.second_opinion"] = escalated(judgement.readings)
     if judgement.action is not None:
         attributes["conscience.action"] = judgement.action.value
     current.set_attributes({k: v for k, v in attributes.items() if v is not None})

@@ -191,8 +191,7 @@ def shard_base(model: Any, device: torch.device, mesh: Any) -> tuple[int, int]:
     blocks = _blocks(base)
     if not blocks:
         raise ValueError(f"{type(base).__name__} names no transformer block to shard")
-    frozen = {id(p): p for p in model.parameters() if not p.requires_grad}
-    whole = _bytes(list(frozen.values()))
+    whole = _bytes([p for p in model.parameters() if not p.requires_grad])
     adapter = {p for p in model.parameters() if p.requires_grad}
     for block in blocks:
         fully_shard(block, mesh=mesh, ignored_params=adapter)
@@ -203,9 +202,5 @@ def shard_base(model: Any, device: torch.device, mesh: Any) -> tuple[int, int]:
     for tensor in [*model.parameters(), *model.buffers()]:
         if not isinstance(tensor, DTensor):
             tensor.data = tensor.data.to(device, copy=True)
-    here = {
-        id(p): p.to_local() if isinstance(p, DTensor) else p
-        for p in model.parameters()
-        if not p.requires_grad
-    }
-    return _bytes(list(here.values())), whole
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    return _bytes([p.to_local() if isinstance(p, DTensor) else p for p in frozen]), whole
