@@ -116,7 +116,8 @@ def test_the_night_trains_on_its_budget_from_the_adapter_served(tmp_path: Path) 
     assert argv[-2:] == ["--max-minutes", "12"]
     assert argv[argv.index("--init-adapter") + 1] == "current"  # a warm start
     assert argv[argv.index("--out") + 1] == str(tmp_path / "adapters" / "loop-night-2")
-    assert "--max-minutes" not in train_argv(LoopConfig(out_dir=str(tmp_path), max_minutes=0), 2)
+    unbounded = LoopConfig(out_dir=str(tmp_path), base_model="m", max_minutes=0)
+    assert "--max-minutes" not in train_argv(unbounded, 2)
 
 
 def test_a_run_with_other_settings_is_not_resumed(tmp_path: Path) -> None:
