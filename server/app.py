@@ -87,7 +87,7 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
             )
     # The label calibration decides the reviews no probe reads: in the brief layout, those are
     # asked in the paper layout (Conscience.asked_in).
-    calibrated = (settings.judge, settings.framework, layout.without_probe.value)
+    calibrated = (settings.judge, settings.framework, settings.layout.without_probe.value)
     if calibrated in conscience.calibrations:
         c = conscience.calibrations[calibrated]
         log.info(
