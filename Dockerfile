@@ -35,14 +35,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone: this layer is rebuilt when the dependencies
-# change, not on every change of the code.
-COPY pyproject.toml deploy/requirements.py ./
+# Dependencies first, from pyproject.toml alone, at the versions CI tested (constraints.txt):
+# this layer is rebuilt when the dependencies change, not on every change of the code.
+COPY pyproject.toml constraints.txt deploy/requirements.py ./
 RUN python requirements.py "$EXTRAS" > requirements.txt \
  && if [ -n "$TORCH_INDEX_URL" ] && grep -q '^torch==' requirements.txt; then \
         pip install --index-url "$TORCH_INDEX_URL" "$(grep '^torch==' requirements.txt)"; \
     fi \
- && pip install -r requirements.txt
+ && pip install -c constraints.txt -r requirements.txt
 
 # The project itself; its dependencies are all in place already.
 COPY README.md ./

@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/conscience ]; then
     "${PYTHON:-python3}" -m venv .venv
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[engine]"
+    .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[engine]"
 fi
 exec .venv/bin/conscience "$@"

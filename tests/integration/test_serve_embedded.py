@@ -77,9 +77,7 @@ def test_serve_without_upstream_reviews_with_the_embedded_engine(tmp_path) -> No
     proc, url = _serve(tmp_path, CONSCIENCE_UNETHICAL_THRESHOLD="0")
     try:
         # No client timeout: every request below is bounded by its max_tokens.
-        client = openai.OpenAI(
-            base_url=url + "/v1", api_key="none", max_retries=0, timeout=httpx.Timeout(None)
-        )
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=None)
         completion = client.chat.completions.create(
             model="smollm2-135m-instruct",
             max_tokens=24,
