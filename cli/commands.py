@@ -14,12 +14,22 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from conscience.cli.delegated import add_stubs, find
 from conscience.errors import ConscienceError
 from conscience.flags import add_engine_flags, engine_fields
 
 __all__ = ["main"]
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("conscience")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _settings(**fields: Any) -> Any:
@@ -132,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
         description="A model reviews its own answers under an ethics framework (Emergent "
         "Alignment): guardrail proxy, review, trainer.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"conscience {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     review = commands.add_parser("review", help="review one answer; JSON to stdout")
     add_engine_flags(review)
@@ -163,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     fetch.set_defaults(handler=_cmd_model_fetch)
 
     pairs = commands.add_parser("pairs", help="preference pairs").add_subparsers(
-        dest="pairs_command", required=True
+        dest="pairs_command", required=True, metavar="COMMAND"
     )
     export = pairs.add_parser("export", help="write preference pairs as JSONL")
     export.add_argument("--format", choices=["trl"], default="trl")
@@ -178,11 +189,22 @@ def _parser() -> argparse.ArgumentParser:
         add_eval_commands,  # argparse only: the benchmarks load when they run
     )
 
-    add_eval_commands(commands)
+    evaluate = add_eval_commands(commands)
 
     from conscience.evals.calibrate import add_calibrate_command
 
-    add_calibrate_command(commands)
+    fit = commands.add_parser(
+        "fit", help="fit the shipped artifacts: a probe, a calibration, a band, the split"
+    ).add_subparsers(dest="fit_command", required=True, metavar="COMMAND")
+    add_calibrate_command(
+        fit,
+        "probe",
+        probe_preset=True,
+        help="fit a linear probe on the judge's hidden states of a labelled set (resumable)",
+    )
+    add_calibrate_command(fit, "calibration")
+    add_calibrate_command(commands, help=None)  # `calibrate`, the older name of `fit calibration`
+    add_stubs({"eval": evaluate, "fit": fit, "pairs": pairs})
 
     from conscience.trainer.cli import (
         add_train_commands,  # argparse only: torch loads when a run starts
@@ -208,11 +230,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from conscience.engine.publish import main as adapter_main
 
         return adapter_main(argv[1:])
-    args = _parser().parse_args(argv)
-    handler: Handler = args.handler
-    if args.command != "serve":  # serve sets its own level (--log-level)
+    delegated = find(argv)
+    if delegated is None:
+        args = _parser().parse_args(argv)
+        if args.command != "serve":  # serve sets its own level (--log-level)
+            _log_to_stderr()
+    else:
         _log_to_stderr()
     try:
+        if delegated is not None:
+            command, rest = delegated
+            return command.run(rest)
+        handler: Handler = args.handler
         return handler(args)
     except ConscienceError as exc:
         print(f"conscience: error: {exc}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Calibration: per (judge model, framework, layout), how label probabilities become verdicts
 and how much a verdict's confidence can be trusted.
 
-A calibration file is JSON, a list of entries, written by ``conscience calibrate`` from the
+A calibration file is JSON, a list of entries, written by ``conscience fit calibration`` from the
 calibration split of a labelled set and loaded by the server at start
 (``CONSCIENCE_CALIBRATION_FILE``). An entry holds:
 

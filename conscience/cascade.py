@@ -12,7 +12,7 @@ first probe's score ``s1 = P(unethical)`` says where the first is in doubt::
 so most answers pay the cheap review only. The band contains the first probe's threshold
 (outside it the first verdict stands unchanged); it is chosen on the train split's
 out-of-fold scores, the least escalated band whose F1 reaches the second review's alone
-(``python -m conscience.evals.cascade --choose-on ... --save``; docs/decisions.md,
+(``conscience fit bands --choose-on ... --save``; docs/decisions.md,
 "A second opinion"). A band file holds one band per (judge model, framework, first layout,
 second layout); the packaged one covers the default model's built-in frameworks for
 ``follow-up-brief`` then ``paper``.

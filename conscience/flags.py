@@ -1,6 +1,6 @@
 """The engine flags every command shares, and the ``Settings`` fields they set.
 
-``conscience review``, ``serve``, ``calibrate``, ``eval em`` and ``eval verdicts`` reach an
+``conscience review``, ``serve``, ``fit``, ``eval em`` and ``eval verdicts`` reach an
 engine the same way: one table here names each flag, its spellings and the ``Settings`` field
 it overrides (the flag's ``dest`` is the field's name). A flag that is not given sets nothing,
 so the environment (``CONSCIENCE_*``) and the defaults apply as ``Settings`` says. argparse

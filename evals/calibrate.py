@@ -1,4 +1,4 @@
-"""``conscience calibrate``: fit the verdict rule and the confidence scaling of one
+"""``conscience fit calibration``: fit the verdict rule and the confidence scaling of one
 (judge model, framework, layout) on the calibration split of a labelled set.
 
 The judge reviews every item as the proxy would (``conscience_from_settings``; only its
@@ -199,10 +199,17 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "calibrate", help="fit the verdict threshold and confidence scaling on a labelled set"
-    )
+def add_calibrate_command(
+    commands: argparse._SubParsersAction,
+    name: str = "calibrate",
+    *,
+    probe_preset: bool = False,
+    help: str | None = "fit the verdict threshold and confidence scaling on a labelled set",
+) -> None:
+    """``conscience fit calibration`` (and its older name ``calibrate``, hidden with
+    ``help=None``); with ``probe_preset``, ``conscience fit probe``: the same command with
+    ``--probe`` on."""
+    parser = commands.add_parser(name, **({} if help is None else {"help": help}))
     add_engine_flags(parser)  # --framework and --layout name the entry that is fitted
     parser.add_argument("--concurrency", type=int, help="reviews in flight at once (1)")
     parser.add_argument("--data", help="labelled JSONL (default: the packaged set)")
@@ -230,4 +237,4 @@ def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
     probe.add_argument(
         "--threshold-rule", default="best-f1", help="best-f1, or fpr:CAP (e.g. fpr:0.1)"
     )
-    parser.set_defaults(handler=_cmd_calibrate)
+    parser.set_defaults(handler=_cmd_calibrate, **({"probe": True} if probe_preset else {}))

@@ -1,6 +1,6 @@
 """A fast probe first, a better one only where the first is in doubt: measured offline.
 
-    python -m conscience.evals.cascade --first runs/probe-brief-dev-three-laws \\
+    conscience fit bands --first runs/probe-brief-dev-three-laws \\
         --then runs/probe-paper-dev-three-laws \\
         --choose-on runs/probe-brief-train-three-laws runs/probe-paper-train-three-laws
 
@@ -182,7 +182,7 @@ def _grid(top: int, dev: Paired) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conscience.evals.cascade")
+    parser = argparse.ArgumentParser(prog="conscience fit bands")
     parser.add_argument("--first", required=True, help="the fast review's extract run")
     parser.add_argument("--then", required=True, help="the better review's extract run")
     parser.add_argument(

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from conscience.evals.em import EmConfig
     from conscience.settings import Settings
 
-__all__ = ["add_eval_commands", "main"]
+__all__ = ["add_eval_commands"]
 
 
 def _add_concurrency(parser: argparse.ArgumentParser) -> None:
@@ -177,8 +177,9 @@ def _cmd_verdicts(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_eval_commands(commands: argparse._SubParsersAction) -> None:
-    """Add ``eval em``, ``eval verdicts`` and ``eval experiment`` to the main CLI's subcommands."""
+def add_eval_commands(commands: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add ``eval em``, ``eval verdicts`` and ``eval experiment`` to the main CLI's subcommands;
+    the ``eval`` group is returned, for the commands that parse their own arguments."""
     from conscience.evals.labelled import ALL_SPLITS
     from conscience.evals.questions import QUESTION_SETS
 
@@ -258,7 +259,7 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     )
     rule.add_argument(
         "--calibration",
-        help="a `conscience calibrate` file (default: CONSCIENCE_CALIBRATION_FILE, else the "
+        help="a `conscience fit calibration` file (default: CONSCIENCE_CALIBRATION_FILE, else the "
         "packaged calibration of the default model; a file holding [] means argmax)",
     )
     verdicts.add_argument("--limit", type=int, help="only the first N items (smoke runs)")
@@ -282,21 +283,4 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     from conscience.evals.loop_blind import add_blind_command
 
     add_blind_command(which)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m conscience.evals.cli eval ...``: the same commands outside the main CLI."""
-    from conscience.errors import ConscienceError
-
-    parser = argparse.ArgumentParser(prog="python -m conscience.evals.cli")
-    add_eval_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args))
-    except ConscienceError as exc:
-        print(f"conscience: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return which

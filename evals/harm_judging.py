@@ -172,10 +172,10 @@ def load_split(path: Path = SPLIT_FILE) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m conscience.evals.harm_judging [DATA_DIR]``: (re)write the split file."""
+    """``conscience fit split [DATA_DIR]``: (re)write the split file."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m conscience.evals.harm_judging")
+    parser = argparse.ArgumentParser(prog="conscience fit split")
     parser.add_argument("data_dir", nargs="?", type=Path, default=data_dir())
     parser.add_argument("--out", type=Path, default=SPLIT_FILE)
     args = parser.parse_args(argv)

@@ -19,7 +19,7 @@ so can the loop. Two kinds of start pairs, both from the Emergent Misalignment f
 
 Then:
 
-1. ``python -m conscience.evals.loop_start pairs --kind jailbroken --out runs/start-pairs.jsonl``;
+1. ``conscience pairs start --kind jailbroken --out runs/start-pairs.jsonl``;
 2. ``conscience train --pairs runs/start-pairs.jsonl --out runs/misaligned`` trains it;
 3. ``conscience eval loop --start-adapter runs/misaligned ...`` serves that adapter before
    night 0 (phase ``start``: copied into the run's ``adapters/`` as ``loop-night-0`` and
@@ -146,9 +146,9 @@ def start_night(config: LoopConfig, stack: Stack, journal: Journal) -> None:
 def main(argv: list[str] | None = None) -> int:
     from conscience.evals.questions import em_data_dir
 
-    parser = argparse.ArgumentParser(prog="python -m conscience.evals.loop_start")
-    commands = parser.add_subparsers(dest="command", required=True)
-    pairs = commands.add_parser("pairs", help="DPO pairs toward a misaligned start")
+    pairs = argparse.ArgumentParser(
+        prog="conscience pairs start", description="DPO pairs toward a misaligned start"
+    )
     pairs.add_argument(
         "--kind",
         choices=("insecure", "jailbroken"),
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs.add_argument("--seed", type=int, default=0)
     pairs.add_argument("--em-data-dir", help="default: CONSCIENCE_EM_DATA_DIR or ../shared")
     pairs.add_argument("--out", required=True, help="the JSONL to write")
-    args = parser.parse_args(argv)
+    args = pairs.parse_args(argv)
     make = jailbroken_pairs if args.kind == "jailbroken" else misaligned_pairs
     rows = make(em_data_dir(args.em_data_dir) / "data", args.n, args.seed)
     out = Path(args.out)

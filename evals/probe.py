@@ -15,9 +15,9 @@ with its L2 penalty λ chosen by 5-fold cross-validated log-loss on train (folds
 a prompt's answers never sit on both sides) and its threshold by the best F1 of the
 out-of-fold scores on train. Dev is only measured::
 
-    python -m conscience.evals.probe extract --split train --limit 400 --out DIR
-    python -m conscience.evals.probe fit --train DIR --dev DIR
-    python -m conscience.evals.probe measure --probe FILE --framework F --vectors DIR
+    conscience eval probe extract --split train --limit 400 --out DIR
+    conscience eval probe fit --train DIR --dev DIR
+    conscience eval probe measure --probe FILE --framework F --vectors DIR
 """
 
 from __future__ import annotations
@@ -341,7 +341,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
-    """``conscience calibrate --probe``: extract train and dev vectors of a labelled set beside
+    """``conscience fit probe``: extract train and dev vectors of a labelled set beside
     the output (``OUT.vectors/FRAMEWORK/SPLIT``, ``FRAMEWORK-follow-up`` for that layout;
     resumable), fit on train, measure on dev, and add the probe to the file (a probe of another
     framework or layout there is kept)."""
@@ -376,7 +376,7 @@ def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conscience.evals.probe")
+    parser = argparse.ArgumentParser(prog="conscience eval probe")
     commands = parser.add_subparsers(dest="command", required=True)
     extract_cmd = commands.add_parser("extract", help="hidden states of harm-judging items")
     extract_cmd.add_argument("--data", default="harm-judging", help="a labelled set or JSONL")

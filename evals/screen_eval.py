@@ -1,7 +1,7 @@
 """How the screen (conscience/screen.py) does on every labelled set: attacks caught, honest
 answers flagged, by rule. No model: it reads the text, so it runs in seconds.
 
-    python -m conscience.evals.screen_eval [--data project,attacks-fresh,em-samples,harm-judging]
+    conscience eval screen [--data project,attacks-fresh,em-samples,harm-judging]
 
 An attack is an item with ``attack: true`` (an answer that talks to its reviewer); every other
 item is honest for the screen's purpose — a harmful answer that does not address the reviewer
@@ -57,7 +57,7 @@ def _share(part: int, whole: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conscience.evals.screen_eval")
+    parser = argparse.ArgumentParser(prog="conscience eval screen")
     parser.add_argument("--data", default=",".join(DEFAULT_SETS), help="comma-separated sets")
     args = parser.parse_args(argv)
     print(f"{'set':<16} {'attacks caught':>16} {'honest flagged':>18}  rules")

@@ -16,7 +16,7 @@ log line (done/total, rate, ETA) elsewhere.
 its label probabilities; the judge call does not depend on the rule), so one pass of the judge
 over a set serves both the calibration and the held-out figures:
 
-    python -m conscience.evals.verdicts rescore RUN_DIR --calibration FILE --data project \
+    conscience eval rescore RUN_DIR --calibration FILE --data project \
         --split heldout --out OUT_DIR
 
 ``curve.png`` draws each run's recall / false-unethical curve (every threshold on
@@ -452,7 +452,7 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
 def _rescore_main(argv: list[str] | None = None) -> int:
     from conscience.evals.labelled import load_labelled
 
-    parser = argparse.ArgumentParser(prog="python -m conscience.evals.verdicts rescore")
+    parser = argparse.ArgumentParser(prog="conscience eval rescore")
     parser.add_argument("run_dir", help="an `eval verdicts` output directory")
     parser.add_argument(
         "--calibration",
@@ -479,6 +479,6 @@ def _rescore_main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] != ["rescore"]:
         sys.exit(
-            "usage: python -m conscience.evals.verdicts rescore RUN_DIR [--calibration FILE] ..."
+            "usage: conscience eval rescore RUN_DIR [--calibration FILE] ..."
         )
     sys.exit(_rescore_main(sys.argv[2:]))

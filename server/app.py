@@ -74,7 +74,7 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
                 log.warning(
                     "the probe was fitted on states read through %s and reads them through %s"
                     " here: its threshold may not hold (fit it on this engine: conscience"
-                    " calibrate --probe)",
+                    " fit probe)",
                     fitted_read,
                     conscience.probe_read,
                 )
@@ -107,7 +107,7 @@ def _log_calibration(settings: Settings, conscience: Any) -> None:
     else:
         log.warning(
             "no calibration for %s (%s): the verdict is the most probable label and its "
-            "confidence is uncalibrated (run `conscience calibrate`)",
+            "confidence is uncalibrated (run `conscience fit calibration`)",
             calibrated,
             conscience.calibration_source,
         )

@@ -14,6 +14,8 @@ REQUIRED = {
     ("review",): ["--question", "Q", "--answer", "A"],
     ("serve",): [],
     ("calibrate",): ["--out", "calibration.json"],
+    ("fit", "calibration"): ["--out", "calibration.json"],
+    ("fit", "probe"): ["--out", "probe.json"],
     ("eval", "em"): [],
     ("eval", "verdicts"): [],
 }
