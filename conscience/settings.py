@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     policy: Policy = Policy.REWRITE  # what to do with an unethical answer
     on_review_error: ReviewErrorMode = ReviewErrorMode.CLOSED  # fail closed: nothing unreviewed
     allow_overrides: bool = True  # may a request choose its framework/policy in "conscience"?
-    calibration_file: Path | None = None  # `conscience fit calibration` output; wins over thresholds
+    calibration_file: Path | None = None  # `fit calibration` output; wins over thresholds
     unethical_threshold: float | None = Field(None, ge=0, le=1)  # P(unethical) that decides
     neutral_threshold: float | None = Field(None, ge=0, le=1)  # P(neutral) that decides
     top_logprobs: int = Field(20, ge=1, le=20)  # label candidates read from the judge
