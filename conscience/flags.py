@@ -67,9 +67,9 @@ _FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "judge_method": (
         ("--judge-method",),
         {
-            "choices": ["single", "decomposed", "probe"],
-            "help": "one question; three yes/no questions combined by a rule; or a linear "
-            "probe on the judge's hidden state (CONSCIENCE_JUDGE_METHOD, probe)",
+            "choices": ["single", "probe"],
+            "help": "one question, read from the label's log-probs; or a linear probe on the "
+            "judge's hidden state (CONSCIENCE_JUDGE_METHOD, probe)",
         },
     ),
 }

@@ -37,8 +37,6 @@ class Judgement(BaseModel):
     verdict: Verdict
     confidence: float | None = None  # calibrated probability of the verdict, if known
     label_probs: dict[str, float] | None = None  # P(label) from the judge's log-probs
-    # The decomposed verdict's P(yes) per question (conscience/decomposed.py); None otherwise.
-    parts: dict[str, float] | None = None
     # The screen's rules the answer broke (conscience/screen.py); set, the verdict is unethical
     # whatever the judge read, and ``confidence`` is None (a rule decided, not a probability).
     screen: list[str] | None = None

@@ -67,8 +67,8 @@ class Layout(StrEnum):
 
 
 class JudgeMethod(StrEnum):
-    """How the judge reaches its verdict (docs/decisions.md, "The decomposed verdict")."""
+    """How the judge reaches its verdict (docs/decisions.md, "The judge benchmarked like a guard
+    model"; the retired methods are recorded there, "Retired judge methods")."""
 
     SINGLE = "single"  # the paper's one introspective question, one label
-    DECOMPOSED = "decomposed"  # three yes/no questions, one rule (conscience/decomposed.py)
     PROBE = "probe"  # a linear read-out of the judge's hidden state (conscience/probe.py)

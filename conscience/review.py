@@ -21,14 +21,12 @@ from conscience.ahead import PrefixAhead, ReviewAhead, WindowsAhead
 from conscience.calibration import Calibration, select_calibrations
 from conscience.cascade import PACKAGED_BANDS, Band, load_bands
 from conscience.client import Constraint, EngineClient
-from conscience.decomposed import ANSWER_FORMS, PARTS, combine, render_part, yes_probability
 from conscience.errors import ConfigError, EngineError, EngineStatusError, VerdictError
 from conscience.framework import Framework
 from conscience.judgement import Judgement
 from conscience.labels import JudgeMethod, Layout, Verdict
 from conscience.probe import PACKAGED_PROBE, Probe, StateReader, hidden_state, load_probes
 from conscience.prompts import (
-    fenced_pair,
     render_label_after_reasoning,
     render_review,
     render_rewrite,
@@ -78,10 +76,8 @@ def judge_request(
     messages: list[Message],
     constraint: Constraint,
     top_logprobs: int,
-    forms: tuple[str, ...] = LABEL_SURFACE_FORMS,
 ) -> dict[str, Any]:
-    """The chat-completion body that asks for one label (or one of ``forms``), forced where
-    the engine can."""
+    """The chat-completion body that asks for one label, forced where the engine can."""
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -91,9 +87,9 @@ def judge_request(
         "top_logprobs": top_logprobs,
     }
     if constraint == "choice":
-        body["structured_outputs"] = {"choice": list(forms)}
+        body["structured_outputs"] = {"choice": list(LABEL_SURFACE_FORMS)}
     elif constraint == "grammar":
-        body["grammar"] = _grammar(forms)
+        body["grammar"] = _grammar(LABEL_SURFACE_FORMS)
     return body
 
 
@@ -105,7 +101,7 @@ class Conscience:
     default_framework: str = "three-laws"
     layout: Layout = Layout.PAPER
     screen: bool = True  # an answer that talks to its reviewer is unethical (conscience/screen.py)
-    method: JudgeMethod = JudgeMethod.SINGLE  # or three questions (conscience/decomposed.py)
+    method: JudgeMethod = JudgeMethod.SINGLE  # or the probe (conscience/probe.py)
     # The method "probe"'s read-outs by (judge model, framework, layout) (conscience/probe.py).
     probes: dict[tuple[str, str, str], Probe] = field(default_factory=dict)
     probe_source: str | None = None  # where they came from, said at start-up
@@ -256,7 +252,6 @@ class Conscience:
             verdict=verdict,
             confidence=confidence,
             label_probs=reading.label_probs if reading is not None else None,
-            parts=reading.parts if reading is not None else None,
             readings=reading.readings if reading is not None else None,
             screen=rules,
             review_ms=(time.perf_counter() - started) * 1000,
@@ -272,8 +267,6 @@ class Conscience:
         constraint: Constraint,
         ahead: ReviewAhead | None = None,
     ) -> VerdictReading:
-        if self.method == JudgeMethod.DECOMPOSED:
-            return await self._judge_parts(framework, messages, answer, reasoning, constraint)
         probe = self.probe_for(framework.name, layout)
         if probe is not None:
             try:
@@ -314,7 +307,7 @@ class Conscience:
         (``conscience.ahead``): the judge's prompt prefilled in the engine's cache, for the
         single method and for a probe whose reader reuses that cache (the embedded engine's);
         a probe reading ``/v1/embeddings`` gets its complete windows read instead. None for
-        the decomposed verdict, and for the follow-up layouts, whose prompt begins with the
+        the follow-up layouts, whose prompt begins with the
         generation's own: the engine that generates the answer caches it as it goes."""
         chosen = self.framework(framework)
         if self.layout.follows_up:
@@ -329,8 +322,6 @@ class Conscience:
                 return await hidden_state(self.client, self.judge_model, prompt)
 
             return WindowsAhead(render, read, probe.max_answer_chars)
-        if self.method == JudgeMethod.DECOMPOSED:
-            return None
         # The probe reads answers in windows of its own size (review._judge_probe).
         max_chars = self.window_chars if probe is None else probe.max_answer_chars
 
@@ -363,34 +354,6 @@ class Conscience:
                 return
         prompt = render_review(framework, messages, answer, layout=layout)
         await self.client.chat({"model": self.judge_model, "messages": prompt, "max_tokens": 1})
-
-    async def _judge_parts(
-        self,
-        framework: Framework,
-        messages: list[Message],
-        answer: str,
-        reasoning: str | None,
-        constraint: Constraint,
-    ) -> VerdictReading:
-        """The decomposed verdict: the three questions one after another (each reuses the
-        engine's cached prefix of the one before), combined by ``decomposed.combine``."""
-        pair = fenced_pair(messages, answer, reasoning)
-        parts: dict[str, float] = {}
-        for part in PARTS:
-            prompt = render_part(framework, pair, part)
-            body = judge_request(
-                self.judge_model, prompt, constraint, self.top_logprobs, ANSWER_FORMS
-            )
-            choice = (await self.client.chat(body))["choices"][0]
-            p_yes = yes_probability(choice)
-            if p_yes is None:  # no log-probs: the strict reading of the text
-                p_yes = _parse_yes_no((choice.get("message") or {}).get("content") or "")
-            parts[part] = p_yes
-        p_unethical = combine(parts)
-        probs = {Verdict.ETHICAL: 1.0 - p_unethical, Verdict.NEUTRAL: 0.0}
-        probs[Verdict.UNETHICAL] = p_unethical
-        verdict = self.rule.decide(probs)
-        return VerdictReading(verdict, probs[verdict], probs, "", parts)
 
     async def _judge_probe(
         self,
@@ -480,13 +443,6 @@ class Conscience:
             judgement.rewrite = await self.rewrite(messages, judgement.answer, framework)
             judgement.rewrite_ms = (time.perf_counter() - started) * 1000
         return judgement
-
-
-def _parse_yes_no(text: str) -> float:
-    word = text.strip(" \t\r\n\"'`*.:!,;").lower()
-    if word not in ("yes", "no"):
-        raise VerdictError(f"the judge did not answer yes or no: {text.strip()[:80]!r}")
-    return 1.0 if word == "yes" else 0.0
 
 
 def conscience_from_settings(

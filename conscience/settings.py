@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # The probe reads the judge's hidden state (packaged for the default model under each
     # built-in framework; other judges and frameworks use the single method); "single" is the
     # paper's pure form.
-    judge_method: JudgeMethod = JudgeMethod.PROBE  # or "single", "decomposed" (decisions.md)
+    judge_method: JudgeMethod = JudgeMethod.PROBE  # or "single", the paper's one question
     probe_file: Path | None = None  # the probe's read-out; None: the packaged one
     # Where the embedded engine's probe reads the state: "logits", its output layer through the
     # prefix cache (engine/hidden_state.py); "embeddings", /v1/embeddings, which re-prefills

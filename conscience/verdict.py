@@ -112,7 +112,6 @@ class VerdictReading:
     confidence: float | None  # P(verdict) when the engine gave log-probs
     label_probs: dict[str, float] | None
     text: str  # what the judge actually wrote
-    parts: dict[str, float] | None = None  # the decomposed verdict's P(yes) per question
     # With a second opinion (conscience/cascade.py): P(unethical) by layout (Judgement.readings).
     readings: dict[str, float] | None = None
 

@@ -33,8 +33,7 @@ import numpy as np
 
 from conscience.cascade import Band, save_band
 from conscience.errors import ConfigError
-from conscience.evals.head import measure_scores
-from conscience.evals.probe import cross_validated, extraction_of, load_vectors
+from conscience.evals.probe import cross_validated, extraction_of, load_vectors, measure_scores
 from conscience.probe import PACKAGED_PROBE, Probe, load_probes
 
 __all__ = ["cascade", "main"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,8 +120,6 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
         items = items[: args.limit]
     if not items:
         raise ConfigError(f"no items in split {args.split!r} of {data}")
-    if args.placeholder is not None:  # contextual calibration: the review without the answer
-        items = [dataclasses.replace(item, answer=args.placeholder) for item in items]
     settings = _verdicts_settings(args)
     frameworks = load_frameworks(settings.frameworks_dir)
     unknown = [name for name in args.frameworks if name not in frameworks]
@@ -151,7 +148,6 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
             "judge_method": conscience.method.value,
             "probe": conscience.probe_source,
             "probe_read": conscience.probe_read,
-            "answer_placeholder": args.placeholder,
             "review_window_chars": conscience.window_chars,
         }
         if conscience.second_opinion is not None:  # CONSCIENCE_SECOND_OPINION
@@ -263,12 +259,6 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> argparse._SubPars
         "packaged calibration of the default model; a file holding [] means argmax)",
     )
     verdicts.add_argument("--limit", type=int, help="only the first N items (smoke runs)")
-    verdicts.add_argument(
-        "--placeholder",
-        metavar="TEXT",
-        help="review every item with its answer replaced by TEXT (e.g. N/A): the question's "
-        "prior alone, for contextual calibration",
-    )
     verdicts.add_argument("--out", default="eval-results/verdicts", help="output directory")
     verdicts.set_defaults(handler=_cmd_verdicts)
 

@@ -7,11 +7,13 @@ judge, and the chat template up to where the judge's label would begin) — what
 last-token pooling on the same GGUF (``engine/child.py --embeddings``); the answer is cut to
 ``--max-answer-chars`` (measured as a feature, not yet the review's windows).
 
-The probe is the logistic head of ``evals.head`` over the standardised vector::
+The probe is a logistic head over the standardised vector, fitted by Newton's method (IRLS)
+with an L2 penalty λ on the weights, not the bias (``fit_head``)::
 
     z = (h - mean_train) / sd_train,     P(harmful | h) = sigmoid(w · z + b)
+    w <- w + (Zᵀ S Z + Λ)⁻¹ (Zᵀ (y - p) - Λ w),   S = diag(p (1 - p)),  Λ = diag(λ, ..., λ, 0)
 
-with its L2 penalty λ chosen by 5-fold cross-validated log-loss on train (folds by prompt, so
+with λ chosen by 5-fold cross-validated log-loss on train (folds by prompt, so
 a prompt's answers never sit on both sides) and its threshold by the best F1 of the
 out-of-fold scores on train. Dev is only measured::
 
@@ -38,9 +40,9 @@ import numpy as np
 
 from conscience.errors import ConfigError
 from conscience.evals.harm_judging import prompt_key
-from conscience.evals.head import best_f1_threshold, fit_head, measure_scores
 from conscience.evals.jsonl import AppendLog, read_records
 from conscience.evals.labelled import LabelledItem, load_labelled
+from conscience.evals.scoring import auc
 from conscience.framework import load_frameworks
 from conscience.labels import JudgeMethod, Layout
 from conscience.probe import Probe, hidden_state, load_probes, save_probe
@@ -52,14 +54,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "VECTORS_FILE",
+    "best_f1_threshold",
     "calibrate_probe",
     "choose_threshold",
     "cross_validated",
     "extract",
     "extraction_of",
+    "fit_head",
     "fit_probe",
+    "head_scores",
     "load_vectors",
     "measure_probe",
+    "measure_scores",
     "standardise",
 ]
 
@@ -172,6 +178,56 @@ def _fold(group: str) -> int:
     return hashlib.sha256(group.encode()).digest()[0] % _FOLDS
 
 
+def fit_head(x: np.ndarray, gold: np.ndarray, l2: float = 1.0, steps: int = 50) -> np.ndarray:
+    """The logistic head of the module docstring: its weights, one per column of ``x`` (whose
+    last column is the bias's 1), by IRLS with the L2 penalty ``l2`` on all but the bias."""
+    w = np.zeros(x.shape[1])
+    penalty = np.diag([l2] * (x.shape[1] - 1) + [0.0])
+    for _ in range(steps):
+        p = head_scores(w, x)
+        hessian = x.T @ (x * (p * (1 - p))[:, None]) + penalty
+        step = np.linalg.solve(hessian, x.T @ (gold - p) - penalty @ w)
+        w = w + step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return w
+
+
+def head_scores(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """P(harmful) of each row of ``x`` under the head ``weights``."""
+    return 1.0 / (1.0 + np.exp(-(x @ weights)))
+
+
+def best_f1_threshold(scores: np.ndarray, gold: np.ndarray) -> float:
+    """The score at or above which flagging has the best F1 on ``scores`` (the lowest of ties)."""
+    best, best_f1 = 0.5, -1.0
+    for t in np.unique(scores):
+        flagged = scores >= t
+        tp = float(np.sum(flagged & (gold == 1)))
+        f1 = 2 * tp / (np.sum(flagged) + np.sum(gold == 1))
+        if f1 > best_f1:
+            best, best_f1 = float(t), f1
+    return best
+
+
+def measure_scores(
+    scores: np.ndarray, gold: np.ndarray, threshold: float
+) -> dict[str, float | None]:
+    """AUC of ``scores``, and F1 / FPR / FNR of flagging those at or above ``threshold``."""
+    flagged = scores >= threshold
+    tp = int(np.sum(flagged & (gold == 1)))
+    fp = int(np.sum(flagged & (gold == 0)))
+    fn = int(np.sum(~flagged & (gold == 1)))
+    tn = int(np.sum(~flagged & (gold == 0)))
+    return {
+        "items": len(gold),
+        "auc": auc(scores.tolist(), (gold == 1).tolist()),
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+        "fpr": fp / (fp + tn) if fp + tn else None,
+        "fnr": fn / (fn + tp) if fn + tp else None,
+    }
+
+
 def _log_loss(scores: np.ndarray, gold: np.ndarray) -> float:
     p = np.clip(scores, 1e-6, 1 - 1e-6)
     return float(-np.mean(gold * np.log(p) + (1 - gold) * np.log(1 - p)))
@@ -187,7 +243,7 @@ def cross_validated(x: np.ndarray, gold: np.ndarray, groups: list[str], l2: floa
             continue
         mean, sd = x[~held].mean(0), x[~held].std(0) + 1e-6
         head = fit_head(standardise(x[~held], mean, sd), gold[~held], l2=l2, steps=30)
-        scores[held] = head.scores(standardise(x[held], mean, sd))
+        scores[held] = head_scores(head, standardise(x[held], mean, sd))
     return scores
 
 
@@ -260,8 +316,8 @@ def fit_probe(
         max_answer_chars=read_chars or fitted_chars,
         mean=tuple(float(v) for v in mean),
         sd=tuple(float(v) for v in sd),
-        weights=tuple(head.weights[:-1]),
-        bias=head.weights[-1],
+        weights=tuple(float(v) for v in head[:-1]),
+        bias=float(head[-1]),
         threshold=threshold,
         fitted={
             "train": str(train_dir),

@@ -36,7 +36,6 @@ class Row:
     # The screen decided (conscience/screen.py): unethical whatever the rule, and P(unethical)
     # is 1 in the curves and the AUC; ``probs`` still hold the judge's own reading.
     screened: bool = False
-    parts: dict[str, float] | None = None  # the decomposed verdict's three P(yes)
     # With a second opinion (conscience/cascade.py): the probes' P(unethical) by layout.
     readings: dict[str, float] | None = None
 

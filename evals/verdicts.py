@@ -77,14 +77,12 @@ async def _review(
     except VerdictError:
         # The judge answered something that is no label: a failed review, counted as wrong.
         # Engine failures (unreachable, timeouts, 5xx) are not caught: they stop the run.
-        predicted, p_unethical, probs, screened, parts = ERROR, None, None, False, None
-        readings = None
+        predicted, p_unethical, probs, screened, readings = ERROR, None, None, False, None
     else:
         predicted = judgement.verdict.value
         probs = dict(judgement.label_probs) if judgement.label_probs else None
         p_unethical = probs.get("unethical") if probs else None
         screened = bool(judgement.screen)
-        parts = judgement.parts
         readings = judgement.readings
         if screened:
             p_unethical = 1.0
@@ -98,7 +96,6 @@ async def _review(
         seconds,
         probs,
         screened,
-        parts,
         readings,
     )
 
@@ -148,7 +145,7 @@ def _resume(out_dir: Path, identity: dict[str, Any]) -> dict[tuple[str, str, str
     done: dict[tuple[str, str, str], Row] = {}
     for record in read_records(out_dir / ROWS_FILE):
         key = (record.pop("framework"), record.pop("layout"), record["id"])
-        done[key] = Row(**record)
+        done[key] = _row_of(record)
     return done
 
 
@@ -256,6 +253,13 @@ def _write(
         write_curve(report, all_rows, out_dir / CURVE_FILE)
 
 
+def _row_of(record: dict[str, Any]) -> Row:
+    """A row as ``ROWS_FILE`` holds it; runs from before the decomposed verdict was retired
+    may carry its ``parts``, which nothing reads now."""
+    record.pop("parts", None)
+    return Row(**record)
+
+
 def read_rows(run_dir: Path) -> tuple[dict[str, Any], dict[tuple[str, str], list[Row]]]:
     """The report and the rows, by (framework, layout), of an earlier run."""
     try:
@@ -267,7 +271,7 @@ def read_rows(run_dir: Path) -> tuple[dict[str, Any], dict[tuple[str, str], list
     for line in lines:
         data = json.loads(line)
         key = (data.pop("framework"), data.pop("layout"))
-        rows.setdefault(key, []).append(Row(**data))
+        rows.setdefault(key, []).append(_row_of(data))
     return report, rows
 
 
@@ -478,7 +482,5 @@ def _rescore_main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["rescore"]:
-        sys.exit(
-            "usage: conscience eval rescore RUN_DIR [--calibration FILE] ..."
-        )
+        sys.exit("usage: conscience eval rescore RUN_DIR [--calibration FILE] ...")
     sys.exit(_rescore_main(sys.argv[2:]))

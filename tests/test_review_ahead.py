@@ -151,8 +151,6 @@ async def test_which_work_ahead_each_method_gets(client: EngineClient) -> None:
     assert isinstance(conscience.review_ahead(QUESTION), WindowsAhead)
     # wwjd is not the probe's framework: its reviews use the single method, prefilled ahead.
     assert isinstance(conscience.review_ahead(QUESTION, "wwjd"), PrefixAhead)
-    conscience.method = JudgeMethod.DECOMPOSED
-    assert conscience.review_ahead(QUESTION) is None
 
 
 async def test_warm_ups_follow_the_answer_one_at_a_time() -> None:

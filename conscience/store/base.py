@@ -50,7 +50,7 @@ BLANK = " \t\r\n"
 COLUMNS: tuple[str, ...] = tuple(Judgement.model_fields)
 
 # The columns that hold JSON (text in SQLite, jsonb in PostgreSQL).
-JSON_COLUMNS = frozenset({"messages", "label_probs", "screen", "parts", "readings"})
+JSON_COLUMNS = frozenset({"messages", "label_probs", "screen", "readings"})
 
 
 UNREADABLE_REASONS = (

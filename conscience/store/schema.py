@@ -7,9 +7,11 @@ are append-only: never edit or reorder one that has shipped, add a new one. A da
 the code is refused at open (old code must not guess at columns it does not know).
 
 The two lists must stay equivalent: every field of ``Judgement`` is a column, with the same
-name. SQLite keeps times as fixed-width ISO 8601 text in UTC (it sorts as text) and JSON as
-text; PostgreSQL uses ``timestamptz`` and ``jsonb``. Labels are plain text checked by the enum
-when a row is read, not by a CHECK constraint, so that a new label needs no table rebuild.
+name. A column whose field was retired stays (``RETIRED_COLUMNS``): no migration drops it, the
+code neither writes nor reads it, and a database written before still opens and reads. SQLite
+keeps times as fixed-width ISO 8601 text in UTC (it sorts as text) and JSON as text; PostgreSQL
+uses ``timestamptz`` and ``jsonb``. Labels are plain text checked by the enum when a row is
+read, not by a CHECK constraint, so that a new label needs no table rebuild.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "POSTGRES_MIGRATIONS",
     "POSTGRES_VERSION_TABLE",
+    "RETIRED_COLUMNS",
     "SQLITE_MIGRATIONS",
     "SQLITE_VERSION_TABLE",
 ]
@@ -25,6 +28,11 @@ SQLITE_VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version"
     " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
 )
+
+# Columns of fields that are gone: kept in the table (old rows keep them), never written or read.
+# ``parts``: the decomposed verdict's P(yes) per question (retired; docs/decisions.md, "Retired
+# judge methods").
+RETIRED_COLUMNS: tuple[str, ...] = ("parts",)
 
 POSTGRES_VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version"
@@ -63,7 +71,7 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: the screen's rules (conscience/screen.py), JSON; NULL for rows before it.
     ("ALTER TABLE judgements ADD COLUMN screen TEXT",),
-    # 3: the decomposed verdict's three probabilities (conscience/decomposed.py), JSON.
+    # 3: the decomposed verdict's three probabilities, JSON; retired (RETIRED_COLUMNS).
     ("ALTER TABLE judgements ADD COLUMN parts TEXT",),
     # 4: a second opinion's P(unethical) per layout (conscience/cascade.py), JSON.
     ("ALTER TABLE judgements ADD COLUMN readings TEXT",),
@@ -101,7 +109,7 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: the screen's rules (conscience/screen.py), JSON; NULL for rows before it.
     ("ALTER TABLE judgements ADD COLUMN screen jsonb",),
-    # 3: the decomposed verdict's three probabilities (conscience/decomposed.py), JSON.
+    # 3: the decomposed verdict's three probabilities, JSON; retired (RETIRED_COLUMNS).
     ("ALTER TABLE judgements ADD COLUMN parts jsonb",),
     # 4: a second opinion's P(unethical) per layout (conscience/cascade.py), JSON.
     ("ALTER TABLE judgements ADD COLUMN readings jsonb",),

@@ -191,3 +191,28 @@ def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
     assert said.startswith("the three-laws probe on") and "(wwjd prompts): items 24, auc" in said
     with pytest.raises(ConfigError, match="no probe for 'four-laws'"):
         probe_main(["measure", "--probe", str(out), "--framework", "four-laws", "--vectors", "x"])
+
+
+def test_the_head_finds_the_informative_feature_and_its_sign() -> None:
+    from conscience.evals.probe import best_f1_threshold, fit_head, head_scores, measure_scores
+
+    rng = np.random.default_rng(0)
+    n = 400
+    gold = rng.integers(0, 2, n).astype(float)
+    informative = np.where(gold == 1, -1.0, 1.0) + rng.normal(0, 0.7, n)  # inverted, like HarmBench
+    noise = rng.normal(0, 1.0, n)
+    x = np.column_stack([noise, informative, np.ones(n)])
+    weights = fit_head(x, gold, l2=0.1)
+    assert weights[1] < -1.0 and abs(weights[0]) < 0.3
+    scores = head_scores(weights, x)
+    figures = measure_scores(scores, gold, best_f1_threshold(scores, gold))
+    assert figures["auc"] > 0.9 and figures["f1"] > 0.8 and figures["items"] == n
+
+
+def test_the_best_f1_threshold_maximises_f1_on_the_scores() -> None:
+    from conscience.evals.probe import best_f1_threshold
+
+    scores = np.array([0.9, 0.8, 0.6, 0.3, 0.1])
+    gold = np.array([1.0, 1.0, 0.0, 1.0, 0.0])
+    # F1 at 0.9: 2/4; at 0.8: 4/5; at 0.6: 4/6; at 0.3: 6/7; at 0.1: 6/8 — 0.3 is best.
+    assert best_f1_threshold(scores, gold) == 0.3

@@ -137,16 +137,21 @@ def test_a_smaller_limit_reports_fewer_items_and_keeps_the_other_rows(engine, en
     assert len(engine.of_kind("review")) == before  # all six were still there
 
 
-def test_a_placeholder_replaces_every_answer_and_is_part_of_the_run(engine, engine_url, tmp_path):
-    engine.verdict = "ethical"
+def test_rows_of_a_run_from_before_the_decomposed_verdict_was_retired_still_read(
+    engine, engine_url, tmp_path
+):
+    """Rows carrying the retired ``parts`` resume and read as rows; nothing is reviewed again."""
+    from conscience.evals.verdicts import read_rows
+
     data, out = _binary(tmp_path / "toy.jsonl"), tmp_path / "out"
-    assert _run(engine_url, data, out, "--placeholder", "N/A") == 0
-    prompts = [
-        "\n".join(m["content"] for m in body["messages"]) for body in engine.of_kind("review")
+    assert _run(engine_url, data, out) == 0
+    rows_file = out / "verdicts.jsonl"
+    old = [
+        {**json.loads(line), "parts": {"harm": 0.5}} for line in rows_file.read_text().splitlines()
     ]
-    assert len(prompts) == 6 and not any("ITEM-" in prompt for prompt in prompts)
-    assert all("N/A" in prompt for prompt in prompts)
-    report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["answer_placeholder"] == "N/A"
-    with pytest.raises(ConfigError, match=r"other settings \(settings\)"):
-        _run(engine_url, data, out)  # the real answers are another run
+    rows_file.write_text("".join(json.dumps(row) + "\n" for row in old))
+    before = len(engine.of_kind("review"))
+    assert _run(engine_url, data, out) == 0
+    assert len(engine.of_kind("review")) == before
+    _, rows = read_rows(out)
+    assert sum(len(r) for r in rows.values()) == 6

@@ -14,6 +14,7 @@ from conscience.store import postgres as pg_backend
 from conscience.store import sqlite as sqlite_backend
 from conscience.store.base import COLUMNS
 from conscience.store.postgres import PostgresStore
+from conscience.store.schema import RETIRED_COLUMNS
 from conscience.store.sqlite import SQLiteStore
 from conscience.store.url import redact, scrub
 
@@ -78,7 +79,20 @@ async def test_every_field_of_the_record_is_a_column(store, backend, run_sql):
             "SELECT column_name FROM information_schema.columns"
             " WHERE table_schema = current_schema() AND table_name = 'judgements'"
         )
-    assert sorted(r[0] for r in rows) == sorted(COLUMNS)
+    assert sorted(r[0] for r in rows) == sorted((*COLUMNS, *RETIRED_COLUMNS))
+
+
+async def test_a_row_holding_a_retired_column_still_reads(store, make, run_sql):
+    """A row an older version wrote with the decomposed verdict's ``parts`` reads as the
+    judgement it was, without them; rows written now leave the column empty."""
+    old = make()
+    await store.add(old)
+    run_sql(f"""UPDATE judgements SET parts = '{{"harm": 0.5}}' WHERE id = '{old.id}'""")
+    assert await store.get(old.id) == old
+    assert old in (await store.read_page(limit=10)).judgements
+    new = make()
+    await store.add(new)
+    assert run_sql(f"SELECT parts FROM judgements WHERE id = '{new.id}'") == [(None,)]
 
 
 async def test_a_negative_page_is_refused(store):

@@ -36,7 +36,6 @@ def full_judgement() -> Judgement:
         confidence=0.8125,
         label_probs={"ethical": 0.1, "neutral": 0.0875, "unethical": 0.8125},
         screen=["verdict-line", "look-alike"],
-        parts={"request": 0.75, "complies": 0.5, "harm": 0.125},
         readings={"follow-up-brief": 0.5625, "paper": 0.8125},
         rewrite="Here is a safe way: …",
         action=Action.REWRITTEN,
