@@ -122,9 +122,11 @@ async def start_embedded(
     seconds); ``/v1/embeddings`` when asked, or when the probe reads them (``probe_read``
     embeddings, or a model the reader refuses: the engine is then started again with them)."""
     from conscience.engine.embedded import EmbeddedEngine
+    from conscience.engine.truncate import refuse_probe_only
     from conscience.engine.weights import model_path
 
     path = Path(gguf) if gguf is not None else model_path(settings.model, settings.model_cache_dir)
+    refuse_probe_only(path)  # a model cut for a probe (engine/truncate.py) writes no text
     probe = settings.judge_method == "probe"
     engine = EmbeddedEngine(
         path,

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ __all__ = [
 PROBE_ONLY_KEY = "conscience.probe_only"  # true in every file written here
 SOURCE_SHA_KEY = "conscience.source_sha256"  # the full model it was cut from
 SOURCE_BLOCKS_KEY = "conscience.source_block_count"  # N, the full model's depth
+BLOCKS_KEY = "conscience.probe_blocks"  # k, also <arch>.block_count (read later in the header)
 _VERSION = 1  # of the manifest's layout; another version is a file to rebuild
 _BLOCK = re.compile(r"blk\.(\d+)\.")
 
@@ -90,22 +92,53 @@ def block_count(path: Path) -> int:
 
 
 def is_probe_only(path: Path) -> bool:
-    """Whether the GGUF at ``path`` was cut here for a probe (and must never generate text)."""
-    return _field(_reader(path), PROBE_ONLY_KEY) is True
+    """Whether the GGUF at ``path`` was cut here for a probe (and must never generate text).
+    Reads only the start of the header, where the mark is written: milliseconds, where
+    parsing the whole header (the vocabulary) takes seconds; a file that is not GGUF: False."""
+    return _leading_keys(path).get(PROBE_ONLY_KEY) is True
 
 
 def refuse_probe_only(path: Path) -> None:
     """Raise ModelError if ``path`` is a truncated probe model: its next-token distribution is
     not language, so it is never started to generate text."""
-    reader = _reader(path)
-    if _field(reader, PROBE_ONLY_KEY) is not True:
+    keys = _leading_keys(path)
+    if keys.get(PROBE_ONLY_KEY) is not True:
         return
-    arch = _architecture(reader, path)
-    k, n = _field(reader, f"{arch}.block_count"), _field(reader, SOURCE_BLOCKS_KEY)
+    k, n = keys.get(BLOCKS_KEY), keys.get(SOURCE_BLOCKS_KEY)
     raise ModelError(
         f"{path.name} holds only the first {k} of {n} blocks of a model, for a probe: it does "
         "not write text; serve the full model"
     )
+
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q"}
+_SCALARS |= {11: "<q", 12: "<d"}
+_STRING, _LEADING = 8, 8  # GGUF's string type; how many keys is_probe_only looks at
+
+
+def _leading_keys(path: Path) -> dict[str, Any]:
+    """The first key-value pairs of a little-endian GGUF header, up to the first array."""
+    keys: dict[str, Any] = {}
+    try:
+        with path.open("rb") as f:
+            magic, version, _tensors, count = struct.unpack("<4sIQQ", f.read(24))
+            if magic != b"GGUF" or not 2 <= version <= 3:
+                return keys
+            for _ in range(min(count, _LEADING)):
+                (size,) = struct.unpack("<Q", f.read(8))
+                name = f.read(size).decode("utf-8")
+                (vtype,) = struct.unpack("<I", f.read(4))
+                if vtype == _STRING:
+                    (size,) = struct.unpack("<Q", f.read(8))
+                    keys[name] = f.read(size).decode("utf-8")
+                elif vtype in _SCALARS:
+                    fmt = _SCALARS[vtype]
+                    (keys[name],) = struct.unpack(fmt, f.read(struct.calcsize(fmt)))
+                else:  # an array: the marks come before any
+                    break
+    except (OSError, struct.error, UnicodeDecodeError):
+        return keys
+    return keys
 
 
 def truncate_gguf(source: Path, k: int, out: Path, *, source_sha256: str | None = None) -> None:
@@ -126,7 +159,7 @@ def truncate_gguf(source: Path, k: int, out: Path, *, source_sha256: str | None 
         raise ModelError(f"{source} has no {arch}.block_count")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
         raise ModelError(f"cannot keep the first {k!r} blocks of {source.name}: k is 1 to {n - 1}")
-    if _field(reader, PROBE_ONLY_KEY) is True:
+    if _field(reader, PROBE_ONLY_KEY) is True or _field(reader, BLOCKS_KEY) is not None:
         raise ModelError(f"{source.name} is already a truncated probe model")
     if (_field(reader, "split.count") or 1) > 1:
         raise ModelError(f"{source.name} is one shard of a split GGUF: merge it first")
@@ -140,6 +173,12 @@ def truncate_gguf(source: Path, k: int, out: Path, *, source_sha256: str | None 
         alignment = _field(reader, "general.alignment")
         if alignment is not None:
             writer.data_alignment = alignment
+        # The marks first, right after the architecture: is_probe_only reads only them.
+        writer.add_bool(PROBE_ONLY_KEY, True)
+        writer.add_uint32(BLOCKS_KEY, k)
+        writer.add_uint32(SOURCE_BLOCKS_KEY, n)
+        if source_sha256 is not None:
+            writer.add_string(SOURCE_SHA_KEY, source_sha256)
         for field in reader.fields.values():
             # GGUF.* are the header's own counts; the writer writes the architecture itself.
             if field.name.startswith("GGUF.") or field.name == "general.architecture":
@@ -151,10 +190,6 @@ def truncate_gguf(source: Path, k: int, out: Path, *, source_sha256: str | None 
             elif field.name.startswith(f"{arch}.") and isinstance(value, list) and len(value) == n:
                 value = value[:k]  # one entry per block (a per-layer head count, say)
             writer.add_key_value(field.name, value, vtype, sub_type=sub_type)
-        writer.add_bool(PROBE_ONLY_KEY, True)
-        writer.add_uint32(SOURCE_BLOCKS_KEY, n)
-        if source_sha256 is not None:
-            writer.add_string(SOURCE_SHA_KEY, source_sha256)
         kept = [t for t in reader.tensors if not _dropped(t.name, k)]
         for t in kept:
             writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)

@@ -61,6 +61,14 @@ def test_the_file_holds_every_key_and_only_the_first_k_blocks(smollm2: Path, cut
     before, after = _fields(full), _fields(part)
     assert before["llama.block_count"] == 30 and after["llama.block_count"] == K
     assert after[PROBE_ONLY_KEY] is True and after["conscience.source_block_count"] == 30
+    assert after["conscience.probe_blocks"] == K
+    # the marks lead the header, where is_probe_only looks without parsing the vocabulary
+    assert list(after)[:4] == [
+        "general.architecture",
+        PROBE_ONLY_KEY,
+        "conscience.probe_blocks",
+        "conscience.source_block_count",
+    ]
     changed = {"llama.block_count"}
     assert {k: v for k, v in after.items() if k in before and k not in changed} == {
         k: v for k, v in before.items() if k not in changed
@@ -150,10 +158,25 @@ def test_the_cached_file_is_verified_on_reuse_and_rebuilt_when_damaged(
     assert path.with_suffix(".json").is_file()
 
 
-def test_the_truncated_file_is_refused_as_a_generating_model(smollm2: Path, cut: Path) -> None:
+def test_the_truncated_file_is_refused_as_a_generating_model(
+    smollm2: Path, cut: Path, tmp_path: Path
+) -> None:
     refuse_probe_only(smollm2)  # the full model passes
     with pytest.raises(ModelError, match=r"first 4 of 30 blocks .* does not write text"):
         refuse_probe_only(cut)
+    (tmp_path / "text.gguf").write_text("not a model")  # not GGUF: not marked (the engine says)
+    assert not is_probe_only(tmp_path / "text.gguf")
+    refuse_probe_only(tmp_path / "text.gguf")
+
+
+async def test_the_embedded_engine_will_not_serve_it(cut: Path) -> None:
+    """Every generating engine starts through start_embedded: the file is refused there,
+    before a child process is started."""
+    from conscience.engine.connect import start_embedded
+    from conscience.settings import Settings
+
+    with pytest.raises(ModelError, match="for a probe: it does not write text"):
+        await start_embedded(Settings(engine_threads=2, engine_parallel=1), gguf=cut)
 
 
 @pytest.mark.integration
