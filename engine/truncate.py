@@ -187,8 +187,8 @@ def truncate_gguf(source: Path, k: int, out: Path, *, source_sha256: str | None 
             sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
             if field.name == f"{arch}.block_count":
                 value = k
-            elif field.name.startswith(f"{arch}.") and isinstance(value, list) and len(value) == n:
-                value = value[:k]  # one entry per block (a per-layer head count, say)
+            elif _per_block(field.name, arch, value, n):
+                value = value[:k]
             writer.add_key_value(field.name, value, vtype, sub_type=sub_type)
         kept = [t for t in reader.tensors if not _dropped(t.name, k)]
         for t in kept:
@@ -204,6 +204,13 @@ def truncate_gguf(source: Path, k: int, out: Path, *, source_sha256: str | None 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _per_block(key: str, arch: str, value: object, n: int) -> bool:
+    """Whether ``key`` holds one entry per block (a per-layer head count or FFN width): an
+    array of the architecture's of length N; rope's arrays (sections of a head) are not."""
+    is_array = isinstance(value, list) and len(value) == n
+    return is_array and key.startswith(f"{arch}.") and not key.startswith(f"{arch}.rope.")
 
 
 def _dropped(name: str, k: int) -> bool:

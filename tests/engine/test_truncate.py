@@ -85,6 +85,35 @@ def test_the_file_holds_every_key_and_only_the_first_k_blocks(smollm2: Path, cut
     assert block_count(cut) == K and is_probe_only(cut) and not is_probe_only(smollm2)
 
 
+def test_per_block_arrays_are_cut_and_other_arrays_kept(tmp_path: Path) -> None:
+    """A key with one entry per block (a per-layer head count, as OpenELM has) keeps the first
+    k entries; an array of another length (the vocabulary) is copied whole."""
+    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    writer.add_block_count(3)
+    writer.add_array("llama.attention.head_count", [4, 4, 2])
+    writer.add_array("llama.other", [1, 2])
+    writer.add_array("llama.rope.dimension_sections", [8, 8, 0])  # not per block, though 3 long
+    writer.add_token_list(["a", "b", "c"])
+    for name in ("token_embd.weight", "output_norm.weight", "blk.0.x", "blk.1.x", "blk.2.x"):
+        writer.add_tensor(name, np.full((3, 8), len(name), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    truncate_gguf(tmp_path / "m.gguf", 2, tmp_path / "cut.gguf")
+    cut = gguf.GGUFReader(str(tmp_path / "cut.gguf"))
+    fields = _fields(cut)
+    assert fields["llama.attention.head_count"] == [4, 4]
+    assert fields["llama.rope.dimension_sections"] == [8, 8, 0]
+    assert fields["llama.other"] == [1, 2] and fields["tokenizer.ggml.tokens"] == ["a", "b", "c"]
+    assert [t.name for t in cut.tensors] == [
+        "token_embd.weight",
+        "output_norm.weight",
+        "blk.0.x",
+        "blk.1.x",
+    ]
+
+
 @pytest.mark.parametrize("k", [0, -1, 30, 31, True, 2.0])
 def test_a_depth_outside_the_model_is_refused_and_nothing_is_written(
     smollm2: Path, tmp_path: Path, k: Any
