@@ -66,6 +66,12 @@ DELEGATED: tuple[Delegated, ...] = (
         "(re)write the harm-judging train/dev/test split by prompt (ids only)",
     ),
     Delegated(
+        ("fit", "split-all"),
+        "conscience.evals.sources",
+        "main",
+        "(re)write the split over every labelled source: harm-judging, its additions, benign chat",
+    ),
+    Delegated(
         ("pairs", "start"),
         "conscience.evals.loop_start",
         "main",

@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     """(Re)write ``data/all_sources_split.json`` from the shared data."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="write the split over every labelled source")
+    parser = argparse.ArgumentParser(
+        prog="conscience fit split-all", description="write the split over every labelled source"
+    )
     parser.add_argument("root", nargs="?", type=Path, default=data_dir().parent)
     parser.add_argument("--out", type=Path, default=ALL_SPLIT_FILE)
     args = parser.parse_args(argv)
