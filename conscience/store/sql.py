@@ -39,6 +39,7 @@ from conscience.store.base import (
     split_rows,
     to_utc,
 )
+from conscience.store.search import Search, where
 
 __all__ = [
     "CURRENT_VERSION",
@@ -138,6 +139,17 @@ class Statements:
             return sql, (BLANK,)
         return f"{sql} LIMIT {self.mark}", (BLANK, limit)
 
+    def search(self, search: Search, limit: int, offset: int) -> Query:
+        """The console's search: newest first, like ``page``."""
+        check_page(limit, offset)
+        clause, params = where(search, self.mark, self.moment)
+        sql = f"{_SELECT}{clause} ORDER BY created_at DESC, id DESC"
+        return f"{sql} LIMIT {self.mark} OFFSET {self.mark}", (*params, limit, offset)
+
+    def search_count(self, search: Search) -> Query:
+        clause, params = where(search, self.mark, self.moment)
+        return f"SELECT count(*) FROM judgements{clause}", params
+
     def set_human_label(self, judgement_id: str, label: Verdict | None) -> Query:
         """Set the label and return the row as it now is (no row: no such judgement)."""
         value = None if label is None else Verdict(label).value
@@ -232,3 +244,12 @@ class SQLReads(ABC):
     ) -> RowsRead:
         rows = await self._fetch(self._sql.pairs(include_consumed, limit))
         return split_rows(rows, self._from_row)
+
+    async def search(self, search: Search, *, limit: int = 100, offset: int = 0) -> RowsRead:
+        """The console's search (``search.py``): a page of matches, newest first."""
+        rows = await self._fetch(self._sql.search(search, limit, offset))
+        return split_rows(rows, self._from_row)
+
+    async def search_count(self, search: Search) -> int:
+        ((count,),) = await self._fetch(self._sql.search_count(search))
+        return int(count)

@@ -1,0 +1,19 @@
+"""The operator's console at ``/ui/``: the judgements the conscience made, one judgement with
+its conversation and word diff, human labels, and an overview. Server-rendered HTML with no
+script (``routes.py`` for its safety rules), shipped in the wheel with its stylesheet.
+
+``install(app)`` adds its routes and its sessions to an app."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from conscience.server.console.routes import router
+from conscience.server.console.session import Sessions
+
+__all__ = ["install"]
+
+
+def install(app: FastAPI) -> None:
+    app.state.console_sessions = Sessions()
+    app.include_router(router)

@@ -1,0 +1,143 @@
+"""The console's pure parts: escaping by construction, the word diff, the overview's figures,
+and the store's search."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from conscience.judgement import Judgement
+from conscience.labels import Action, Verdict
+from conscience.server.console.diff import word_diff
+from conscience.server.console.markup import Html, el, raw
+from conscience.server.console.overview import agreement, bars_svg, buckets, percentile
+from conscience.store.search import Search
+from conscience.store.sqlite import SQLiteStore
+
+
+def test_text_and_attributes_are_escaped() -> None:
+    page = el("a", "<script>x()</script>", href='"><img src=x onerror=y>', title="a&b")
+    assert page == (
+        '<a href="&quot;&gt;&lt;img src=x onerror=y&gt;" title="a&amp;b">'
+        "&lt;script&gt;x()&lt;/script&gt;</a>"
+    )
+    assert el("p", Html("<b>ok</b>"), "<b>no</b>") == "<p><b>ok</b>&lt;b&gt;no&lt;/b&gt;</p>"
+    assert el("p", ["<i>", None, 3]) == "<p>&lt;i&gt;3</p>"
+    assert el("input", disabled=True, value=None) == "<input disabled>"
+    assert el("rect", x="1") == '<rect x="1"/>'  # SVG closes itself, or it holds what follows
+    assert el("span", class_="c", aria_label="n") == '<span class="c" aria-label="n"></span>'
+    assert raw("<!doctype html>") == "<!doctype html>"
+
+
+def test_word_diff() -> None:
+    assert word_diff("a b c d", "a x c d") == ("a <del>b</del> c d", "a <ins>x</ins> c d")
+    assert word_diff("same", "same") == ("same", "same")
+    left, right = word_diff("Hide notes in a sleeve.", "Study for it.")
+    assert left == "<del>Hide notes in a sleeve.</del>" and right == "<ins>Study for it.</ins>"
+    left, right = word_diff("<b>x</b> y", "<b>z</b> y")
+    assert "<b>" not in left + right and "&lt;b&gt;x&lt;/b&gt;" in left
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    values = [50.0, 60.0, 70.0, 80.0, 90.0, 100.0]
+    assert percentile(values, 50) == 75.0
+    assert percentile(values, 90) == pytest.approx(95.0)
+    assert percentile(values, 0) == 50.0 and percentile(values, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0 and percentile([], 50) is None
+
+
+def _j(verdict: Verdict, human: Verdict | None, minutes: int = 0) -> Judgement:
+    return Judgement(
+        created_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes),
+        framework="f",
+        layout="paper",
+        messages=[],
+        answer="a",
+        verdict=verdict,
+        human_label=human,
+        action=Action.PASSED,
+    )
+
+
+def test_agreement_against_human_labels() -> None:
+    U, E, N = Verdict.UNETHICAL, Verdict.ETHICAL, Verdict.NEUTRAL
+    rows = [_j(U, U), _j(U, E), _j(E, E), _j(N, E), _j(E, U), _j(U, None)]
+    found = agreement(rows)
+    assert found.labelled == 5
+    assert found.agreement == pytest.approx(2 / 5)  # (U,U) and (E,E)
+    assert found.precision == pytest.approx(1 / 2)  # judge's U: (U,U), (U,E)
+    assert found.false_positive_rate == pytest.approx(1 / 3)  # humans' not-U: (U,E), (E,E), (N,E)
+    assert agreement([_j(U, None)]).agreement is None
+
+
+def test_buckets_and_chart() -> None:
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        _j(Verdict.ETHICAL, None, 0),
+        _j(Verdict.UNETHICAL, None, 59),
+        _j(Verdict.ETHICAL, None, 61),
+    ]
+    starts, counts = buckets(rows, since, since + timedelta(hours=2), "verdict", n=2)
+    assert starts == [since, since + timedelta(hours=1)]
+    assert counts[0] == {"ethical": 1, "unethical": 1} and counts[1] == {"ethical": 1}
+    svg = bars_svg("Verdicts", starts, counts, ["ethical", "unethical"])
+    assert svg.count("<rect") == 3 and 'aria-label="Verdicts"' in svg and "style=" not in svg
+
+
+def test_store_search(tmp_path: Path) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        Judgement(
+            created_at=now,
+            framework="f",
+            layout="paper",
+            model="m1",
+            messages=[{"role": "user", "content": "Grow TOMATOES 100%"}],
+            answer="Water them.",
+            verdict=Verdict.ETHICAL,
+            action=Action.PASSED,
+        ),
+        Judgement(
+            created_at=now + timedelta(seconds=1),
+            framework="g",
+            layout="paper",
+            model="m2",
+            messages=[{"role": "user", "content": "Pick a lock"}],
+            answer="No.",
+            rewrite="Call a locksmith_",
+            verdict=Verdict.UNETHICAL,
+            action=Action.REWRITTEN,
+        ),
+    ]
+
+    async def run() -> dict[str, list[str]]:
+        store = SQLiteStore(str(tmp_path / "s.sqlite3"))
+        await store.open()
+        await store.add_many(rows)
+        found = {}
+        for name, search in {
+            "all": Search(),
+            "tomato": Search(text="tomatoes"),
+            "percent": Search(text="100%"),
+            "wild": Search(text="1%0"),
+            "underscore": Search(text="h_"),
+            "rewrite": Search(text="LOCKSMITH"),
+            "m2": Search(model="m2", action=Action.REWRITTEN, framework="g"),
+            "since": Search(since=now + timedelta(seconds=1)),
+            "until": Search(until=now + timedelta(seconds=1)),
+        }.items():
+            page = await store.search(search, limit=10)
+            assert await store.search_count(search) == len(page.judgements)
+            found[name] = [j.answer for j in page.judgements]
+        await store.close()
+        return found
+
+    found = asyncio.run(run())
+    assert found["all"] == ["No.", "Water them."]  # newest first
+    assert found["tomato"] == ["Water them."] and found["percent"] == ["Water them."]
+    assert found["wild"] == [] and found["underscore"] == ["No."]
+    assert found["rewrite"] == ["No."] and found["m2"] == ["No."]
+    assert found["since"] == ["No."] and found["until"] == ["Water them."]
