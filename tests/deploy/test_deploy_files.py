@@ -132,7 +132,8 @@ def test_compose_parses_with_the_expected_services_and_profiles():
         "postgres": ("gpu",),
         "proxy": ("gpu",),
         "volume-init": ("gpu",),
-        "proxy-cpu": ("cpu",),
+        # train-cpu too: `run trainer-cpu` turns on that profile alone, and it depends on proxy-cpu.
+        "proxy-cpu": ("cpu", "train-cpu"),
         "trainer": ("train",),
         "trainer-cpu": ("train-cpu",),
     }
