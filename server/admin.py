@@ -77,6 +77,7 @@ async def list_judgements(
     request: Request,
     verdict: Verdict | None = None,
     framework: str | None = None,
+    client_key_id: str | None = None,  # the client key's id (server/auth.key_id)
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = Query(100, ge=1, le=1000),
@@ -88,6 +89,7 @@ async def list_judgements(
     filters: dict[str, Any] = {
         "verdict": verdict,
         "framework": framework,
+        "client_key_id": client_key_id,
         "since": since,
         "until": until,
     }

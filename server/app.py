@@ -15,7 +15,15 @@ from fastapi import FastAPI
 from conscience.engine.connect import open_engine
 from conscience.labels import Layout
 from conscience.review import conscience_from_settings
-from conscience.server import admin, completions, console, passthrough, routes, tracing
+from conscience.server import (
+    admin,
+    completions,
+    console,
+    passthrough,
+    review_only,
+    routes,
+    tracing,
+)
 from conscience.server.cancellation import Cancellation
 from conscience.server.errors import install_error_handlers, secret_scrubber
 from conscience.server.metrics import Metrics
@@ -195,6 +203,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(admin.router)
     app.include_router(completions.router)
+    app.include_router(review_only.router)
     console.install(app)  # the operator's console at /ui/
     passthrough.install(app)  # every other /v1 route: the fallback, after all routes
 

@@ -24,6 +24,7 @@ from conscience.labels import Action, Policy, ReviewErrorMode, Verdict
 from conscience.prompts import message_text
 from conscience.review import Conscience
 from conscience.server import tracing
+from conscience.server.auth import client_key_id
 from conscience.server.errors import ApiError
 from conscience.server.metrics import Metrics
 from conscience.server.protocol import ChatCompletionRequest, ConscienceResult
@@ -239,6 +240,8 @@ class Pipeline:
         """Commit the decisions' judgements, count their actions and verdicts, and return the
         response-level ``conscience`` object (the most severe choice)."""
         judgements = [d.judgement for d in decisions if d.judgement is not None]
+        for judgement in judgements:  # which client key asked (server/auth.py), by its id
+            judgement.client_key_id = client_key_id.get()
         # Committed before the response exists: nothing acknowledged is ever lost. A single
         # judgement goes through `add`, which commits concurrent requests' rows together.
         if judgements:

@@ -88,6 +88,7 @@ class Filters(TypedDict, total=False):
 
     verdict: Verdict | None  # the model's verdict, not the human label
     framework: str | None
+    client_key_id: str | None  # the client key's id (server/auth.key_id)
     since: datetime | None  # created_at >= since
     until: datetime | None  # created_at < until
 

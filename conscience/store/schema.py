@@ -75,6 +75,13 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE judgements ADD COLUMN parts TEXT",),
     # 4: a second opinion's P(unethical) per layout (conscience/cascade.py), JSON.
     ("ALTER TABLE judgements ADD COLUMN readings TEXT",),
+    # 5: which client key asked (its id, never the key) and whether only a review was asked
+    # (POST /v1/conscience/review); rows before it: no key id, not review-only.
+    (
+        "ALTER TABLE judgements ADD COLUMN client_key_id TEXT",
+        "ALTER TABLE judgements ADD COLUMN review_only INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX judgements_client_key ON judgements (client_key_id, created_at)",
+    ),
 )
 
 POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -113,4 +120,11 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE judgements ADD COLUMN parts jsonb",),
     # 4: a second opinion's P(unethical) per layout (conscience/cascade.py), JSON.
     ("ALTER TABLE judgements ADD COLUMN readings jsonb",),
+    # 5: which client key asked (its id, never the key) and whether only a review was asked
+    # (POST /v1/conscience/review); rows before it: no key id, not review-only.
+    (
+        "ALTER TABLE judgements ADD COLUMN client_key_id text",
+        "ALTER TABLE judgements ADD COLUMN review_only boolean NOT NULL DEFAULT false",
+        "CREATE INDEX judgements_client_key ON judgements (client_key_id, created_at)",
+    ),
 )

@@ -24,6 +24,8 @@ class Search:
     action: Action | None = None
     framework: str | None = None
     model: str | None = None  # the generating model
+    client_key_id: str | None = None  # the client key's id (server/auth.key_id)
+    review_only: bool | None = None  # True: only POST /v1/conscience/review's; False: none of them
     since: datetime | None = None  # created_at >= since (naive: UTC)
     until: datetime | None = None  # created_at < until
     text: str | None = None  # a substring of the conversation, the answer or the rewrite
@@ -46,10 +48,13 @@ def where(
         ("action", search.action and Action(search.action).value),
         ("framework", search.framework),
         ("model", search.model),
+        ("client_key_id", search.client_key_id),
     ):
         if value:
             clauses.append(f"{column} = {mark}")
             params.append(value)
+    if search.review_only is not None:  # a boolean in PostgreSQL, 0 or 1 in SQLite
+        clauses.append("review_only" if search.review_only else "NOT review_only")
     if search.since is not None:
         clauses.append(f"created_at >= {mark}")
         params.append(moment(to_utc(search.since)))

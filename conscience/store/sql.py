@@ -188,6 +188,9 @@ class Statements:
         if (framework := filters.get("framework")) is not None:
             clauses.append(f"framework = {self.mark}")
             params.append(framework)
+        if (client_key_id := filters.get("client_key_id")) is not None:
+            clauses.append(f"client_key_id = {self.mark}")
+            params.append(client_key_id)
         if (since := filters.get("since")) is not None:
             clauses.append(f"created_at >= {self.mark}")
             params.append(self.moment(to_utc(since)))

@@ -145,6 +145,8 @@ def table_page(
         _select("action", "Action", [a.value for a in Action], query.get("action")),
         _field("framework", "Framework", query.get("framework")),
         _field("model", "Model", query.get("model")),
+        _field("key", "Client key id", query.get("key")),
+        _select("origin", "Origin", ["completion", "review-only"], query.get("origin")),
         _field("since", "From", query.get("since"), "datetime-local"),
         _field("until", "To", query.get("until"), "datetime-local"),
         _field("q", "Text", query.get("q"), "search"),
@@ -321,6 +323,8 @@ def detail_page(csrf: str, r: Judgement, refusal: str, threshold: float | None) 
         [
             ("judgement", r.id),
             ("request", r.request_id),
+            ("client key id", r.client_key_id),
+            ("origin", "review only (nothing generated)" if r.review_only else "completion"),
             ("time (UTC)", _time(r.created_at)),
             ("model", r.model),
             ("judge", r.judge_model),

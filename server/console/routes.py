@@ -208,6 +208,8 @@ def _search(query: dict[str, str]) -> Search:
         since=_moment(query.get("since")),
         until=_moment(query.get("until")),
         text=query.get("q") or None,
+        client_key_id=query.get("key") or None,
+        review_only={"review-only": True, "completion": False}.get(query.get("origin", "")),
     )
 
 
