@@ -33,6 +33,19 @@ if [ -z "${CONSCIENCE_TEST_POSTGRES_URL:-}" ] && [ -f .ci/postgres.sh ]; then
     fi
 fi
 
+# Chromium for the console's browser tests (tests/console/test_console_browser.py): Debian's
+# package, which Playwright drives; installed only where that is allowed (root, in CI, as
+# .ci/postgres.sh installs PostgreSQL). Elsewhere those tests are skipped, saying why.
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${CONSCIENCE_CHROMIUM:-}" ]; then
+    if [ "$(id -u)" -eq 0 ] && { [ -n "${CI:-}" ] || [ "${CONSCIENCE_REQUIRE_BROWSER:-0}" = "1" ]; }; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2
+        apt-get install -y -qq chromium >&2
+    else
+        echo "Chromium unavailable: the console's browser tests will be skipped" >&2
+    fi
+fi
+
 ruff check .
 ruff format --check .
 python -m pytest "$@"

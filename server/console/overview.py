@@ -85,8 +85,11 @@ def buckets(
     return starts, counts
 
 
-def _tick(moment: datetime, width: timedelta) -> str:
-    return moment.strftime("%H:%M" if width < timedelta(hours=12) else "%m-%d")
+def _tick(moment: datetime, span: timedelta) -> str:
+    """A tick's label: the time of day within a day, the date (and hour) beyond."""
+    if span <= timedelta(days=1):
+        return moment.strftime("%H:%M")
+    return moment.strftime("%m-%d %H:%M" if span <= timedelta(days=3) else "%m-%d")
 
 
 def bars_svg(
@@ -117,12 +120,12 @@ def bars_svg(
                     fill=COLOURS.get(key, "#999999"),
                 )
             )
-    step = timedelta(0) if len(starts) < 2 else starts[1] - starts[0]
+    span = timedelta(0) if len(starts) < 2 else (starts[1] - starts[0]) * len(starts)
     for i in range(0, len(starts), max(len(starts) // 6, 1)):
         shapes.append(
             el(
                 "text",
-                _tick(starts[i], step),
+                _tick(starts[i], span),
                 x=f"{left + i * bar_w:.1f}",
                 y=str(height - 6),
                 font_size="11",

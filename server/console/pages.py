@@ -58,7 +58,7 @@ def layout(title: str, body: Html, *, csrf: str | None = None, current: str = ""
         "head",
         el("meta", charset="utf-8"),
         el("meta", name="viewport", content="width=device-width, initial-scale=1"),
-        el("meta", name="referrer", content="no-referrer"),
+        el("meta", name="referrer", content="same-origin"),
         el("title", f"{title} · conscience"),
         el("link", rel="stylesheet", href="/ui/static/console.css"),
     )

@@ -56,7 +56,8 @@ SECURITY_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser posts forms with "Origin: null".
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 OVERVIEW_ROWS = 20_000  # the most judgements the overview reads for one window
@@ -289,10 +290,15 @@ async def overview_route(request: Request) -> Response:
         return _to_login()
     query = {k: v for k, v in request.query_params.items() if v}
     until = _moment(query.get("until")) or datetime.now(UTC)
-    since = _moment(query.get("since")) or until - timedelta(days=7)
-    if since >= until:
+    since = _moment(query.get("since"))
+    if since is None or since >= until:
         since = until - timedelta(days=7)
-    found = await _store(request).search(Search(since=since, until=until), limit=OVERVIEW_ROWS)
+        found = await _store(request).search(Search(since=since, until=until), limit=OVERVIEW_ROWS)
+        if found.judgements:  # by default, the last week's from its first judgement on
+            first = min(r.created_at for r in found.judgements)
+            since = max(since, min(first, until - timedelta(hours=1)))
+    else:
+        found = await _store(request).search(Search(since=since, until=until), limit=OVERVIEW_ROWS)
     rows = found.judgements
     total = len(rows)
     starts, by_verdict = buckets(rows, since, until, "verdict")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,9 @@ def _seed(path: Path, rows: list[Judgement]) -> None:
         await store.add_many(rows)
         await store.close()
 
-    asyncio.run(write())
+    # In a thread of its own: Playwright's sync API keeps an event loop running in this one.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, write()).result()
 
 
 @pytest.fixture
