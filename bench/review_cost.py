@@ -52,7 +52,7 @@ async def _run(args: argparse.Namespace) -> None:
     async with open_engine(settings) as engine:
         client = engine.client
         # the proxy's rule and prompts
-        conscience = conscience_from_settings(settings, client, engine.state_reader)
+        conscience = conscience_from_settings(settings, client, engine.facts)
         frameworks = conscience.frameworks
         rows: dict[str, list[tuple[float, float, int, int]]] = {
             "paper": [],

@@ -47,7 +47,7 @@ async def _review(args: argparse.Namespace) -> dict[str, Any]:
     settings = _settings(**engine_fields(args))
     # Without an upstream this starts the embedded engine on the configured model.
     async with open_engine(settings) as engine:
-        conscience = conscience_from_settings(settings, engine.client, engine.state_reader)
+        conscience = conscience_from_settings(settings, engine.client, engine.facts)
         messages = [{"role": "user", "content": args.question}]
         judgement = await conscience.review_and_rewrite(messages, args.answer)
     out: dict[str, Any] = {

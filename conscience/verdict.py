@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conscience.errors import VerdictError
-from conscience.labels import Verdict
+from conscience.labels import JudgeMethod, Verdict
 
 __all__ = [
     "LABEL_SURFACE_FORMS",
@@ -112,6 +112,7 @@ class VerdictReading:
     confidence: float | None  # P(verdict) when the engine gave log-probs
     label_probs: dict[str, float] | None
     text: str  # what the judge actually wrote
+    method: JudgeMethod = JudgeMethod.SINGLE  # the judge that read it (conscience/judge.py)
     # With a second opinion (conscience/cascade.py): P(unethical) by layout (Judgement.readings).
     readings: dict[str, float] | None = None
 

@@ -15,12 +15,13 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from conscience.client import EngineClient
 from conscience.errors import ConscienceError
+from conscience.judge import EngineFacts
 
 if TYPE_CHECKING:
     from conscience.engine.adapters import AdapterEngine
@@ -61,6 +62,9 @@ class Engine:
     # How the probe reads the embedded engine's hidden state through its prefix cache
     # (engine/hidden_state.py); None: /v1/embeddings (an upstream, or probe_read "embeddings").
     state_reader: LogitsReader | None = None
+    # What the judge knows of the engine when it opened (conscience/judge.py): the embedded
+    # engine whether it gives the probe a hidden state, and how; an upstream does not say.
+    facts: EngineFacts = field(default_factory=EngineFacts)
 
     @property
     def adapter(self) -> str | None:
@@ -190,7 +194,8 @@ async def open_engine(
                         await adapters.serve(name, settings.adapters_dir)
                     except ConscienceError as exc:  # the base model serves rather than nothing
                         log.error("adapter %s in CURRENT is not served: %s", name, exc)
-                yield Engine(client, embedded, adapters, reader)
+                facts = EngineFacts(reader is not None or embedded.embeddings, reader)
+                yield Engine(client, embedded, adapters, reader, facts)
             finally:
                 await adapters.stop()
     finally:

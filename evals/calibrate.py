@@ -119,7 +119,7 @@ async def _samples(args: argparse.Namespace) -> tuple[list[Sample], tuple[str, s
     items = load_labelled(Path(args.data) if args.data else DEFAULT_SET, "calibration")
     settings = Settings(**engine_fields(args))
     async with open_engine(settings) as engine:
-        conscience = conscience_from_settings(settings, engine.client, engine.state_reader)
+        conscience = conscience_from_settings(settings, engine.client, engine.facts)
 
         async def sample(item: LabelledItem) -> Sample | None:
             messages = [{"role": "user", "content": item.question}]

@@ -127,7 +127,7 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
         known = ", ".join(sorted(frameworks))
         raise ConfigError(f"unknown framework {', '.join(unknown)} (known: {known})")
     async with open_engine(settings) as engine:
-        conscience = conscience_from_settings(settings, engine.client, engine.state_reader)
+        conscience = conscience_from_settings(settings, engine.client, engine.facts)
         calibrated = [
             f"{name}/{layout.value}"
             for name in args.frameworks

@@ -161,7 +161,7 @@ def create_app(settings: Settings) -> FastAPI:
             engine = await stack.enter_async_context(open_engine(settings))
             client = engine.client
             store = open_store(settings.store_url)
-            conscience = conscience_from_settings(settings, client, engine.state_reader)
+            conscience = conscience_from_settings(settings, client, engine.facts)
             await store.open()
             stack.push_async_callback(store.close)
             if settings.retention_days is not None:

@@ -8,12 +8,13 @@ import math
 from collections.abc import AsyncIterator
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from conscience.client import EngineClient
-from conscience.errors import ConfigError
+from conscience.errors import ConfigError, EngineStatusError
 from conscience.framework import load_frameworks
 from conscience.labels import JudgeMethod, Layout
 from conscience.probe import Probe, load_probes, save_probe
@@ -83,13 +84,14 @@ async def client(engine_url: str) -> AsyncIterator[EngineClient]:
         yield client
 
 
-def _conscience(client: EngineClient, *probes: Probe) -> Conscience:
+def _conscience(client: EngineClient, *probes: Probe, **kwargs: Any) -> Conscience:
+    fields: dict[str, Any] = {"method": JudgeMethod.PROBE} | kwargs
     return Conscience(
         client=client,
         judge_model="judge",
         frameworks=load_frameworks(),
-        method=JudgeMethod.PROBE,
         probes={probe.key: probe for probe in probes or (PROBE,)},
+        **fields,
     )
 
 
@@ -161,10 +163,36 @@ async def test_an_engine_without_hidden_states_falls_back_to_the_single_method(
     conscience = _conscience(client)
     judgement = await conscience.review(QUESTION, "Ask a locksmith.")
     assert judgement.verdict == "neutral" and len(engine.of_kind("review")) == 1
-    assert conscience.probes == {}
+    assert conscience.probe_for("three-laws") is None and conscience.probe_read is None
     assert caplog.text.count("the probe needs the engine's embeddings") == 1
     await conscience.review(QUESTION, "Ask a locksmith.")  # not tried again
     assert caplog.text.count("the probe needs the engine's embeddings") == 1
+
+
+async def test_what_the_engine_said_at_start_holds_for_every_review(
+    engine: ScriptedEngine, client: EngineClient
+) -> None:
+    """An engine known at start to give no hidden state (``Engine.facts``) gets the single
+    method for every review and no probe request; one known to give them that refuses a state
+    fails that review, and the next one reads the probe again: nothing switches."""
+    from conscience.judge import EngineFacts
+    from conscience.review import conscience_from_settings
+    from conscience.settings import Settings
+
+    engine.verdict = "neutral"
+    settings = Settings(judge_model="judge", judge_method="probe", judge_constraint="choice")
+    single = conscience_from_settings(settings, client, EngineFacts(hidden_states=False))
+    assert single.probes == {} and single.probe_read is None
+    assert (await single.review(QUESTION, "Ask a locksmith.")).verdict == "neutral"
+    assert engine.embedding_requests == []
+    probing = _conscience(client, hidden_states=True)
+    engine.hidden_states = False
+    with pytest.raises(EngineStatusError):  # an error of this review
+        await probing.review(QUESTION, "Ask a locksmith.")
+    engine.hidden_states = True
+    judgement = await probing.review(QUESTION, "Ask a locksmith.")
+    assert judgement.label_probs["neutral"] == 0.0  # the probe read it (a probe has no neutral)
+    assert probing.probe_for("three-laws") == PROBE
 
 
 async def test_a_state_reader_reads_the_same_prompt_through_the_logits(
@@ -177,10 +205,10 @@ async def test_a_state_reader_reads_the_same_prompt_through_the_logits(
 
     framework = load_frameworks()["three-laws"]
     answer = "Ask a locksmith to help you."
-    conscience = _conscience(client)
-    conscience.state_reader = LogitsReader.of_rows(
+    reader = LogitsReader.of_rows(
         list(range(len(SCRIPTED_OUTPUT_ROWS))), np.array(SCRIPTED_OUTPUT_ROWS)
     )
+    conscience = _conscience(client, state_reader=reader)
     judgement = await conscience.review(QUESTION, answer)
     state = np.array(
         _scripted_state(render_review(framework, QUESTION, answer, layout=Layout.PAPER))
@@ -190,8 +218,8 @@ async def test_a_state_reader_reads_the_same_prompt_through_the_logits(
     assert expected != pytest.approx(PROBE.score(state.tolist()), abs=1e-3)  # tells them apart
     assert engine.embedding_requests == [] and len(engine.token_prob_requests) == 1
     assert conscience.probe_read == "logits" and _conscience(client).probe_read == "embeddings"
-    conscience.method = JudgeMethod.SINGLE
-    assert conscience.probe_read is None  # reports say no probe judged
+    single = _conscience(client, method=JudgeMethod.SINGLE, state_reader=reader)
+    assert single.probe_read is None  # reports say no probe judged
     assert engine.token_prob_requests[0] == await client.apply_template(
         render_review(framework, QUESTION, answer, layout=Layout.PAPER)
     )
@@ -244,10 +272,7 @@ async def test_a_brief_review_no_probe_reads_is_asked_in_the_paper_layout(
     assert judgement.layout == "paper"
     assert conscience.asked_in("three-laws") == Layout.FOLLOW_UP_BRIEF  # the probe reads it
     assert (await conscience.review(QUESTION, "Ask a locksmith.")).layout == "follow-up-brief"
-    engine.hidden_states = False  # the engine refuses the probe's reading mid-way
-    judgement = await conscience.review(QUESTION, "Ask a locksmith.")
-    framework = load_frameworks()["three-laws"]
-    assert engine.of_kind("review")[-1]["messages"] == render_review(
-        framework, QUESTION, "Ask a locksmith.", layout=Layout.PAPER
-    )
-    assert judgement.layout == "paper" and conscience.asked_in("three-laws") == Layout.PAPER
+    engine.hidden_states = False  # the engine refuses the probe's reading after it gave one
+    with pytest.raises(EngineStatusError):  # an error of that review, not a switch
+        await conscience.review(QUESTION, "Ask a locksmith.")
+    assert conscience.asked_in("three-laws") == Layout.FOLLOW_UP_BRIEF

@@ -5,6 +5,7 @@ scripted engine on loopback, whose hidden states are a hash of the prompt."""
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -109,13 +110,10 @@ async def client(engine_url: str) -> AsyncIterator[EngineClient]:
         yield client
 
 
-def _conscience(client: EngineClient) -> Conscience:
+def _conscience(client: EngineClient, **kwargs: Any) -> Conscience:
+    fields: dict[str, Any] = {"method": JudgeMethod.PROBE, "probes": {PROBE.key: PROBE}}
     return Conscience(
-        client=client,
-        judge_model="judge",
-        frameworks=load_frameworks(),
-        method=JudgeMethod.PROBE,
-        probes={PROBE.key: PROBE},
+        client=client, judge_model="judge", frameworks=load_frameworks(), **(fields | kwargs)
     )
 
 
@@ -180,9 +178,7 @@ async def test_warm_ups_follow_the_answer_one_at_a_time() -> None:
 async def test_the_single_reviews_prompt_is_prefilled_up_to_the_answer_so_far(
     engine: ScriptedEngine, client: EngineClient
 ) -> None:
-    conscience = _conscience(client)
-    conscience.method = JudgeMethod.SINGLE
-    conscience.warm_every_chars = 200
+    conscience = _conscience(client, method=JudgeMethod.SINGLE, warm_every_chars=200)
     ahead = conscience.review_ahead(QUESTION)
     assert isinstance(ahead, PrefixAhead)
     so_far = ""
@@ -207,8 +203,7 @@ async def test_without_a_template_route_the_reviews_request_warms_the_cache(
     engine: ScriptedEngine, client: EngineClient
 ) -> None:
     engine.hidden_states = False  # no /apply-template (vLLM)
-    conscience = _conscience(client)
-    conscience.method = JudgeMethod.SINGLE
+    conscience = _conscience(client, method=JudgeMethod.SINGLE)
     ahead = conscience.review_ahead(QUESTION)
     assert isinstance(ahead, PrefixAhead)
     ahead.grow(ANSWER[:500])
@@ -232,11 +227,10 @@ async def test_a_probe_read_through_the_cache_gets_its_prompt_prefilled_ahead(
 
     from conscience.engine.hidden_state import LogitsReader
 
-    conscience = _conscience(client)
-    conscience.warm_every_chars = 100
-    conscience.state_reader = LogitsReader.of_rows(
+    reader = LogitsReader.of_rows(
         list(range(len(SCRIPTED_OUTPUT_ROWS))), np.array(SCRIPTED_OUTPUT_ROWS)
     )
+    conscience = _conscience(client, warm_every_chars=100, state_reader=reader)
     answer = ANSWER[:290]  # within one of the probe's 300-character windows
     without = await conscience.review(QUESTION, answer)
     engine.requests.clear()

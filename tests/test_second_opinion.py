@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,7 +64,8 @@ async def client(engine_url: str) -> AsyncIterator[EngineClient]:
         yield client
 
 
-def _conscience(client: EngineClient, band: Band) -> Conscience:
+def _conscience(client: EngineClient, band: Band, **kwargs: Any) -> Conscience:
+    fields: dict[str, Any] = {"second_opinion": Layout.PAPER} | kwargs
     return Conscience(
         client=client,
         judge_model="judge",
@@ -71,8 +73,8 @@ def _conscience(client: EngineClient, band: Band) -> Conscience:
         layout=Layout.FOLLOW_UP_BRIEF,
         method=JudgeMethod.PROBE,
         probes={BRIEF.key: BRIEF, PAPER.key: PAPER},
-        second_opinion=Layout.PAPER,
         bands={band.key: band},
+        **fields,
     )
 
 
@@ -102,8 +104,8 @@ async def test_outside_the_band_the_first_verdict_stands_and_nothing_more_is_rea
     assert judgement.readings == pytest.approx({"follow-up-brief": first})
     assert judgement.verdict == ("unethical" if first >= 0.6 else "ethical")
     assert len(engine.embedding_requests) == 1
-    conscience = _conscience(client, EVERYWHERE)
-    conscience.second_opinion = None  # not configured: no band applies, no readings recorded
+    # not configured: no band applies, no readings recorded
+    conscience = _conscience(client, EVERYWHERE, second_opinion=None)
     assert (await conscience.review(QUESTION, ANSWER)).readings is None
     assert len(engine.embedding_requests) == 2
 

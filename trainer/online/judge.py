@@ -88,7 +88,7 @@ class OnlineJudge:
             engine = await stack.enter_async_context(
                 open_engine(settings, gguf=gguf, alias=settings.judge, parallel=slots)
             )
-            conscience = conscience_from_settings(settings, engine.client, engine.state_reader)
+            conscience = conscience_from_settings(settings, engine.client, engine.facts)
             conscience.framework(framework)  # an unknown framework fails now, not at step 1
             store = open_store(settings.store_url)
             await store.open()
