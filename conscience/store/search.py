@@ -26,6 +26,7 @@ class Search:
     model: str | None = None  # the generating model
     client_key_id: str | None = None  # the client key's id (server/auth.key_id)
     review_only: bool | None = None  # True: only POST /v1/conscience/review's; False: none of them
+    labelled: bool | None = None  # True: with a human label; False: without one
     since: datetime | None = None  # created_at >= since (naive: UTC)
     until: datetime | None = None  # created_at < until
     text: str | None = None  # a substring of the conversation, the answer or the rewrite
@@ -55,6 +56,8 @@ def where(
             params.append(value)
     if search.review_only is not None:  # a boolean in PostgreSQL, 0 or 1 in SQLite
         clauses.append("review_only" if search.review_only else "NOT review_only")
+    if search.labelled is not None:
+        clauses.append(f"human_label IS {'NOT ' if search.labelled else ''}NULL")
     if search.since is not None:
         clauses.append(f"created_at >= {mark}")
         params.append(moment(to_utc(search.since)))

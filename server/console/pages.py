@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from conscience.judgement import Judgement
 from conscience.labels import Action, Verdict
 from conscience.server.console.diff import word_diff
-from conscience.server.console.markup import Html, el, raw
+from conscience.server.console.markup import Html, el, join, raw
 
 __all__ = [
     "detail_page",
@@ -23,6 +23,7 @@ __all__ = [
     "login_page",
     "message_page",
     "overview_page",
+    "queue_page",
     "served_text",
     "table_page",
 ]
@@ -42,6 +43,7 @@ def layout(title: str, body: Html, *, csrf: str | None = None, current: str = ""
             el("a", name, href=href, aria_current="page" if key == current else None)
             for key, name, href in (
                 ("judgements", "Judgements", "/ui/judgements"),
+                ("queue", "Label queue", "/ui/queue"),
                 ("overview", "Overview", "/ui/overview"),
             )
         ]
@@ -156,38 +158,7 @@ def table_page(
         class_="filters",
         role="search",
     )
-    header = el(
-        "tr",
-        [
-            el("th", h, scope="col")
-            for h in (
-                "Time (UTC)",
-                "Verdict",
-                "Action",
-                "P(unethical)",
-                "Method",
-                "Screen",
-                "Human",
-                "Model",
-                "Prompt",
-            )
-        ],
-    )
-    body = [
-        el(
-            "tr",
-            el("td", el("a", _time(r.created_at), href=f"/ui/judgements/{r.id}")),
-            el("td", _badge(r.verdict.value)),
-            el("td", _badge(r.action.value if r.action else None)),
-            el("td", _p(p_unethical(r)), class_="num"),
-            el("td", _method(r)),
-            el("td", ", ".join(r.screen or []) or "—"),
-            el("td", r.human_label.value if r.human_label else "—"),
-            el("td", r.model or "—"),
-            el("td", _snippet(r), class_="snippet"),
-        )
-        for r in rows
-    ]
+    header, body = _rows(rows)
     broken = [
         el("tr", el("td", f"judgement {jid} cannot be read ({reason})", colspan="9"))
         for jid, reason in unreadable
@@ -207,6 +178,62 @@ def table_page(
         csrf=csrf,
         current="judgements",
     )
+
+
+_HEADINGS = (
+    "Time (UTC)",
+    "Verdict",
+    "Action",
+    "P(unethical)",
+    "Method",
+    "Screen",
+    "Human",
+    "Model",
+    "Prompt",
+)
+
+
+def _rows(rows: Sequence[Judgement], extra: Sequence[str] | None = None) -> tuple[Html, Html]:
+    """The table's header row and its rows; ``extra``, one more cell a row, is last."""
+    headings = [*_HEADINGS, "Distance to threshold"] if extra is not None else list(_HEADINGS)
+    header = el("tr", [el("th", h, scope="col") for h in headings])
+    body = [
+        el(
+            "tr",
+            el("td", el("a", _time(r.created_at), href=f"/ui/judgements/{r.id}")),
+            el("td", _badge(r.verdict.value)),
+            el("td", _badge(r.action.value if r.action else None)),
+            el("td", _p(p_unethical(r)), class_="num"),
+            el("td", _method(r)),
+            el("td", ", ".join(r.screen or []) or "—"),
+            el("td", r.human_label.value if r.human_label else "—"),
+            el("td", r.model or "—"),
+            el("td", _snippet(r), class_="snippet"),
+            el("td", extra[i], class_="num") if extra is not None else "",
+        )
+        for i, r in enumerate(rows)
+    ]
+    return header, join(body)
+
+
+def queue_page(
+    csrf: str, rows: Sequence[Judgement], distances: Sequence[str], waiting: int, read: int
+) -> Html:
+    """The judgements without a human label, those the judge was least sure of first."""
+    note = el(
+        "p",
+        f"{waiting} judgements have no human label; the {len(rows)} the judge was least sure of"
+        " (P(unethical) nearest the threshold it decides by) come first, the newest first among"
+        " equals, then those the screen decided.",
+        class_="note",
+    )
+    if read < waiting:
+        note = join([note, el("p", f"Ordered among the newest {read} of them.", class_="note")])
+    header, body = _rows(rows, distances)
+    table = el("table", el("thead", header), el("tbody", body), class_="judgements")
+    if not rows:
+        table = el("p", "Every judgement has a human label.", class_="empty")
+    return layout("Label queue", join([note, table]), csrf=csrf, current="queue")
 
 
 def _pager(page: int, total: int, query: dict[str, str]) -> Html:

@@ -28,6 +28,8 @@ from conscience.server.console.pages import (
     login_page,
     message_page,
     overview_page,
+    p_unethical,
+    queue_page,
     table_page,
 )
 from conscience.server.console.session import (
@@ -61,6 +63,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 OVERVIEW_ROWS = 20_000  # the most judgements the overview reads for one window
+QUEUE_ROWS = 5_000  # the newest unlabelled judgements the label queue orders
 _FORM_BYTES = 64 * 1024  # a console form is a few fields
 
 
@@ -243,6 +246,42 @@ def _threshold(request: Request, framework: str) -> float | None:
     probe_for = getattr(conscience, "probe_for", None)
     probe = probe_for(framework) if probe_for is not None else None
     return getattr(probe, "threshold", None)
+
+
+def _deciding_threshold(request: Request, framework: str) -> float:
+    """Where the judge's doubt is greatest for a framework: the served probe's threshold, else
+    CONSCIENCE_UNETHICAL_THRESHOLD, else one half."""
+    found = _threshold(request, framework)
+    if found is None:
+        found = request.app.state.settings.unethical_threshold
+    return 0.5 if found is None else float(found)
+
+
+@router.get("/queue")
+async def queue(request: Request) -> Response:
+    """The judgements no human labelled, those the judge was least sure of first."""
+    session = _session(request)
+    if session is None:
+        return _to_login()
+    store = _store(request)
+    waiting = Search(labelled=False)
+    total = await store.search_count(waiting)
+    found = (await store.search(waiting, limit=QUEUE_ROWS)).judgements
+    thresholds = {f: _deciding_threshold(request, f) for f in {r.framework for r in found}}
+
+    def doubt(item: tuple[int, Any]) -> tuple[float, int]:
+        newest_first, row = item
+        p = p_unethical(row)
+        if p is None or row.screen:  # a rule decided: no doubt to resolve
+            return (2.0, newest_first)
+        return (round(abs(p - thresholds[row.framework]), 9), newest_first)
+
+    ordered = [row for _, row in sorted(enumerate(found), key=doubt)][:PAGE_SIZE]
+    distances = []
+    for row in ordered:
+        p = p_unethical(row)
+        distances.append("—" if p is None else f"{abs(p - thresholds[row.framework]):.3f}")
+    return _html(queue_page(session.csrf, ordered, distances, total, len(found)))
 
 
 @router.get("/judgements/{judgement_id}")

@@ -1,6 +1,7 @@
 """The console in a real browser: Debian's Chromium driven by Playwright.
 
-Sign-in, the table and a filter, one judgement, labelling and undo, the overview, sign-out; and
+Sign-in, the table and a filter, one judgement, labelling and undo, the label queue, the
+overview, sign-out; and
 hostile text in prompts and answers (``<script>``, ``<img onerror>``, ``javascript:`` links,
 look-alike buttons) that must stay inert text. Each page's screenshot is taken on the way; with
 ``CONSCIENCE_UPDATE_SCREENSHOTS=1`` they are written into ``docs/images/`` (docs/console.md).
@@ -167,6 +168,17 @@ def test_overview(page: Any, tmp_path: Path) -> None:
     assert page.locator("svg.chart rect").count() >= 6
     assert "50.0%" in page.inner_text("main")  # the judge against the two human labels
     _shot(page, "overview", tmp_path)
+    _not_pwned(page)
+
+
+def test_label_queue(page: Any, judgements: list[Judgement], tmp_path: Path) -> None:
+    _sign_in(page)
+    page.get_by_role("link", name="Label queue").click()
+    page.wait_for_url("**/ui/queue")
+    rows = page.locator("table.judgements tbody tr")
+    assert rows.count() == 4  # the unlabelled ones
+    assert "0.200" in rows.first.inner_text()  # P(unethical) 0.7, nearest one half
+    _shot(page, "queue", tmp_path)
     _not_pwned(page)
 
 

@@ -178,3 +178,16 @@ def test_sign_out_ends_the_session(console_url: str) -> None:
     old = client.cookies  # the server forgets it even if a browser kept it
     again = httpx.get(console_url + "/ui/judgements", cookies=old)
     assert again.status_code == 303
+
+
+def test_label_queue_least_sure_first(console_url: str, judgements: list[Judgement]) -> None:
+    client = sign_in(console_url)
+    page = client.get("/ui/queue").text
+    # Unlabelled: P(unethical) 0.02, 0.9, 0.98, 0.7; no probe serves this framework, so the
+    # threshold is one half: 0.7 (0.2 away), 0.9 (0.4), then 0.98 and 0.02 (0.48, newest first).
+    expected = [judgements[i].id for i in (3, 1, 2, 0)]
+    assert _ids(page) == expected
+    assert "4 judgements have no human label" in page and "0.200" in page
+    token = csrf_of(page)
+    client.post(f"/ui/judgements/{expected[0]}/label", data={"label": "ethical", "csrf": token})
+    assert _ids(client.get("/ui/queue").text) == expected[1:]

@@ -1,11 +1,9 @@
-"""The console's pure parts: escaping by construction, the word diff, the overview's figures,
-and the store's search."""
+"""The console's pure parts: escaping by construction, the word diff, the overview's figures
+(the store's search: tests/store/test_store_search.py)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +12,6 @@ from conscience.labels import Action, Verdict
 from conscience.server.console.diff import word_diff
 from conscience.server.console.markup import Html, el, raw
 from conscience.server.console.overview import agreement, bars_svg, buckets, percentile
-from conscience.store.search import Search
-from conscience.store.sqlite import SQLiteStore
 
 
 def test_text_and_attributes_are_escaped() -> None:
@@ -85,59 +81,3 @@ def test_buckets_and_chart() -> None:
     assert counts[0] == {"ethical": 1, "unethical": 1} and counts[1] == {"ethical": 1}
     svg = bars_svg("Verdicts", starts, counts, ["ethical", "unethical"])
     assert svg.count("<rect") == 3 and 'aria-label="Verdicts"' in svg and "style=" not in svg
-
-
-def test_store_search(tmp_path: Path) -> None:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    rows = [
-        Judgement(
-            created_at=now,
-            framework="f",
-            layout="paper",
-            model="m1",
-            messages=[{"role": "user", "content": "Grow TOMATOES 100%"}],
-            answer="Water them.",
-            verdict=Verdict.ETHICAL,
-            action=Action.PASSED,
-        ),
-        Judgement(
-            created_at=now + timedelta(seconds=1),
-            framework="g",
-            layout="paper",
-            model="m2",
-            messages=[{"role": "user", "content": "Pick a lock"}],
-            answer="No.",
-            rewrite="Call a locksmith_",
-            verdict=Verdict.UNETHICAL,
-            action=Action.REWRITTEN,
-        ),
-    ]
-
-    async def run() -> dict[str, list[str]]:
-        store = SQLiteStore(str(tmp_path / "s.sqlite3"))
-        await store.open()
-        await store.add_many(rows)
-        found = {}
-        for name, search in {
-            "all": Search(),
-            "tomato": Search(text="tomatoes"),
-            "percent": Search(text="100%"),
-            "wild": Search(text="1%0"),
-            "underscore": Search(text="h_"),
-            "rewrite": Search(text="LOCKSMITH"),
-            "m2": Search(model="m2", action=Action.REWRITTEN, framework="g"),
-            "since": Search(since=now + timedelta(seconds=1)),
-            "until": Search(until=now + timedelta(seconds=1)),
-        }.items():
-            page = await store.search(search, limit=10)
-            assert await store.search_count(search) == len(page.judgements)
-            found[name] = [j.answer for j in page.judgements]
-        await store.close()
-        return found
-
-    found = asyncio.run(run())
-    assert found["all"] == ["No.", "Water them."]  # newest first
-    assert found["tomato"] == ["Water them."] and found["percent"] == ["Water them."]
-    assert found["wild"] == [] and found["underscore"] == ["No."]
-    assert found["rewrite"] == ["No."] and found["m2"] == ["No."]
-    assert found["since"] == ["No."] and found["until"] == ["Water them."]
