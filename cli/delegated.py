@@ -42,6 +42,12 @@ DELEGATED: tuple[Delegated, ...] = (
         "a probe step by step: extract hidden states, fit on train, measure a probe file",
     ),
     Delegated(
+        ("eval", "depth-sweep"),
+        "conscience.evals.depth_sweep",
+        "main",
+        "the probe by depth: states every 4 layers (last token, answer mean), fitted per layer",
+    ),
+    Delegated(
         ("eval", "rescore"),
         "conscience.evals.verdicts",
         "_rescore_main",
