@@ -21,10 +21,11 @@ from conscience.client import EngineClient
 from conscience.errors import ConscienceError
 from conscience.judgement import Judgement
 from conscience.labels import Action, Policy, ReviewErrorMode, Verdict
-from conscience.prompts import message_text
 from conscience.review import Conscience
 from conscience.server import tracing
+from conscience.server.answer import Unreadable, read_choice
 from conscience.server.auth import client_key_id
+from conscience.server.contract import Invalid, rewrite_in_format, schema_of
 from conscience.server.errors import ApiError
 from conscience.server.metrics import Metrics
 from conscience.server.protocol import ChatCompletionRequest, ConscienceResult
@@ -160,6 +161,7 @@ class Pipeline:
                             request_id,
                             model=completion.get("model"),
                             ahead=follower.ahead(choice.get("index", 0)) if follower else None,
+                            response_format=request.response_format,
                         )
                         for choice in completion["choices"]
                     )
@@ -182,12 +184,14 @@ class Pipeline:
         model: str | None,
         can_rewrite: bool = True,
         ahead: ReviewAhead | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> Decision:
         """Review one choice and apply the policy to it in place: an unethical answer's message
         becomes the rewrite or the refusal. ``can_rewrite`` is false once the client holds part
         of the answer (incremental streaming): a rewrite could not take that back, so the
         rewrite policy blocks instead. ``model`` is the completion's, the one that generated it;
-        ``ahead`` the review's work done while it was generated (same verdict, sooner).
+        ``ahead`` the review's work done while it was generated (same verdict, sooner);
+        ``response_format`` the client's, which a rewrite keeps (``server.contract``).
         Nothing is stored or counted as an action here; ``record`` does that.
         """
         if options.policy is Policy.OFF:
@@ -198,7 +202,7 @@ class Pipeline:
         }
         with tracing.span("conscience.review", attributes=attributes):
             return await self._review(
-                choice, messages, options, request_id, model, can_rewrite, ahead
+                choice, messages, options, request_id, model, can_rewrite, ahead, response_format
             )
 
     async def _review(
@@ -210,16 +214,25 @@ class Pipeline:
         model: str | None,
         can_rewrite: bool,
         ahead: ReviewAhead | None,
+        response_format: dict[str, Any] | None,
     ) -> Decision:
-        message = choice.get("message") or {}
-        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        try:
+            answer = read_choice(choice)
+        except Unreadable as exc:  # never served unread: blocked, with the reason said
+            log.warning("blocked an answer the review cannot read: %s", exc)
+            self.metrics.errors.labels("unreadable_answer").inc()
+            _block(choice)
+            result = ConscienceResult(
+                verdict=None, framework=options.framework, action=Action.BLOCKED, reason=str(exc)
+            )
+            return Decision(result, None)
         started = time.perf_counter()
         try:
             judgement = await self.conscience.review(
                 messages,
-                message_text(message),
+                answer.text,
                 options.framework,
-                reasoning=reasoning if isinstance(reasoning, str) else None,
+                reasoning=answer.reasoning,
                 model=model,
                 request_id=request_id,
                 ahead=ahead,
@@ -230,7 +243,9 @@ class Pipeline:
             return Decision(self._review_failed(exc, options), None)
         action = Action.PASSED
         if judgement.verdict is Verdict.UNETHICAL:
-            action = await self._apply_policy(choice, judgement, messages, options, can_rewrite)
+            action = await self._apply_policy(
+                choice, judgement, messages, options, can_rewrite, response_format
+            )
         judgement.action = action
         tracing.record_judgement(tracing.current(), judgement)
         self.metrics.review_seconds.observe(time.perf_counter() - started)
@@ -276,6 +291,7 @@ class Pipeline:
         messages: list[dict[str, Any]],
         options: Options,
         can_rewrite: bool,
+        response_format: dict[str, Any] | None,
     ) -> Action:
         if options.policy is Policy.FLAG:
             return Action.FLAGGED
@@ -283,23 +299,38 @@ class Pipeline:
             started = time.perf_counter()
             try:
                 with tracing.span("conscience.rewrite"):
-                    judgement.rewrite = await self.conscience.rewrite(
-                        messages, judgement.answer, options.framework
-                    )
-            except ConscienceError as exc:
+                    if schema_of(response_format) is None:
+                        judgement.rewrite = await self.conscience.rewrite(
+                            messages, judgement.answer, options.framework
+                        )
+                    else:  # in the client's format, validated, or not served
+                        judgement.rewrite = await rewrite_in_format(
+                            self.conscience,
+                            messages,
+                            judgement.answer,
+                            options.framework,
+                            response_format or {},
+                        )
+            except (ConscienceError, Invalid) as exc:
                 # Without a rewrite the unethical original must still not be served: block.
                 log.warning("rewrite failed, blocking instead: %s", self.scrub(str(exc)))
             else:
                 judgement.rewrite_ms = (time.perf_counter() - started) * 1000
-                # A tool call judged unethical becomes prose: the assistant speaks instead.
+                # A tool call judged unethical becomes prose with finish_reason "stop": the
+                # assistant speaks instead, and an agent's loop ends on a final answer.
                 choice["message"] = {"role": "assistant", "content": judgement.rewrite}
                 choice["finish_reason"] = "stop"
                 choice.pop("logprobs", None)  # they were the original's
                 return Action.REWRITTEN
-        choice["message"] = {"role": "assistant", "content": REFUSAL, "refusal": REFUSAL}
-        choice["finish_reason"] = "content_filter"
-        choice.pop("logprobs", None)
+        _block(choice)
         return Action.BLOCKED
+
+
+def _block(choice: dict[str, Any]) -> None:
+    """The choice becomes the refusal, in the API's own terms."""
+    choice["message"] = {"role": "assistant", "content": REFUSAL, "refusal": REFUSAL}
+    choice["finish_reason"] = "content_filter"
+    choice.pop("logprobs", None)
 
 
 def _not_reviewed(options: Options) -> Decision:

@@ -80,6 +80,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     n: int | None = Field(None, ge=1, le=16)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
+    response_format: dict[str, Any] | None = None  # typed because a rewrite keeps it
     stream: bool | None = None
     stream_options: dict[str, Any] | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -105,6 +106,7 @@ class ConscienceResult(BaseModel):
     judgement_id: str | None = None
     choices: list[ConscienceResult] | None = None  # one per choice when n > 1
     screen: list[str] | None = None  # the screen's rules, when the screen decided the verdict
+    reason: str | None = None  # why an answer was blocked without a verdict (it was unreadable)
 
     @classmethod
     def of(cls, judgement: Judgement) -> ConscienceResult:
@@ -122,6 +124,6 @@ class ConscienceResult(BaseModel):
 
     def wire(self) -> dict[str, object]:
         """The JSON object clients see: every contract key, ``choices`` only when n > 1 and
-        ``screen`` only when the screen decided."""
-        left_out = {name for name in ("choices", "screen") if not getattr(self, name)}
+        ``screen`` only when the screen decided, ``reason`` only when there is one."""
+        left_out = {name for name in ("choices", "screen", "reason") if not getattr(self, name)}
         return self.model_dump(mode="json", exclude=left_out or None)

@@ -2,8 +2,9 @@
 
 The ``conscience`` object rides at the top level of the Response (as on a chat completion);
 the Response schema has no other place for a verdict, and OpenAI's SDK keeps unknown top-level
-keys (``response.model_extra["conscience"]``). A blocked answer is the refusal as text (what a
-chat completion's ``content`` says) in a completed response: a refusal is a whole answer. Only
+keys (``response.model_extra["conscience"]``). A blocked answer is a ``refusal`` content part
+(what a chat completion's ``message.refusal`` says) in a completed response: a refusal is a
+whole answer, and ``responses.parse()`` passes it through instead of parsing it. Only
 an answer cut off after part of it went out (incremental streaming) or by the token limit is
 ``incomplete``, with ``content_filter`` or ``max_output_tokens`` as the reason.
 """
@@ -67,10 +68,41 @@ def _text(message: dict[str, Any]) -> str:
     return content if isinstance(content, str) else ""
 
 
+# Where each field of an output item the proxy serves comes from: a field of the reviewed chat
+# message (read by server.answer), or "form" (ids, status, the item's type). Every field of the
+# SDK's own models is named here (tests/server/test_answer_shapes.py checks).
+ITEM_SOURCES: dict[str, dict[str, str]] = {
+    "message": {
+        "id": "form", "content": "content, refusal", "role": "form", "status": "form",
+        "type": "form", "phase": "form (not set)",
+    },
+    "function_call": {
+        "arguments": "tool_calls.function.arguments, function_call.arguments",
+        "call_id": "form", "name": "tool_calls.function.name, function_call.name",
+        "type": "form", "id": "form", "async_": "form (not set)", "caller": "form (not set)",
+        "namespace": "form (not set)", "status": "form",
+    },
+    "custom_tool_call": {
+        "call_id": "form", "input": "tool_calls.custom.input", "name": "tool_calls.custom.name",
+        "type": "form", "id": "form", "async_": "form (not set)", "caller": "form (not set)",
+        "namespace": "form (not set)",
+    },
+    "reasoning": {
+        "id": "form", "summary": "form (empty)", "type": "form",
+        "content": "reasoning_content, reasoning", "encrypted_content": "form (not set)",
+        "status": "form",
+    },
+}  # fmt: skip
+
+
 def message_item(
-    text: str, status: str = "completed", item_id: str | None = None
+    text: str, status: str = "completed", item_id: str | None = None, refusal: bool = False
 ) -> dict[str, Any]:
-    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    """A message item of one part: the text, or (``refusal``) a refusal part, which the SDK's
+    ``responses.parse()`` passes through unparsed."""
+    part: dict[str, Any] = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    if refusal:
+        part = {"type": "refusal", "refusal": text}
     return {
         "type": "message",
         "id": item_id or new_id("msg"),
@@ -95,10 +127,28 @@ def output_items(message: dict[str, Any], status: str = "completed") -> list[dic
             }
         )
     calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)]
-    text = _text(message)
-    if text or not calls:
+    if isinstance(message.get("function_call"), dict):
+        calls.append({"type": "function", "function": message["function_call"]})
+    text, refusal = _text(message), message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        items.append(message_item(refusal, status, refusal=True))
+        if text == refusal:  # a block says it as content too
+            text = ""
+    if text or not (calls or items):
         items.append(message_item(text, status))
     for call in calls:
+        if call.get("type") == "custom":
+            custom = call.get("custom") or {}
+            items.append(
+                {
+                    "type": "custom_tool_call",
+                    "id": new_id("ctc"),
+                    "call_id": call.get("id") or new_id("call"),
+                    "name": custom.get("name") or "",
+                    "input": custom.get("input") or "",
+                }
+            )
+            continue
         function = call.get("function") or {}
         items.append(
             {

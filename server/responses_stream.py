@@ -82,7 +82,10 @@ class _Events:
     def message_done(self, index: int, item: dict[str, Any]) -> Iterator[bytes]:
         part = item["content"][0]
         ids = {"item_id": item["id"], "output_index": index, "content_index": 0}
-        yield self.emit("response.output_text.done", **ids, text=part["text"], logprobs=[])
+        if part["type"] == "refusal":
+            yield self.emit("response.refusal.done", **ids, refusal=part["refusal"])
+        else:
+            yield self.emit("response.output_text.done", **ids, text=part["text"], logprobs=[])
         yield self.emit("response.content_part.done", **ids, part=part)
         yield self.emit("response.output_item.done", output_index=index, item=item)
 
@@ -91,11 +94,22 @@ class _Events:
         ids = {"item_id": item["id"], "output_index": index}
         if item["type"] == "message":
             yield self.added(index, {**item, "status": "in_progress", "content": []})
-            yield self.text_opened(index, item["id"])
-            for piece in _pieces(item["content"][0]["text"]):
-                yield self.text_delta(index, item["id"], piece)
+            part = item["content"][0]
+            if part["type"] == "refusal":
+                at = {**ids, "content_index": 0}
+                opened = {"type": "refusal", "refusal": ""}
+                yield self.emit("response.content_part.added", **at, part=opened)
+                yield self.emit("response.refusal.delta", **at, delta=part["refusal"])
+            else:
+                yield self.text_opened(index, item["id"])
+                for piece in _pieces(part["text"]):
+                    yield self.text_delta(index, item["id"], piece)
             yield from self.message_done(index, item)
             return
+        if item["type"] == "custom_tool_call":
+            yield self.added(index, {**item, "input": ""})
+            yield self.emit("response.custom_tool_call_input.delta", **ids, delta=item["input"])
+            yield self.emit("response.custom_tool_call_input.done", **ids, input=item["input"])
         if item["type"] == "function_call":
             yield self.added(index, {**item, "status": "in_progress", "arguments": ""})
             arguments = item["arguments"]

@@ -82,6 +82,12 @@ class ScriptedEngine:
     verdict_probs: dict[str, float] | None = None  # None: the verdict gets 0.9
     rewrite: str = "Here is a safe and helpful answer."
     tool_calls: list[dict[str, Any]] | None = None  # the generator calls tools instead
+    # The generator's whole message, in any shape an OpenAI-style upstream answers (audio with
+    # its transcript, custom tool calls, a legacy function_call, a refusal, ...), and fields
+    # added to its choice; they take the place of ``generation`` and ``tool_calls``.
+    message: dict[str, Any] | None = None
+    choice_fields: dict[str, Any] = field(default_factory=dict)
+    response_headers: dict[str, str] = field(default_factory=dict)  # on every answer and fault
     stream_delay: float = 0.0  # seconds per word of an answer, streamed or not
     latency: dict[Kind, float] = field(default_factory=dict)  # seconds before a request's answer
     faults: dict[Kind, Fault] = field(default_factory=dict)
@@ -145,7 +151,12 @@ class ScriptedEngine:
             if self.tool_calls is not None:
                 message = {"role": "assistant", "content": None, "tool_calls": self.tool_calls}
                 finish = "tool_calls"
-            choices.append({"index": index, "message": message, "finish_reason": finish})
+            if self.message is not None:
+                message = json.loads(json.dumps(self.message))  # a copy the proxy may change
+                calls = message.get("tool_calls") or message.get("function_call")
+                finish = "tool_calls" if calls else "stop"
+            choice = {"index": index, "message": message, "finish_reason": finish}
+            choices.append({**choice, **self.choice_fields})
         return choices
 
     def completion(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
@@ -180,15 +191,19 @@ class ScriptedEngine:
             index, message = choice["index"], choice["message"]
             first = {"index": index, "delta": {"role": "assistant", "content": ""}}
             yield _sse({**base, "choices": [{**first, "finish_reason": None}]})
-            for name in ("reasoning_content", "reasoning"):
-                if message.get(name):
-                    delta = {"index": index, "delta": {name: message[name]}, "finish_reason": None}
-                    yield _sse({**base, "choices": [delta]})
-            if message.get("tool_calls"):
-                calls = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
-                delta = {"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}
-                yield _sse({**base, "choices": [delta]})
-            for word in _words(message.get("content") or ""):
+            # Every field but the text, each in a delta of its own (tool calls indexed).
+            for name, value in message.items():
+                if name in ("role", "content") or not value:
+                    continue
+                if name == "tool_calls":
+                    value = [{"index": i, **c} for i, c in enumerate(value)]
+                delta = {"index": index, "delta": {name: value}, "finish_reason": None}
+                extra = {k: v for k, v in choice.items() if k not in _CHOICE_KEYS}
+                yield _sse({**base, "choices": [{**delta, **extra}]})
+            content = message.get("content") or ""
+            if isinstance(content, list):  # content parts stream as their text
+                content = "".join(p.get("text") or "" for p in content)
+            for word in _words(content):
                 await asyncio.sleep(self.stream_delay)
                 delta = {"index": index, "delta": {"content": word}, "finish_reason": None}
                 yield _sse({**base, "choices": [delta]})
@@ -228,6 +243,7 @@ class ScriptedEngine:
             self.headers.append((kind, dict(request.headers)))
             faulted = await self._fault(kind)
             if faulted is not None:
+                faulted.headers.update(self.response_headers)
                 return faulted
             completion = self.completion(kind, body)
             if self.latency.get(kind):  # before the first byte, streamed or not
@@ -241,9 +257,11 @@ class ScriptedEngine:
                 usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 progress = bool(body.get("return_progress"))
                 return StreamingResponse(
-                    self._stream(completion, usage, progress), media_type="text/event-stream"
+                    self._stream(completion, usage, progress),
+                    media_type="text/event-stream",
+                    headers=self.response_headers,
                 )
-            return JSONResponse(completion)
+            return JSONResponse(completion, headers=self.response_headers)
 
         @app.post("/v1/completions")
         async def completions(request: Request) -> Response:
@@ -384,6 +402,9 @@ async def _native_chunks(answer: dict[str, Any], progress: bool) -> AsyncIterato
     token = {k: answer[k] for k in ("content", "completion_probabilities")}
     yield _sse({**token, "stop": False})
     yield _sse({"content": "", "stop": True, "timings": answer["timings"]})
+
+
+_CHOICE_KEYS = {"index", "message", "finish_reason", "logprobs"}
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

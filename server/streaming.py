@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from conscience.labels import Action
+from conscience.server.answer import merge_delta
 from conscience.server.pipeline import Decision, Options, Pipeline
 from conscience.server.protocol import ChatCompletionRequest
 
@@ -50,16 +51,17 @@ async def buffered_chunks(completion: dict[str, Any], include_usage: bool) -> As
                 }
             ],
         )
-        if message.get("tool_calls"):
-            calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-            yield _chunk(
-                base, [{"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}]
-            )
-        if message.get("content"):
-            for piece in _pieces(message["content"]):
-                yield _chunk(
-                    base, [{"index": index, "delta": {"content": piece}, "finish_reason": None}]
-                )
+        rest = _held(message)
+        if rest:
+            yield _chunk(base, [{"index": index, "delta": rest, "finish_reason": None}])
+        content = message.get("content")
+        if isinstance(content, str) and content:
+            logprobs = choice.get("logprobs")  # whole, with the first piece: the SDK adds them up
+            for piece in _pieces(content):
+                delta = {"index": index, "delta": {"content": piece}, "finish_reason": None}
+                if logprobs:
+                    delta["logprobs"], logprobs = logprobs, None
+                yield _chunk(base, [delta])
         yield _chunk(
             base, [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}]
         )
@@ -70,13 +72,25 @@ async def buffered_chunks(completion: dict[str, Any], include_usage: bool) -> As
     yield b"data: [DONE]\n\n"
 
 
+def _held(message: dict[str, Any]) -> dict[str, Any]:
+    """Every field of a message but its role and content, as one delta (tool calls indexed),
+    released whole: the refusal, the reasoning, tool and function calls, the audio."""
+    rest = {k: v for k, v in message.items() if k not in ("role", "content") and v is not None}
+    if rest.get("tool_calls"):
+        rest["tool_calls"] = [{"index": i, **c} for i, c in enumerate(rest["tool_calls"])]
+    return rest
+
+
 class _Incremental:
     """One incremental stream: what was generated and how much of it the client has."""
 
     def __init__(self, request: ChatCompletionRequest) -> None:
         self.messages = [m.model_dump(exclude_none=True) for m in request.messages]
-        self.text = ""  # everything generated so far
-        self.reasoning = ""  # the model's reasoning, reviewed with the text but never released
+        # Everything generated so far, merged as the SDK merges deltas: the text is released as
+        # it passes review; the rest (tool calls, refusal, audio) whole, once the answer passed.
+        # The reasoning is reviewed with the text but never released.
+        self.message: dict[str, Any] = {"role": "assistant", "content": ""}
+        self.unknown: dict[str, Any] = {}  # choice fields read_choice will judge
         self.model: str | None = None  # the generating model, as the upstream names it
         self.finish = "stop"
         self.released = 0  # how many characters of the text the client has
@@ -89,17 +103,30 @@ class _Incremental:
     def add(self, chunk: dict[str, Any]) -> None:
         self.model = chunk.get("model") or self.model
         for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            self.text += delta.get("content") or ""
-            self.reasoning += delta.get("reasoning_content") or delta.get("reasoning") or ""
+            merge_delta(self.message, choice.get("delta") or {})
             self.finish = choice.get("finish_reason") or self.finish
+            known = ("index", "delta", "finish_reason", "logprobs", "stop_reason")
+            self.unknown.update((k, v) for k, v in choice.items() if k not in known)
+
+    @property
+    def text(self) -> str:
+        content = self.message.get("content")
+        return content if isinstance(content, str) else ""
 
     def choice(self) -> dict[str, Any]:
         """The answer so far as a completion's choice, for the pipeline to review."""
-        message = {"role": "assistant", "content": self.text}
-        if self.reasoning:
-            message["reasoning_content"] = self.reasoning
-        return {"index": 0, "message": message, "finish_reason": self.finish}
+        message = dict(self.message)
+        return {"index": 0, "message": message, "finish_reason": self.finish, **self.unknown}
+
+    def held(self) -> bytes | None:
+        """The answer's fields but its text, once it passed review (the reasoning is not
+        released)."""
+        rest = _held(self.message)
+        for name in ("reasoning_content", "reasoning"):
+            rest.pop(name, None)
+        if not rest:
+            return None
+        return _chunk(self.base, [{"index": 0, "delta": rest, "finish_reason": None}])
 
     def release(self) -> bytes:
         piece, self.released = self.text[self.released :], len(self.text)
@@ -132,6 +159,7 @@ async def incremental_chunks(
             model=state.model,
             can_rewrite=state.released == 0,
             ahead=follower.ahead(0) if follower is not None else None,
+            response_format=request.response_format,
         )
         return decision, choice
 
@@ -162,10 +190,17 @@ async def incremental_chunks(
         finish = choice["finish_reason"]
         # The replacement (rewrite or refusal) is served only where nothing was released.
         if state.released == 0:
+            refusal = _held(choice["message"])  # a block's refusal, said as refusal too
+            if refusal:
+                yield _chunk(state.base, [{"index": 0, "delta": refusal, "finish_reason": None}])
             for piece in _pieces(choice["message"]["content"]):
                 yield _content(state.base, piece)
-    elif len(state.text) > state.released:
-        yield state.release()
+    else:
+        if len(state.text) > state.released:
+            yield state.release()
+        held = state.held()
+        if held is not None:
+            yield held
     result = await pipeline.record([decision])  # committed before the client sees the verdict
     yield _chunk(state.base, [{"index": 0, "delta": {}, "finish_reason": finish}])
     yield _chunk(state.base, [], conscience=result.wire())

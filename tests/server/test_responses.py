@@ -153,7 +153,10 @@ def test_each_policy_acts_on_an_unethical_answer(
         response = client.responses.create(model="gen", input=QUESTION)
     # A blocked answer is the refusal, whole: a completed response, not a truncated one.
     assert response.status == "completed" and response.incomplete_details is None
-    assert response.output_text == text
+    # A block is a refusal part (responses.parse() passes it through), not output_text.
+    parts = [p for item in response.output for p in item.content]
+    refusals = "".join(p.refusal for p in parts if p.type == "refusal")
+    assert (refusals if action == "blocked" else response.output_text) == text
     assert response.model_extra["conscience"]["action"] == action
     (row,) = _stored(tmp_path)
     assert row["action"] == action and row["verdict"] == "unethical"
@@ -355,7 +358,8 @@ def test_a_failed_rewrite_blocks(engine: ScriptedEngine, proxy_url: str, tmp_pat
     engine.verdict = "unethical"
     engine.faults["rewrite"] = Fault(status=500)
     response = _client(proxy_url).responses.create(model="gen", input=QUESTION)
-    assert response.output_text == REFUSAL
+    (part,) = response.output[0].content
+    assert part.type == "refusal" and part.refusal == REFUSAL
     assert response.model_extra["conscience"]["action"] == "blocked"
     assert _stored(tmp_path)[0]["action"] == "blocked"
 
