@@ -45,6 +45,7 @@ def layout(title: str, body: Html, *, csrf: str | None = None, current: str = ""
                 ("judgements", "Judgements", "/ui/judgements"),
                 ("queue", "Label queue", "/ui/queue"),
                 ("overview", "Overview", "/ui/overview"),
+                ("training", "Training", "/ui/training"),
             )
         ]
         signout = el(

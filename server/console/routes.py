@@ -46,7 +46,15 @@ from conscience.server.pipeline import REFUSAL
 from conscience.store.base import UnreadableRow
 from conscience.store.search import Search
 
-__all__ = ["SECURITY_HEADERS", "router"]
+__all__ = [
+    "SECURITY_HEADERS",
+    "checked_form",
+    "forbidden",
+    "html",
+    "router",
+    "session_of",
+    "to_login",
+]
 
 log = logging.getLogger("conscience.server.console")
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -71,11 +79,11 @@ def _sessions(request: Request) -> Sessions:
     return request.app.state.console_sessions
 
 
-def _html(page: str, status: int = 200) -> HTMLResponse:
+def html(page: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(page, status_code=status, headers=SECURITY_HEADERS)
 
 
-def _to_login() -> RedirectResponse:
+def to_login() -> RedirectResponse:
     return RedirectResponse("/ui/login", status_code=303, headers=SECURITY_HEADERS)
 
 
@@ -102,14 +110,14 @@ def _same_origin(request: Request) -> bool:
     return origin in (f"http://{host}", f"https://{host}")
 
 
-def _session(request: Request) -> Session | None:
+def session_of(request: Request) -> Session | None:
     return _sessions(request).find(request)
 
 
-async def _checked_form(request: Request) -> tuple[Session, dict[str, str]] | None:
+async def checked_form(request: Request) -> tuple[Session, dict[str, str]] | None:
     """The session and the form of a state-changing request, or None: no session, another
     origin, or a missing or wrong CSRF token."""
-    session = _session(request)
+    session = session_of(request)
     if session is None or not _same_origin(request):
         return None
     form = await _form(request)
@@ -118,8 +126,8 @@ async def _checked_form(request: Request) -> tuple[Session, dict[str, str]] | No
     return session, form
 
 
-def _forbidden() -> HTMLResponse:
-    return _html(
+def forbidden() -> HTMLResponse:
+    return html(
         message_page("Refused", "Sign in again: this form's session or token is not valid."),
         403,
     )
@@ -134,20 +142,20 @@ async def stylesheet() -> Response:
 
 @router.get("/")
 async def home(request: Request) -> Response:
-    if _session(request) is None:
-        return _to_login()
+    if session_of(request) is None:
+        return to_login()
     return RedirectResponse("/ui/judgements", status_code=303, headers=SECURITY_HEADERS)
 
 
 @router.get("/login")
 async def login_form(request: Request) -> Response:
     if _admin_key(request) is None:
-        return _html(
+        return html(
             message_page("Console disabled", "The console is disabled: set CONSCIENCE_ADMIN_KEY."),
             403,
         )
     token = secrets.token_urlsafe(32)
-    response = _html(login_page(token))
+    response = html(login_page(token))
     set_cookie(response, request, LOGIN_COOKIE, token, LOGIN_SECONDS)
     return response
 
@@ -156,15 +164,15 @@ async def login_form(request: Request) -> Response:
 async def login(request: Request) -> Response:
     admin_key = _admin_key(request)
     if admin_key is None:
-        return _html(message_page("Console disabled", "Set CONSCIENCE_ADMIN_KEY."), 403)
+        return html(message_page("Console disabled", "Set CONSCIENCE_ADMIN_KEY."), 403)
     form = await _form(request)
     expected = request.cookies.get(LOGIN_COOKIE)
     if not _same_origin(request) or expected is None or not same_token(form.get("csrf"), expected):
-        return _forbidden()
+        return forbidden()
     if not same_token(form.get("key") or None, admin_key):
         log.warning("console: a sign-in with a wrong key was refused")
         token = secrets.token_urlsafe(32)
-        response = _html(login_page(token, "That is not the admin key."), 401)
+        response = html(login_page(token, "That is not the admin key."), 401)
         set_cookie(response, request, LOGIN_COOKIE, token, LOGIN_SECONDS)
         return response
     session_id, _ = _sessions(request).open()
@@ -177,10 +185,10 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    if await _checked_form(request) is None:
-        return _forbidden()
+    if await checked_form(request) is None:
+        return forbidden()
     _sessions(request).close(request)
-    response = _to_login()
+    response = to_login()
     clear_cookie(response, SESSION_COOKIE)
     return response
 
@@ -223,9 +231,9 @@ def _store(request: Request) -> Any:
 
 @router.get("/judgements")
 async def judgements(request: Request) -> Response:
-    session = _session(request)
+    session = session_of(request)
     if session is None:
-        return _to_login()
+        return to_login()
     query = {k: v for k, v in request.query_params.items() if v}
     try:
         page = max(int(query.get("page", "1")), 1)
@@ -236,8 +244,8 @@ async def judgements(request: Request) -> Response:
     total = await store.search_count(search)
     found = await store.search(search, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     unreadable = [(row.judgement_id, row.reason) for row in found.unreadable]
-    html = table_page(session.csrf, found.judgements, unreadable, total, page, query)
-    return _html(html)
+    shown = table_page(session.csrf, found.judgements, unreadable, total, page, query)
+    return html(shown)
 
 
 def _threshold(request: Request, framework: str) -> float | None:
@@ -260,9 +268,9 @@ def _deciding_threshold(request: Request, framework: str) -> float:
 @router.get("/queue")
 async def queue(request: Request) -> Response:
     """The judgements no human labelled, those the judge was least sure of first."""
-    session = _session(request)
+    session = session_of(request)
     if session is None:
-        return _to_login()
+        return to_login()
     store = _store(request)
     waiting = Search(labelled=False)
     total = await store.search_count(waiting)
@@ -281,39 +289,39 @@ async def queue(request: Request) -> Response:
     for row in ordered:
         p = p_unethical(row)
         distances.append("—" if p is None else f"{abs(p - thresholds[row.framework]):.3f}")
-    return _html(queue_page(session.csrf, ordered, distances, total, len(found)))
+    return html(queue_page(session.csrf, ordered, distances, total, len(found)))
 
 
 @router.get("/judgements/{judgement_id}")
 async def judgement(request: Request, judgement_id: str) -> Response:
-    session = _session(request)
+    session = session_of(request)
     if session is None:
-        return _to_login()
+        return to_login()
     try:
         found = await _store(request).get(judgement_id)
     except NotFound:
-        return _html(message_page("Not found", "No judgement has this id."), 404)
+        return html(message_page("Not found", "No judgement has this id."), 404)
     except UnreadableRow as exc:
-        return _html(message_page("Unreadable", f"The store cannot read it: {exc.reason}"), 500)
-    html = detail_page(session.csrf, found, REFUSAL, _threshold(request, found.framework))
-    return _html(html)
+        return html(message_page("Unreadable", f"The store cannot read it: {exc.reason}"), 500)
+    shown = detail_page(session.csrf, found, REFUSAL, _threshold(request, found.framework))
+    return html(shown)
 
 
 @router.post("/judgements/{judgement_id}/label")
 async def label(request: Request, judgement_id: str) -> Response:
     """Set or clear the human label, as ``POST /admin/judgements/{id}/label`` does."""
-    checked = await _checked_form(request)
+    checked = await checked_form(request)
     if checked is None:
-        return _forbidden()
+        return forbidden()
     _, form = checked
     choice = form.get("label")
     if choice not in ("ethical", "unethical", "clear"):
-        return _html(message_page("Refused", "A label is ethical, unethical or clear."), 400)
+        return html(message_page("Refused", "A label is ethical, unethical or clear."), 400)
     value = None if choice == "clear" else Verdict(choice)
     try:
         await _store(request).set_human_label(judgement_id, value)
     except NotFound:
-        return _html(message_page("Not found", "No judgement has this id."), 404)
+        return html(message_page("Not found", "No judgement has this id."), 404)
     except UnreadableRow:
         pass  # stored; the page says the row is unreadable
     log.info("console: judgement %s labelled %s", judgement_id, choice)
@@ -324,9 +332,9 @@ async def label(request: Request, judgement_id: str) -> Response:
 
 @router.get("/overview")
 async def overview_route(request: Request) -> Response:
-    session = _session(request)
+    session = session_of(request)
     if session is None:
-        return _to_login()
+        return to_login()
     query = {k: v for k, v in request.query_params.items() if v}
     until = _moment(query.get("until")) or datetime.now(UTC)
     since = _moment(query.get("since"))
@@ -357,7 +365,7 @@ async def overview_route(request: Request) -> Response:
             ("precision (unethical)", _share(judged.precision)),
             ("false-positive rate", _share(judged.false_positive_rate)),
         ]
-    html = overview_page(
+    shown = overview_page(
         session.csrf,
         since=since,
         until=until,
@@ -378,7 +386,7 @@ async def overview_route(request: Request) -> Response:
         judge=judge,
         query=query,
     )
-    return _html(html)
+    return html(shown)
 
 
 def _share(value: float | None) -> str:

@@ -113,7 +113,18 @@ def judgements() -> list[Judgement]:
 
 
 @pytest.fixture
-def console_url(engine_url: str, tmp_path: Path, judgements: list[Judgement]) -> Iterator[str]:
+def console_settings() -> dict[str, Any]:
+    """More settings for the proxy of ``console_url`` (a test module may override this)."""
+    return {}
+
+
+@pytest.fixture
+def console_url(
+    engine_url: str,
+    tmp_path: Path,
+    judgements: list[Judgement],
+    console_settings: dict[str, Any],
+) -> Iterator[str]:
     """The proxy's base URL (no ``/v1``), its store holding ``judgements``."""
     store = tmp_path / "judgements.sqlite3"
     _seed(store, judgements)
@@ -125,6 +136,7 @@ def console_url(engine_url: str, tmp_path: Path, judgements: list[Judgement]) ->
         api_keys=CLIENT_KEY,
         admin_key=ADMIN_KEY,
         upstream_timeout=2.0,
+        **console_settings,
     )
     with serve_in_thread(create_app(settings)) as url:
         yield url
