@@ -33,6 +33,18 @@ if [ -z "${CONSCIENCE_TEST_POSTGRES_URL:-}" ] && [ -f .ci/postgres.sh ]; then
     fi
 fi
 
+# The container tier (tests/deploy/test_container.py): podman, the proxy image built from the
+# Dockerfile, the model volume. Heavy (a build, ~1.5 min the first time): only where asked for,
+# with CONSCIENCE_CONTAINERS=1 or CONSCIENCE_REQUIRE_CONTAINERS=1 (.ci/run).
+if [ -z "${CONSCIENCE_TEST_CONTAINER_IMAGE:-}" ] && [ -f .ci/containers.sh ] &&
+    { [ "${CONSCIENCE_CONTAINERS:-0}" = "1" ] || [ "${CONSCIENCE_REQUIRE_CONTAINERS:-0}" = "1" ]; }; then
+    if ct_env="$(bash .ci/containers.sh setup)" && [ -n "$ct_env" ]; then
+        eval "$ct_env"
+    else
+        echo "no container engine: the container tests will be skipped (or fail where required)" >&2
+    fi
+fi
+
 # Chromium for the console's browser tests (tests/console/test_console_browser.py): Debian's
 # package, which Playwright drives; installed only where that is allowed (root, in CI, as
 # .ci/postgres.sh installs PostgreSQL). Elsewhere those tests are skipped, saying why.

@@ -108,3 +108,9 @@ def stub_bin(tmp_path: Path) -> Path:
         )
         stub.chmod(0o755)
     return directory
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "containers: needs a container engine and the proxy image (.ci/containers.sh)"
+    )
