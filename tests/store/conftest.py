@@ -67,7 +67,8 @@ def run_sql(store_url: str, backend: str) -> Callable[[str], list[tuple[Any, ...
             finally:
                 conn.close()
         with psycopg.connect(store_url, autocommit=True) as pg:
-            return pg.execute(sql).fetchall()
+            cursor = pg.execute(sql)
+            return cursor.fetchall() if cursor.description is not None else []
 
     return run
 
