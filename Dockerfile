@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # One image for the conscience proxy and for the trainer; the role is chosen by EXTRAS at build
 # time and by the command at run time (docs/deploy.md).
 #
