@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 from urllib.request import getproxies_environment, proxy_bypass_environment
@@ -107,11 +108,22 @@ class _Answer(NamedTuple):
     status: int
     content: bytes
     reason: str
+    headers: Mapping[str, str] = MappingProxyType({})  # its rate-limit headers (_rate)
 
     @classmethod
     def of(cls, response: httpx.Response) -> _Answer:
         """A streamed request's answer, once read (an error status)."""
-        return cls(response.status_code, response.content, response.reason_phrase)
+        return cls(response.status_code, response.content, response.reason_phrase, _rate(response))
+
+
+def _rate(response: Any) -> dict[str, str]:
+    """The rate-limit headers of an answer (``Retry-After``, ``X-RateLimit-*``), which the
+    proxy passes on to its client with the upstream's error."""
+    return {
+        k: v
+        for k, v in response.headers.items()
+        if k.lower() in ("retry-after", "retry-after-ms") or k.lower().startswith("x-ratelimit-")
+    }
 
 
 def _error_message(answer: _Answer) -> tuple[str, Any]:
@@ -224,13 +236,14 @@ class EngineClient:
             headers["Content-Type"] = "application/json"
         with self._engine_errors():
             async with self._unary().request(method, url, data=data, headers=headers) as response:
-                return _Answer(response.status, await response.read(), response.reason or "")
+                content = await response.read()
+                return _Answer(response.status, content, response.reason or "", _rate(response))
 
     @staticmethod
     def _json(answer: _Answer) -> dict[str, Any]:
         if answer.status >= 400:
             message, body = _error_message(answer)
-            raise EngineStatusError(answer.status, message, body)
+            raise EngineStatusError(answer.status, message, body, dict(answer.headers))
         try:
             body = from_json(answer.content)
         except ValueError as exc:

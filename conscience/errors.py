@@ -56,10 +56,17 @@ class EngineTimeout(EngineError):
 
 
 class EngineStatusError(EngineError):
-    def __init__(self, status_code: int, message: str, body: object = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        body: object = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"engine returned {status_code}: {message}")
         self.status_code = status_code
         self.body = body  # the engine's own error body, passed on for its 4xx
+        self.headers = headers or {}  # its rate-limit headers (Retry-After), passed on too
 
 
 class VerdictError(ConscienceError):

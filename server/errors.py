@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,7 @@ from conscience.errors import (
     ConscienceError,
     EngineStatusError,
     EngineTimeout,
+    EngineUnavailable,
     NotFound,
     StoreError,
     VerdictError,
@@ -93,12 +95,19 @@ def status_of(exc: ConscienceError) -> tuple[int, str]:
     return 502, "upstream_unavailable"
 
 
+_ENGINE_URL = re.compile(r"(?:(?:the )?engine at )?https?://[^\s]*[^\s:,.]")
+
+
 def client_message(exc: ConscienceError) -> str:
     """What a client may read of an error: a store's own text names the store (path, host,
-    user) and may quote the row it failed to write, so that stays in the operator's log."""
+    user) and may quote the row it failed to write, and an engine's names the upstream's
+    address; both stay in the operator's log."""
     if isinstance(exc, StoreError) and not isinstance(exc, NotFound):
         return "the judgement store failed (the server log has the details)"
-    return str(exc)
+    message = _ENGINE_URL.sub("the upstream", str(exc))
+    if isinstance(exc, EngineUnavailable):  # the transport's own words name hosts and ports
+        message = message.split(": ", 1)[0] + " (the server log has the details)"
+    return message
 
 
 def secret_scrubber(settings: Settings) -> Callable[[str], str]:
@@ -132,11 +141,13 @@ def install_error_handlers(app: FastAPI, scrub: Callable[[str], str]) -> None:
     @app.exception_handler(ConscienceError)
     async def _ours(request: Request, exc: ConscienceError) -> JSONResponse:
         status, code = status_of(exc)
+        # The upstream's rate-limit headers (Retry-After) tell the client when to come back.
+        headers = exc.headers if isinstance(exc, EngineStatusError) else None
         if isinstance(exc, EngineStatusError) and status < 500 and isinstance(exc.body, dict):
             body = json.loads(scrub(json.dumps(exc.body)))
-            return JSONResponse(body, status_code=status)  # the upstream's own 4xx
+            return JSONResponse(body, status_code=status, headers=headers)  # its own 4xx
         log.warning("request failed: %s (%s)", scrub(str(exc)), code)
-        return error_response(status, scrub(client_message(exc)), code=code)
+        return error_response(status, scrub(client_message(exc)), code=code, headers=headers)
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:

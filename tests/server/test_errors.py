@@ -1,5 +1,7 @@
 """Every failure is the OpenAI error envelope with its true status, through the real client."""
 
+from typing import Any
+
 import httpx
 import openai
 import pytest
@@ -149,3 +151,34 @@ def test_upstream_refusing_the_proxys_key_is_502_not_401(
         _client(proxy_url).chat.completions.create(model="gen", messages=ASK)
     assert info.value.status_code == 502
     assert info.value.body["code"] == "upstream_auth_failed"
+
+
+@pytest.mark.parametrize(("status", "served"), [(429, 429), (503, 502)])
+def test_rate_limit_headers_pass_through(
+    engine: ScriptedEngine, proxy_url: str, status: int, served: int
+) -> None:
+    engine.faults["generate"] = Fault(status=status)
+    engine.response_headers = {"Retry-After": "7", "X-RateLimit-Remaining-Requests": "0"}
+    with pytest.raises(openai.APIStatusError) as caught:
+        _client(proxy_url).chat.completions.create(model="gen", messages=ASK)
+    response = caught.value.response
+    assert response.status_code == served
+    assert response.headers["retry-after"] == "7"
+    assert response.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_upstream_failures_name_no_internal_url(
+    engine: ScriptedEngine, make_proxy: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(openai.APIStatusError) as caught:
+        _client(make_proxy(upstream_url=dead)).chat.completions.create(model="gen", messages=ASK)
+    assert caught.value.status_code == 502
+    assert "127.0.0.1" not in caught.value.response.text
+    assert "the upstream" in caught.value.message
+    assert dead in caplog.text  # the operator's log keeps the address
+    engine.faults["generate"] = Fault(status=200, delay=3.0)  # past upstream_timeout (2 s)
+    with pytest.raises(openai.APIStatusError) as caught:
+        _client(make_proxy()).chat.completions.create(model="gen", messages=ASK)
+    assert caught.value.status_code == 504
+    assert "127.0.0.1" not in caught.value.response.text
