@@ -118,10 +118,11 @@ Dir::Cache::srcpkgcache "";
 EOF
     mkdir -p "$hooks/ca"
     cp /usr/local/share/ca-certificates/*.crt "$hooks/ca/" 2>/dev/null || true
+    # mmdebstrap expands $1 (the chroot) in its hooks, not this shell.
+    # shellcheck disable=SC2016
     mmdebstrap --variant=minbase --include="$BASE_PACKAGES" \
         --customize-hook="cp $hooks/docker-clean \"\$1/etc/apt/apt.conf.d/docker-clean\"" \
         --customize-hook="cp -r $hooks/ca/. \"\$1/usr/local/share/ca-certificates/\"" \
-        # shellcheck disable=SC2016 # mmdebstrap expands $1 (the chroot), not this shell
         --customize-hook='chroot "$1" update-ca-certificates' \
         --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
         "$SUITE" - 2>"$hooks/mmdebstrap.log" |

@@ -212,7 +212,9 @@ RAW_CASES: list[tuple[str, bytes, int]] = [
     ("conscience.policy null", _body(conscience={"policy": None}), 200),
     ("conscience unknown key", _body(conscience={"verdict": "ethical"}), 400),
     # unknown OpenAI fields of any shape pass upstream
-    ("odd unknown fields", _body(tools="x", response_format=5, seed="x", user={"a": []}), 200),
+    ("odd unknown fields", _body(tools="x", seed="x", user={"a": []}), 200),
+    # response_format is read by the proxy (a rewrite keeps the asked format): it must be an object
+    ("response_format not an object", _body(response_format=5), 400),
 ]
 
 
