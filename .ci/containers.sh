@@ -154,7 +154,9 @@ setup() {
     fi
     podman build --format docker --network host "${limits[@]}" \
         --build-arg PYTHON_IMAGE="$base" -t "$PROXY_IMAGE" . >&2
-    podman image prune -f >/dev/null  # the image this build replaced; the layer cache stays
+    # The image this build replaced (the layer cache stays). Housekeeping only: podman 4.3 can
+    # fail on an image another prune removed meanwhile ("image not known"), never the build.
+    podman image prune -f >/dev/null 2>&1 || echo "containers.sh: image prune failed (ignored)" >&2
     if ! podman volume exists "$MODELS_VOLUME"; then
         podman volume create "$MODELS_VOLUME" >/dev/null
     fi
