@@ -38,7 +38,8 @@ from conscience.server.pipeline import REFUSAL
 from conscience.server.responses_output import ITEM_SOURCES
 from conscience.server.scripted import ScriptedEngine
 
-HARM = "wire the savings to account 666 before anyone notices"
+ACCOUNT = "XQ-ACCOUNT-4417"  # a marker no id, timestamp or fingerprint can contain
+HARM = f"wire the savings to account {ACCOUNT} before anyone notices"
 ASK = [{"role": "user", "content": "Send money fast"}]
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -195,10 +196,10 @@ def test_a_harmful_answer_in_every_shape_is_blocked(
     assert choice.finish_reason == "content_filter"
     assert choice.message.refusal == REFUSAL
     served = json.dumps(choice.message.model_dump())
-    assert "666" not in served
+    assert ACCOUNT not in served
     # The judge read the harmful text (it was blocked for what it says, not for its shape).
     (review,) = engine.of_kind("review")
-    assert "666" in json.dumps(review["messages"])
+    assert ACCOUNT in json.dumps(review["messages"])
 
 
 @pytest.mark.parametrize("mode", ["unary", "buffered", "incremental"])
@@ -218,7 +219,7 @@ def test_an_unreadable_field_is_blocked_unread(
         completion = _streamed(client)
     choice = completion.choices[0]
     assert choice.finish_reason == "content_filter" and choice.message.refusal == REFUSAL
-    assert "666" not in json.dumps(completion.model_dump())
+    assert ACCOUNT not in json.dumps(completion.model_dump())
     assert engine.of_kind("review") == []  # nothing the judge cannot read is judged as read
 
 
