@@ -38,6 +38,7 @@ __all__ = [
     "StateReader",
     "hidden_state",
     "load_probes",
+    "parse_probes",
     "save_probe",
 ]
 
@@ -117,14 +118,22 @@ def load_probes(path: Path) -> dict[tuple[str, str, str], Probe]:
     (the format before several frameworks were shipped) or a list of them, one per key."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        probes = [_probe_of(entry) for entry in (data if isinstance(data, list) else [data])]
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"probe file {path}: {exc}") from exc
+    return parse_probes(data, f"probe file {path}")
+
+
+def parse_probes(data: Any, where: str) -> dict[tuple[str, str, str], Probe]:
+    """The probes of a probe file's parsed JSON (``where`` names it in errors)."""
+    try:
+        probes = [_probe_of(entry) for entry in (data if isinstance(data, list) else [data])]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
     if not probes:
-        raise ConfigError(f"probe file {path}: no probe in it")
+        raise ConfigError(f"{where}: no probe in it")
     by_key = {probe.key: probe for probe in probes}
     if len(by_key) != len(probes):
-        raise ConfigError(f"probe file {path}: two probes for the same model, framework, layout")
+        raise ConfigError(f"{where}: two probes for the same model, framework, layout")
     return by_key
 
 

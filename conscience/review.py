@@ -27,6 +27,7 @@ from conscience.judge import (
     Judge,
     SingleReview,
     answer_windows,
+    check_bands,
     free_text,
     judge_for,
     judge_request,
@@ -133,6 +134,34 @@ class Conscience:
         """The layout a review under ``framework`` is asked in: the configured one (or
         ``layout``) where a probe reads it, else the single review's (``Judge.asked_in``)."""
         return self.judge.asked_in(framework, layout or self.layout)
+
+    def use_probes(self, probes: dict[tuple[str, str, str], Probe], source: str) -> None:
+        """Judge with ``probes`` from the next review on, without a restart (a refitted probe
+        published, or a rollback). Only where a probe judges already: the judge keeps its kind
+        and what it learnt of the engine, and its read-outs are replaced in one step (a review
+        in flight finishes with the probe it began with or the new one, never a mix of files).
+        A probe of another judge model, or of another size than the one it replaces for the
+        same key, is refused (``ConfigError``), as are probes the second opinion's bands
+        cannot use (``check_bands``)."""
+        if self.judge.probe_read is None:
+            raise ConfigError(
+                "no probe judges on this proxy (CONSCIENCE_JUDGE_METHOD, or an engine without"
+                " hidden states): a probe cannot be switched in"
+            )
+        for key, probe in probes.items():
+            if key[0] != self.judge_model:
+                raise ConfigError(f"a probe of {key[0]!r}, and the judge is {self.judge_model!r}")
+            current = self.probes.get(key)
+            if current is not None and len(current.weights) != len(probe.weights):
+                raise ConfigError(
+                    f"the probe for {'/'.join(key)} reads {len(probe.weights)} dimensions,"
+                    f" the one it replaces {len(current.weights)}: another model's states"
+                )
+        check_bands(probes, self.bands, source, self.band_source)
+        # The judge holds this very dict (``judge_for``): no await between clear and update.
+        self.probes.clear()
+        self.probes.update(probes)
+        self.probe_source = source
 
     def framework(self, name: str | None) -> Framework:
         name = name or self.default_framework

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # paper's pure form.
     judge_method: JudgeMethod = JudgeMethod.PROBE  # or "single", the paper's one question
     probe_file: Path | None = None  # the probe's read-out; None: the packaged one
+    # Probes refitted from human labels and published (POST /admin/probe), and the history of
+    # what was served and refused (conscience/probe_history.py); None: kept in memory only.
+    probes_dir: Path | None = None
     # Where the embedded engine's probe reads the state: "logits", its output layer through the
     # prefix cache (engine/hidden_state.py); "embeddings", /v1/embeddings, which re-prefills
     # every prompt. An upstream is always read through /v1/embeddings.
@@ -111,6 +114,7 @@ class Settings(BaseSettings):
         "engine_parallel",
         "second_opinion",
         "band_file",
+        "probes_dir",
         mode="before",
     )
     @classmethod

@@ -171,6 +171,13 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from conscience.evals.probe import calibrate_probe
     from conscience.settings import Settings
 
+    if getattr(args, "labels_from", None):
+        from conscience.evals.probe_refit import refit_from_labels
+
+        report = refit_from_labels(args, Settings(**engine_fields(args)))
+        print(json.dumps(report, indent=2))
+        return 0
+
     probe = calibrate_probe(args, Settings(**engine_fields(args)))
     summary = {"file": args.out, "key": probe.key, "threshold": probe.threshold, **probe.fitted}
     print(json.dumps(summary, indent=2))
@@ -237,4 +244,43 @@ def add_calibrate_command(
     probe.add_argument(
         "--threshold-rule", default="best-f1", help="best-f1, or fpr:CAP (e.g. fpr:0.1)"
     )
+    if probe_preset:
+        _add_refit_flags(parser)
     parser.set_defaults(handler=_cmd_calibrate, **({"probe": True} if probe_preset else {}))
+
+
+def _add_refit_flags(parser: argparse.ArgumentParser) -> None:
+    refit = parser.add_argument_group(
+        "refit from human labels (evals/probe_refit.py): the training split's states plus the "
+        "store's labelled judgements, gated against the current probe on held labels and dev"
+    )
+    refit.add_argument("--labels-from", metavar="STORE_URL", help="the store the proxy writes")
+    refit.add_argument(
+        "--base-vectors",
+        metavar="DIR",
+        help="a `fit probe` run's states (DIR/train, DIR/dev), used as they are: no data needed",
+    )
+    refit.add_argument(
+        "--current", metavar="FILE", help="the probe to gate against (default: the settings')"
+    )
+    refit.add_argument(
+        "--publish",
+        metavar="PROXY_URL",
+        help="gate against the probe this proxy serves, and publish the candidate to it "
+        "(CONSCIENCE_ADMIN_KEY)",
+    )
+    refit.add_argument(
+        "--min-new-labels",
+        type=int,
+        default=0,
+        help="refit only with at least N labels the current probe was not fitted on (0)",
+    )
+    refit.add_argument(
+        "--held-share", type=float, default=0.3, help="share of conversations held out (0.3)"
+    )
+    refit.add_argument(
+        "--min-held", type=int, default=20, help="held labels needed to decide the gate (20)"
+    )
+    refit.add_argument(
+        "--tolerance", type=float, default=0.01, help="how much worse counts as not worse (0.01)"
+    )

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from conscience.errors import ConfigError
-from conscience.evals.harm_judging import PARTS, load_binary, load_split
+from conscience.evals.harm_judging import PARTS, load_binary, load_split, prompt_key
 from conscience.evals.harm_judging import data_dir as default_harm_data_dir
 from conscience.evals.questions import em_data_dir as default_em_data_dir
 from conscience.labels import Verdict
@@ -133,6 +133,16 @@ class LabelledItem:
     attack: bool  # the answer tries to talk the reviewer out of its verdict
     category: str
     split: str
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The conversation the answer replies to: the one question."""
+        return [{"role": "user", "content": self.question}]
+
+    @property
+    def group(self) -> str:
+        """Its prompt, normalised: look-alike answers to one prompt stay on one side."""
+        return prompt_key(self.question)
 
 
 def _item(data: object, where: str) -> LabelledItem:

@@ -31,20 +31,20 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
 from conscience.errors import ConfigError
-from conscience.evals.harm_judging import prompt_key
 from conscience.evals.jsonl import AppendLog, read_records
-from conscience.evals.labelled import LabelledItem, load_labelled
+from conscience.evals.labelled import load_labelled
 from conscience.evals.scoring import auc
 from conscience.framework import load_frameworks
-from conscience.labels import JudgeMethod, Layout
+from conscience.labels import JudgeMethod, Layout, Verdict
 from conscience.probe import Probe, hidden_state, load_probes, save_probe
 from conscience.progress import Progress
 from conscience.prompts import render_review
@@ -77,11 +77,27 @@ _LAMBDAS = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 _FOLDS = 5
 
 
+class StateItem(Protocol):
+    """What a state is extracted for: a labelled set's item, or a judgement a human labelled
+    (``evals/probe_refit.py``): the conversation, the answer, the gold label, and the group
+    that keeps an item's look-alikes on one side of every split (its prompt or conversation)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def answer(self) -> str: ...
+    @property
+    def label(self) -> Verdict: ...
+    @property
+    def messages(self) -> list[dict[str, Any]]: ...
+    @property
+    def group(self) -> str: ...
+
+
 def probe_prompt(
-    item: LabelledItem, framework: Any, max_answer_chars: int, layout: Layout = Layout.PAPER
+    item: StateItem, framework: Any, max_answer_chars: int, layout: Layout = Layout.PAPER
 ) -> list[dict]:
-    messages = [{"role": "user", "content": item.question}]
-    return render_review(framework, messages, item.answer[:max_answer_chars], layout=layout)
+    return render_review(framework, item.messages, item.answer[:max_answer_chars], layout=layout)
 
 
 def _refuse_another(out_dir: Path, identity: dict[str, Any]) -> None:
@@ -106,7 +122,7 @@ def _done_ids(out_dir: Path, identity: dict[str, Any]) -> set[str]:
 
 async def extract(
     settings: Settings,
-    items: list[LabelledItem],
+    items: Sequence[StateItem],
     out_dir: Path,
     *,
     framework: str,
@@ -148,7 +164,7 @@ async def extract(
                     {
                         "id": item.id,
                         "gold": item.label.value,
-                        "group": prompt_key(item.question),
+                        "group": item.group,
                         "seconds": time.perf_counter() - started,
                         "vector": [round(v, 6) for v in vector],
                     }
@@ -284,6 +300,57 @@ def extraction_of(run_dir: Path) -> dict[str, Any]:
     return {"read": "embeddings", "layout": Layout.PAPER.value, **identity}
 
 
+class Head(NamedTuple):
+    """A fitted read-out: the standardisation, the head (bias last), the penalty chosen, and
+    train's out-of-fold scores that chose it and the threshold."""
+
+    mean: np.ndarray
+    sd: np.ndarray
+    head: np.ndarray
+    l2: float
+    out_of_fold: np.ndarray
+    threshold: float
+
+
+def fit_arrays(
+    x: np.ndarray, gold: np.ndarray, groups: Sequence[str], threshold_rule: str = "best-f1"
+) -> Head:
+    """The head of the module docstring on the rows ``x``: λ by out-of-fold log-loss (folds
+    by ``groups``), the threshold by ``threshold_rule`` on the out-of-fold scores."""
+    groups = list(groups)
+    losses = {l2: _log_loss(cross_validated(x, gold, groups, l2), gold) for l2 in _LAMBDAS}
+    for l2, loss in losses.items():
+        log.info("probe: lambda %g, out-of-fold log-loss %.4f", l2, loss)
+    l2 = min(losses, key=losses.__getitem__)
+    oof = cross_validated(x, gold, groups, l2)
+    threshold = choose_threshold(oof, gold, threshold_rule)
+    mean, sd = x.mean(0), x.std(0) + 1e-6
+    head = fit_head(standardise(x, mean, sd), gold, l2=l2, steps=30)
+    return Head(mean, sd, head, l2, oof, threshold)
+
+
+def probe_of(
+    head: Head,
+    extraction: dict[str, Any],
+    *,
+    read_chars: int,
+    fitted: dict[str, Any],
+) -> Probe:
+    """The probe file's entry for ``head``, fitted on states of ``extraction``."""
+    return Probe(
+        model=extraction["judge"],
+        framework=extraction["framework"],
+        layout=extraction["layout"],
+        max_answer_chars=read_chars,
+        mean=tuple(float(v) for v in head.mean),
+        sd=tuple(float(v) for v in head.sd),
+        weights=tuple(float(v) for v in head.head[:-1]),
+        bias=float(head.head[-1]),
+        threshold=head.threshold,
+        fitted=fitted,
+    )
+
+
 def fit_probe(
     train_dir: Path,
     *,
@@ -301,36 +368,23 @@ def fit_probe(
     extraction = extraction_of(train_dir)
     fitted_chars = int(extraction["max_answer_chars"])
     _, groups, x, gold = load_vectors(train_dir)
-    losses = {l2: _log_loss(cross_validated(x, gold, groups, l2), gold) for l2 in _LAMBDAS}
-    for l2, loss in losses.items():
-        log.info("probe: lambda %g, out-of-fold log-loss %.4f", l2, loss)
-    l2 = min(losses, key=losses.__getitem__)
-    oof = cross_validated(x, gold, groups, l2)
-    threshold = choose_threshold(oof, gold, threshold_rule)
-    mean, sd = x.mean(0), x.std(0) + 1e-6
-    head = fit_head(standardise(x, mean, sd), gold, l2=l2, steps=30)
-    probe = Probe(
-        model=extraction["judge"],
-        framework=extraction["framework"],
-        layout=extraction["layout"],
-        max_answer_chars=read_chars or fitted_chars,
-        mean=tuple(float(v) for v in mean),
-        sd=tuple(float(v) for v in sd),
-        weights=tuple(float(v) for v in head[:-1]),
-        bias=float(head[-1]),
-        threshold=threshold,
+    head = fit_arrays(x, gold, groups, threshold_rule)
+    probe = probe_of(
+        head,
+        extraction,
+        read_chars=read_chars or fitted_chars,
         fitted={
             "train": str(train_dir),
             "train_items": len(gold),
             "train_answer_chars": fitted_chars,
             "read": extraction["read"],
-            "l2": l2,
+            "l2": head.l2,
             "threshold_rule": f"{threshold_rule} on train's out-of-fold scores",
-            "train_out_of_fold": measure_scores(oof, gold, threshold),
+            "train_out_of_fold": measure_scores(head.out_of_fold, gold, head.threshold),
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
-    return probe, oof, gold
+    return probe, head.out_of_fold, gold
 
 
 def measure_probe(probe: Probe, run_dir: Path, threshold: float | None = None) -> dict:
@@ -396,14 +450,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
-    """``conscience fit probe``: extract train and dev vectors of a labelled set beside
-    the output (``OUT.vectors/FRAMEWORK/SPLIT``, ``FRAMEWORK-follow-up`` for that layout;
-    resumable), fit on train, measure on dev, and add the probe to the file (a probe of another
-    framework or layout there is kept)."""
+def extract_splits(args: argparse.Namespace, settings: Settings) -> dict[str, Path]:
+    """The states of ``--data``'s train and dev splits, extracted beside ``--out``
+    (``OUT.vectors/FRAMEWORK/SPLIT``, ``FRAMEWORK-LAYOUT`` for another layout than the paper's;
+    resumable): the extraction run of each split."""
     out = Path(args.out)
-    layout = settings.layout
-    named = settings.framework + ("" if layout is Layout.PAPER else f"-{layout.value}")
     runs = {}
     for split in (args.train_split, args.dev_split):
         items = load_labelled(args.data or "harm-judging", split)
@@ -411,7 +462,7 @@ def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
             items = items[: args.limit]
         if not items:
             raise ConfigError(f"no items in split {split!r} of {args.data or 'harm-judging'}")
-        runs[split] = out.with_name(f"{out.name}.vectors") / named / split
+        runs[split] = vectors_dir(out, settings) / split
         asyncio.run(
             extract(
                 settings,
@@ -419,15 +470,31 @@ def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
                 runs[split],
                 framework=settings.framework,
                 max_answer_chars=args.max_answer_chars,
-                layout=layout,
+                layout=settings.layout,
             )
         )
+    return runs
+
+
+def vectors_dir(out: Path, settings: Settings) -> Path:
+    """Where the states of the probe file ``out``'s entry for the settings' framework and
+    layout are kept."""
+    layout = settings.layout
+    named = settings.framework + ("" if layout is Layout.PAPER else f"-{layout.value}")
+    return out.with_name(f"{out.name}.vectors") / named
+
+
+def calibrate_probe(args: argparse.Namespace, settings: Settings) -> Probe:
+    """``conscience fit probe``: extract train and dev vectors of a labelled set beside
+    the output (``extract_splits``), fit on train, measure on dev, and add the probe to the
+    file (a probe of another framework or layout there is kept)."""
+    runs = extract_splits(args, settings)
     probe, _, _ = fit_probe(runs[args.train_split], threshold_rule=args.threshold_rule)
     dev = measure_probe(probe, runs[args.dev_split])
     probe = replace(
         probe, fitted={**probe.fitted, "dev": {"run": str(runs[args.dev_split]), **dev}}
     )
-    save_probe(out, probe)
+    save_probe(Path(args.out), probe)
     return probe
 
 

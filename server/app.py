@@ -14,12 +14,14 @@ from fastapi import FastAPI
 
 from conscience.engine.connect import open_engine
 from conscience.labels import Layout
-from conscience.review import conscience_from_settings
+from conscience.probe_history import ProbeHistory
+from conscience.review import Conscience, conscience_from_settings
 from conscience.server import (
     admin,
     completions,
     console,
     passthrough,
+    probe_admin,
     review_only,
     routes,
     tracing,
@@ -152,6 +154,21 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
+def _probe_history(settings: Settings, conscience: Conscience) -> ProbeHistory | None:
+    """Where a probe judges: the probes served since the first start (a published refit is
+    judged with again after a restart, conscience/probe_history.py); else None."""
+    if conscience.probe_read is None:
+        return None
+    configured = dict(conscience.probes)
+    history = ProbeHistory(settings.probes_dir, configured, conscience.probe_source or "?")
+    probes, source = history.active
+    if probes is not configured:
+        conscience.use_probes(dict(probes), source)
+    if settings.probes_dir is None:
+        log.info("a probe published to this proxy is kept until it stops (no probes directory)")
+    return history
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -167,6 +184,7 @@ def create_app(settings: Settings) -> FastAPI:
             if settings.retention_days is not None:
                 purger = asyncio.create_task(retention_loop(store, settings.retention_days))
                 stack.push_async_callback(_cancel, purger)  # stopped before the store it uses
+            app.state.probe_history = _probe_history(settings, conscience)
             _log_calibration(settings, conscience)
             app.state.engine = engine.embedded
             app.state.adapters = engine.adapters
@@ -202,6 +220,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app, app.state.scrub)
     app.include_router(routes.router)
     app.include_router(admin.router)
+    app.include_router(probe_admin.router)
     app.include_router(completions.router)
     app.include_router(review_only.router)
     console.install(app)  # the operator's console at /ui/
