@@ -8,7 +8,13 @@
 #      wall time: it stops at a step boundary and leaves the pairs it did not reach for the
 #      next night; it continues from the adapter in CURRENT (a warm start), so the nights add up;
 #   2. adapter.py record writes the proxy's generator to $ADAPTERS_DIR/CURRENT, which vLLM and
-#      the proxy read when they restart.
+#      the proxy read when they restart;
+#   3. with PROBE_REFIT_MIN_LABELS set (off by default): when at least that many human labels are
+#      new to the probe the proxy serves, `conscience fit probe --labels-from` refits the judge's
+#      probe on them and publishes it to the proxy, which switches only if its gate passed
+#      (PROBE_BASE_VECTORS, default $PROBE_DIR/base: the training and dev states an earlier
+#      `conscience fit probe` kept beside its output, so that the labelled sets need not be on
+#      this host; the labels' states are kept in $PROBE_DIR between nights).
 # A run still going when the next one is due makes the next one exit (a lock on the volume).
 set -eu
 
@@ -44,3 +50,15 @@ conscience train \
     --init-adapter current
 
 python "$here/adapter.py" --vllm "$vllm_url" --proxy "$proxy_url" --adapters "$adapters" record
+
+if [ -n "${PROBE_REFIT_MIN_LABELS:-}" ]; then
+    probe_dir="${PROBE_DIR:-$adapters/probe-refit}"
+    mkdir -p "$probe_dir"
+    echo "nightly.sh: $run: refitting the probe if $PROBE_REFIT_MIN_LABELS labels are new" >&2
+    conscience fit probe \
+        --labels-from "$CONSCIENCE_STORE_URL" \
+        --min-new-labels "$PROBE_REFIT_MIN_LABELS" \
+        --publish "$proxy_url" \
+        --out "$probe_dir/candidate.json" \
+        --base-vectors "${PROBE_BASE_VECTORS:-$probe_dir/base}"
+fi

@@ -360,8 +360,12 @@ def _base_runs(args: argparse.Namespace, settings: Any) -> dict[str, Path]:
     if args.base_vectors:
         folder = Path(args.base_vectors)
         runs = {"train": folder / args.train_split, "dev": folder / args.dev_split}
-        for run in runs.values():
-            load_vectors(run)  # says which is missing, before the model loads
+        for run in runs.values():  # said before the model loads
+            if not (run / VECTORS_FILE).is_file():
+                raise ConfigError(
+                    f"--base-vectors {folder} has no states in {run.name}/: give the folder"
+                    " `conscience fit probe` keeps beside its output (OUT.vectors/FRAMEWORK)"
+                )
         return runs
     runs = extract_splits(args, settings)
     return {"train": runs[args.train_split], "dev": runs[args.dev_split]}

@@ -187,6 +187,38 @@ def test_nightly_on_the_cpu_stack_publishes_to_the_proxys_engine_on_a_budget(
     assert (tmp_path / "CURRENT").read_text(encoding="utf-8") == "run-new\n"
 
 
+def test_nightly_refits_the_probe_when_asked_to(tmp_path, stub_bin, fake_stack):
+    fake_stack.served.add("run-new")
+    fake_stack.generator = "run-new"
+    env = _nightly_env(
+        tmp_path,
+        stub_bin,
+        fake_stack.url,
+        PROBE_REFIT_MIN_LABELS="50",
+        PROBE_BASE_VECTORS="/data/probe.json.vectors/three-laws",
+    )
+    result = _run("nightly.sh", env)
+    assert result.returncode == 0, result.stderr
+    argv = _args(stub_bin, "conscience")  # the last command: the refit, after the training
+    assert argv[:2] == ["fit", "probe"]
+    options = dict(zip(argv[2::2], argv[3::2], strict=True))
+    assert options == {
+        "--labels-from": "postgresql://conscience:pw@postgres:5432/conscience",
+        "--min-new-labels": "50",
+        "--publish": fake_stack.url,
+        "--out": str(tmp_path / "probe-refit" / "candidate.json"),
+        "--base-vectors": "/data/probe.json.vectors/three-laws",
+    }
+    del env["PROBE_BASE_VECTORS"]  # then the states beside the candidate
+    assert _run("nightly.sh", env).returncode == 0
+    argv = _args(stub_bin, "conscience")
+    assert argv[argv.index("--base-vectors") + 1] == str(tmp_path / "probe-refit" / "base")
+    # Without PROBE_REFIT_MIN_LABELS the night ends with the training.
+    result = _run("nightly.sh", _nightly_env(tmp_path, stub_bin, fake_stack.url))
+    assert result.returncode == 0, result.stderr
+    assert _args(stub_bin, "conscience")[:1] == ["train"]
+
+
 def test_nightly_refuses_to_start_without_the_admin_key(tmp_path, stub_bin, fake_stack):
     env = _nightly_env(tmp_path, stub_bin, fake_stack.url, CONSCIENCE_ADMIN_KEY="")
     result = _run("nightly.sh", env)
