@@ -140,17 +140,15 @@ class Conscience:
         published, or a rollback). Only where a probe judges already: the judge keeps its kind
         and what it learnt of the engine, and its read-outs are replaced in one step (a review
         in flight finishes with the probe it began with or the new one, never a mix of files).
-        A probe of another judge model, or of another size than the one it replaces for the
-        same key, is refused (``ConfigError``), as are probes the second opinion's bands
-        cannot use (``check_bands``)."""
+        A probe of another size than the one it replaces for the same key is refused
+        (``ConfigError``), as are probes the second opinion's bands cannot use
+        (``check_bands``)."""
         if self.judge.probe_read is None:
             raise ConfigError(
                 "no probe judges on this proxy (CONSCIENCE_JUDGE_METHOD, or an engine without"
                 " hidden states): a probe cannot be switched in"
             )
         for key, probe in probes.items():
-            if key[0] != self.judge_model:
-                raise ConfigError(f"a probe of {key[0]!r}, and the judge is {self.judge_model!r}")
             current = self.probes.get(key)
             if current is not None and len(current.weights) != len(probe.weights):
                 raise ConfigError(

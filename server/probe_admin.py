@@ -91,6 +91,15 @@ async def publish_probe(request: Request, body: PublishBody) -> dict[str, Any]:
         probes = parse_probes(body.probes, "the published probe file")
     except ConfigError as exc:
         raise ApiError(400, str(exc), param="probes", code="invalid_probe") from exc
+    judge = request.app.state.pipeline.conscience.judge_model
+    if not any(model == judge for model, _, _ in probes):
+        models = ", ".join(sorted({model for model, _, _ in probes}))
+        raise ApiError(
+            422,
+            f"the probe file holds probes of {models}, and the judge is {judge!r}",
+            param="probes",
+            code="probe_not_usable",
+        )
     if body.gate.get("passed") is not True:
         history.publish(probes, body.gate)
         log.warning("probe: a candidate was refused by its gate: %s", body.gate.get("reason"))

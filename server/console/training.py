@@ -22,6 +22,7 @@ from conscience.engine.publish import ADAPTER_NAME, list_adapters, read_current,
 from conscience.server.admin import AdapterBody, switch_adapter
 from conscience.server.console.markup import Html, el, join
 from conscience.server.console.pages import layout, message_page
+from conscience.server.console.probe import probe_section
 from conscience.server.console.routes import (
     SECURITY_HEADERS,
     checked_form,
@@ -122,6 +123,7 @@ async def training(request: Request) -> Response:
         [
             el("section", el("h2", "Serving"), serving, rollback),
             el("section", el("h2", "Nightly runs, newest first"), table),
+            probe_section(getattr(request.app.state, "probe_history", None)),
         ]
     )
     return html(layout("Training", body, csrf=session.csrf, current="training"))

@@ -65,3 +65,39 @@ def test_publish_and_roll_back(console_url: str, adapters: Path) -> None:
     assert (adapters / "CURRENT").read_text().strip() == "gen"
     bad = client.post("/ui/training/publish", data={"name": "../etc", "csrf": token})
     assert bad.status_code == 400
+
+
+def test_the_probe_section_shows_refits_and_rolls_back(
+    console_url: str, tmp_path: Path, engine: ScriptedEngine
+) -> None:
+    from dataclasses import asdict, replace
+
+    from conscience.server.scripted import SCRIPTED_PROBE
+
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    state = httpx.get(console_url + "/admin/probe", headers=admin)
+    if state.status_code == 409:
+        pytest.skip("this console's proxy judges with the single method")
+    client = sign_in(console_url)
+    page = client.get("/ui/training").text
+    assert "<h2>The judge" in page and "No refit has been published" in page
+    assert "Roll back the probe" not in page
+    fitted = {**SCRIPTED_PROBE.fitted, "labels": {"count": 42}}
+    candidate = replace(SCRIPTED_PROBE, threshold=0.0, fitted=fitted)
+    refused = {"passed": False, "reason": "held auc 0.6 against <b>0.7</b>"}
+    body = {"probes": [asdict(candidate)], "gate": refused}
+    assert httpx.post(console_url + "/admin/probe", json=body, headers=admin).status_code == 409
+    body["gate"] = {"passed": True, "reason": "not worse on held, dev"}
+    assert httpx.post(console_url + "/admin/probe", json=body, headers=admin).status_code == 200
+    page = client.get("/ui/training").text
+    assert "refused: held auc 0.6 against &lt;b&gt;0.7&lt;/b&gt;" in page  # inert
+    assert "passed: not worse on held, dev" in page and "(42 human labels)" in page
+    assert 'id="probe-source">published probe' in page
+    confirm = client.get("/ui/training/probe/rollback").text
+    token = csrf_of(confirm)
+    assert client.post("/ui/training/probe/rollback", data={}).status_code == 403
+    done = client.post("/ui/training/probe/rollback", data={"csrf": token})
+    assert done.status_code == 303
+    source = httpx.get(console_url + "/admin/probe", headers=admin).json()["source"]
+    assert not source.startswith("published")
+    assert client.get("/ui/training/probe/rollback").status_code == 409
