@@ -1,7 +1,7 @@
 """The console in a real browser: Debian's Chromium driven by Playwright.
 
 Sign-in, the table and a filter, one judgement, labelling and undo, the label queue, the
-overview, sign-out; and
+overview, the training page's probe refits and rollback, sign-out; and
 hostile text in prompts and answers (``<script>``, ``<img onerror>``, ``javascript:`` links,
 look-alike buttons) that must stay inert text. Each page's screenshot is taken on the way; with
 ``CONSCIENCE_UPDATE_SCREENSHOTS=1`` they are written into ``docs/images/`` (docs/console.md).
@@ -212,3 +212,36 @@ def test_sign_out(page: Any) -> None:
     page.wait_for_url("**/ui/login")
     page.goto("/ui/judgements")
     assert page.url.endswith("/ui/login")
+
+
+def test_training_shows_the_probe_refits_and_rolls_back(
+    page: Any, console_url: str, tmp_path: Path
+) -> None:
+    from dataclasses import asdict, replace
+
+    from conscience.server.scripted import SCRIPTED_PROBE
+
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    fitted = {**SCRIPTED_PROBE.fitted, "train_items": 380, "labels": {"count": 140}}
+    body: dict[str, Any] = {"probes": [asdict(replace(SCRIPTED_PROBE, fitted=fitted))]}
+    hostile = '<img src=x onerror="window.__pwned = \'gate\'">'
+    body["gate"] = {"passed": False, "reason": f"held auc 0.61 against 0.74 {hostile}"}
+    assert httpx.post(console_url + "/admin/probe", json=body, headers=admin).status_code == 409
+    body["gate"] = {"passed": True, "reason": "not worse on held, dev"}
+    assert httpx.post(console_url + "/admin/probe", json=body, headers=admin).status_code == 200
+    _sign_in(page)
+    page.get_by_role("link", name="Training").click()
+    page.wait_for_url("**/ui/training")
+    history = page.locator("#probe-history tbody tr")
+    assert history.count() == 2
+    assert "refused: held auc 0.61 against 0.74 <img" in history.nth(1).inner_text()
+    assert page.locator("main img").count() == 0
+    assert page.inner_text("#probe-source").startswith("published probe")
+    _shot(page, "training", tmp_path)
+    page.get_by_role("link", name="Roll back the probe").click()
+    page.wait_for_url("**/ui/training/probe/rollback")
+    page.get_by_role("button", name="Roll back the probe").click()
+    page.wait_for_url("**/ui/training")
+    assert not page.inner_text("#probe-source").startswith("published")
+    assert page.get_by_role("link", name="Roll back the probe").count() == 0
+    _not_pwned(page)
