@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from conscience.ahead import ReviewAhead
 from conscience.calibration import Calibration, select_calibrations
 from conscience.cascade import PACKAGED_BANDS, Band, load_bands
 from conscience.client import Constraint, EngineClient
-from conscience.errors import ConfigError, EngineError, VerdictError
+from conscience.context import MIN_BUDGET, conversation_window, cut_middle, is_context_overflow
+from conscience.errors import ConfigError, EngineError, EngineStatusError, VerdictError
 from conscience.framework import Framework
 from conscience.judge import (
     EngineFacts,
@@ -42,6 +44,7 @@ from conscience.verdict import DecisionRule, VerdictReading
 __all__ = ["Conscience", "answer_windows", "conscience_from_settings", "judge_request"]
 
 log = logging.getLogger("conscience.review")
+T = TypeVar("T")
 
 Message = dict[str, Any]
 
@@ -84,6 +87,8 @@ class Conscience:
     rewrite_max_tokens: int = 1024
     rewrite_temperature: float = 0.3
     window_chars: int = 6000  # longer answers are reviewed in overlapping windows, never cut
+    # The judge reads at most this much of the conversation (conscience/context.py).
+    context_chars: int = 8000
     warm_every_chars: int = 400  # review while generating: the judge's prompt prefilled so often
     # Fitted decision rules and confidence scaling by (judge model, framework, layout).
     calibrations: dict[tuple[str, str, str], Calibration] = field(default_factory=dict)
@@ -201,14 +206,7 @@ class Conscience:
             rules = list(screened.rules) or None
         try:
             await self.label_constraint()
-            readings = await asyncio.gather(
-                *(
-                    self.judge.read(
-                        chosen, messages, window, layout, reasoning=reasoning, ahead=ahead
-                    )
-                    for window in answer_windows(visible, self.window_chars)
-                )
-            )
+            readings = await self._read_fitting(chosen, messages, visible, layout, reasoning, ahead)
         except (EngineError, VerdictError):
             if rules is None:
                 raise
@@ -239,6 +237,75 @@ class Conscience:
             review_ms=(time.perf_counter() - started) * 1000,
         )
 
+    async def fitting(self, attempt: Callable[[int, int], Awaitable[T]]) -> T:
+        """``attempt(budget, window_chars)``: a request to the judge whose prompt holds at most
+        ``budget`` characters of the conversation and ``window_chars`` of the answer. Where the
+        judge says that prompt is over its context, it is made again with half of each, down
+        to ``MIN_BUDGET`` (then the engine's error stands): the judge always fits where it can
+        (conscience/context.py)."""
+        budget, window_chars = self.context_chars, self.window_chars
+        while True:
+            try:
+                return await attempt(budget, window_chars)
+            except EngineStatusError as exc:
+                overflow = is_context_overflow(exc.status_code, str(exc))
+                if not overflow or (budget <= MIN_BUDGET and window_chars <= MIN_BUDGET):
+                    raise
+                budget = max(MIN_BUDGET, budget // 2)
+                window_chars = max(min(MIN_BUDGET, window_chars), window_chars // 2)
+                log.warning(
+                    "the judge's prompt is over its context: asked again with %d characters of"
+                    " the conversation and %d of the answer",
+                    budget,
+                    window_chars,
+                )
+
+    async def _read_fitting(
+        self,
+        framework: Framework,
+        messages: list[Message],
+        visible: str,
+        layout: Layout,
+        reasoning: str | None,
+        ahead: ReviewAhead | None,
+    ) -> list[VerdictReading]:
+        """Every window of the answer read with the conversation's window (``fitting``); the
+        work done ahead is used only on the first, widest prompt it was done for."""
+        first = True
+
+        async def read(budget: int, window_chars: int) -> list[VerdictReading]:
+            nonlocal first
+            shown = conversation_window(messages, budget)
+            early, first = (ahead if first else None), False
+            return list(
+                await asyncio.gather(
+                    *(
+                        self.judge.read(
+                            framework, shown, window, layout, reasoning=reasoning, ahead=early
+                        )
+                        for window in answer_windows(visible, window_chars)
+                    )
+                )
+            )
+
+        return await self.fitting(read)
+
+    def rewrite_prompt(
+        self,
+        messages: list[Message],
+        answer: str,
+        framework: str | None = None,
+        *,
+        budget: int | None = None,
+        answer_chars: int | None = None,
+    ) -> list[Message]:
+        """The rewrite's prompt, on the conversation's window (``conversation_window``), the
+        answer cut in its middle where ``answer_chars`` is less than its length."""
+        shown = conversation_window(messages, budget or self.context_chars)
+        if answer_chars is not None:
+            answer = cut_middle(answer, answer_chars)
+        return render_rewrite(self.framework(framework), shown, answer)
+
     def review_ahead(
         self, messages: list[Message], framework: str | None = None
     ) -> ReviewAhead | None:
@@ -248,20 +315,27 @@ class Conscience:
         it goes."""
         if self.layout.follows_up:
             return None
-        return self.judge.ahead(self.framework(framework), messages, self.layout, self.window_chars)
+        shown = conversation_window(messages, self.context_chars)  # as the review will read it
+        return self.judge.ahead(self.framework(framework), shown, self.layout, self.window_chars)
 
     async def rewrite(
         self, messages: list[Message], answer: str, framework: str | None = None
     ) -> str:
         """An ethical answer to ``messages`` that still helps, from the frozen model."""
-        prompt = render_rewrite(self.framework(framework), messages, answer)
-        text = await free_text(
-            self.client,
-            self.judge_model,
-            prompt,
-            temperature=self.rewrite_temperature,
-            max_tokens=self.rewrite_max_tokens,
-        )
+
+        async def ask(budget: int, answer_chars: int) -> str:
+            prompt = self.rewrite_prompt(
+                messages, answer, framework, budget=budget, answer_chars=answer_chars
+            )
+            return await free_text(
+                self.client,
+                self.judge_model,
+                prompt,
+                temperature=self.rewrite_temperature,
+                max_tokens=self.rewrite_max_tokens,
+            )
+
+        text = await self.fitting(ask)
         if not text:
             raise EngineError("the judge returned an empty rewrite")
         return text
@@ -341,6 +415,7 @@ def conscience_from_settings(
         top_logprobs=settings.top_logprobs,
         rewrite_max_tokens=settings.rewrite_max_tokens,
         window_chars=settings.review_window_chars,
+        context_chars=settings.review_context_chars,
         calibrations=calibrations,
         calibration_source=source,
     )

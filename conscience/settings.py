@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     top_logprobs: int = Field(20, ge=1, le=20)  # label candidates read from the judge
     rewrite_max_tokens: int = Field(1024, gt=0)  # length of a rewrite
     review_window_chars: int = Field(6000, ge=200)  # longer answers: reviewed in windows
+    # The judge reads at most this much of a conversation: the system prompt, the newest turns,
+    # the last one always (conscience/context.py); less where the judge says it is too long.
+    review_context_chars: int = Field(8000, ge=800)
     # Review while generating (conscience/ahead.py): the generation is streamed from the engine
     # and the judge starts on the answer before it ends; the verdict is the same. Off by
     # default: on 2 CPU cores it moves the judge's work without saving time (docs/decisions.md,

@@ -18,7 +18,6 @@ import json
 from typing import Any
 
 from conscience.errors import EngineError
-from conscience.prompts import render_rewrite
 from conscience.review import Conscience
 
 __all__ = ["Invalid", "rewrite_in_format", "schema_of", "validate"]
@@ -119,21 +118,27 @@ async def rewrite_in_format(
 ) -> str:
     """The rewrite, asked in ``response_format`` and checked against it (``Invalid``)."""
     schema = schema_of(response_format)
-    prompt = render_rewrite(conscience.framework(framework), messages, answer)
     rule = "Reply with one JSON value and nothing else"
     if schema:
         rule += f", following this JSON schema: {json.dumps(schema)}"
-    last = prompt[-1]
-    prompt[-1] = {**last, "content": f"{last['content']}\n\n{rule}."}
-    body = {
-        "model": conscience.judge_model,
-        "messages": prompt,
-        "temperature": conscience.rewrite_temperature,
-        "max_tokens": conscience.rewrite_max_tokens,
-        "response_format": response_format,
-    }
-    result = await conscience.client.chat(body)
-    text = ((result.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
+
+    async def ask(budget: int, answer_chars: int) -> Any:
+        prompt = conscience.rewrite_prompt(
+            messages, answer, framework, budget=budget, answer_chars=answer_chars
+        )
+        last = prompt[-1]
+        prompt[-1] = {**last, "content": f"{last['content']}\n\n{rule}."}
+        body = {
+            "model": conscience.judge_model,
+            "messages": prompt,
+            "temperature": conscience.rewrite_temperature,
+            "max_tokens": conscience.rewrite_max_tokens,
+            "response_format": response_format,
+        }
+        result = await conscience.client.chat(body)
+        return ((result.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
+
+    text = await conscience.fitting(ask)  # within the judge's context (conscience/context.py)
     if not isinstance(text, str) or not text.strip():
         raise EngineError("the judge returned an empty rewrite")
     try:

@@ -96,6 +96,9 @@ class ScriptedEngine:
     headers: list[tuple[Kind, dict[str, str]]] = field(default_factory=list)  # of each request
     adapters: dict[str, str] = field(default_factory=dict)  # vLLM-style runtime LoRA: name → path
     hidden_states: bool = True  # False: embeddings and /apply-template answer 501 (no --embeddings)
+    # The context of the judge model, in words (a word stands for a token): a prompt of the judge
+    # over it is vLLM's 400 context_length_exceeded, on chat, embeddings and /completion alike.
+    judge_context_words: int | None = None
     # When things happened (time.monotonic()): each embeddings request with its inputs, and the
     # end of each streamed completion — what a test of work done during a generation reads.
     embedding_requests: list[tuple[float, Any]] = field(default_factory=list)
@@ -245,6 +248,8 @@ class ScriptedEngine:
             if faulted is not None:
                 faulted.headers.update(self.response_headers)
                 return faulted
+            if kind != "generate" and (over := self._over_context(body.get("messages"))):
+                return over
             completion = self.completion(kind, body)
             if self.latency.get(kind):  # before the first byte, streamed or not
                 await asyncio.sleep(self.latency[kind])
@@ -276,13 +281,15 @@ class ScriptedEngine:
                 return _not_supported()
             body = await request.json()
             self.embedding_requests.append((time.monotonic(), body.get("input")))
-            return JSONResponse(_embeddings(body))
+            return self._over_context(body.get("input")) or JSONResponse(_embeddings(body))
 
         @app.post("/completion")
         async def native_completion(request: Request) -> Response:
             """llama.cpp's own route, as the probe's reader uses it: one token, and the
             post-sampling probabilities of the ``n_probs`` most probable tokens."""
             body = await request.json()
+            if over := self._over_context(body["prompt"]):
+                return over
             self.token_prob_requests.append(body["prompt"])
             stream, progress = bool(body.get("stream")), bool(body.get("return_progress"))
             self.token_prob_streamed.append(stream and progress)
@@ -302,6 +309,20 @@ class ScriptedEngine:
             return JSONResponse({"prompt": turns + "<assistant>\n"})
 
         return app
+
+    def _over_context(self, prompt: Any) -> Response | None:
+        """vLLM's answer to a judge prompt over ``judge_context_words``; None: it fits."""
+        if self.judge_context_words is None:
+            return None
+        words = len(json.dumps(prompt, ensure_ascii=False).split())
+        if words <= self.judge_context_words:
+            return None
+        message = (
+            f"This model's maximum context length is {self.judge_context_words} tokens."
+            f" However, your request has {words} input tokens."
+        )
+        error = {"message": message, "type": "BadRequestError", "param": None}
+        return JSONResponse({"error": {**error, "code": "context_length_exceeded"}}, 400)
 
     async def _fault(self, kind: Kind) -> Response | None:
         """The response of the fault set for ``kind``, if one is due (None: answer normally)."""
