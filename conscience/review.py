@@ -39,7 +39,7 @@ from conscience.labels import JudgeMethod, Layout, Verdict
 from conscience.probe import PACKAGED_PROBE, Probe, StateReader, load_probes
 from conscience.prompts import render_rewrite, split_reasoning
 from conscience.screen import screen as screen_answer
-from conscience.verdict import DecisionRule, VerdictReading
+from conscience.verdict import DecisionRule, VerdictReading, at_threshold
 
 __all__ = ["Conscience", "answer_windows", "conscience_from_settings", "judge_request"]
 
@@ -189,11 +189,14 @@ class Conscience:
         model: str | None = None,
         request_id: str | None = None,
         ahead: ReviewAhead | None = None,
+        unethical_threshold: float | None = None,
     ) -> Judgement:
         """Judge ``answer`` to ``messages``; think tags in the answer are reviewed as reasoning.
 
         ``ahead`` is the work already done on this answer while it was generated
-        (``review_ahead``): the verdict is the same with or without it."""
+        (``review_ahead``): the verdict is the same with or without it.
+        ``unethical_threshold`` decides every window's reading again at that P(unethical)
+        (``verdict.at_threshold``: a client key's own threshold)."""
         chosen = self.framework(framework)
         visible, thoughts = split_reasoning(answer)
         reasoning = "\n\n".join(r for r in (reasoning, thoughts) if r) or None
@@ -211,6 +214,8 @@ class Conscience:
             if rules is None:
                 raise
             readings = []  # the screen decided; a judge that failed cannot undo that
+        if unethical_threshold is not None:
+            readings = [at_threshold(r, unethical_threshold) for r in readings]
         # The most damning window decides: harm hidden after padding is still harm.
         reading = max(readings, key=_severity) if readings else None
         if rules is not None:

@@ -5,16 +5,18 @@ Nothing else in the project reads the environment. CLI flags override these fiel
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from platformdirs import user_cache_dir, user_data_dir
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from conscience.labels import JudgeMethod, Layout, Policy, ReviewErrorMode
 
-__all__ = ["DEFAULT_MODEL", "Settings", "default_store_url"]
+__all__ = ["DEFAULT_MODEL", "KeyPolicy", "Settings", "default_store_url"]
 
 DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct"
 
@@ -25,6 +27,22 @@ def default_store_url() -> str:
 
 def _default_model_cache() -> Path:
     return Path(user_cache_dir("conscience")) / "models"
+
+
+_KEY_ID = re.compile(r"key_[0-9a-f]{12}|admin")
+
+
+class KeyPolicy(BaseModel):
+    """How one client key's requests are judged (``CONSCIENCE_KEY_POLICIES``, by the key's id):
+    each field given wins over the default setting, and a request's own ``conscience`` options
+    win over it (request > key > default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    framework: str | None = None
+    policy: Policy | None = None
+    # P(unethical) at which this key's answers are unethical (``verdict.at_threshold``).
+    unethical_threshold: float | None = Field(None, ge=0, le=1)
 
 
 class Settings(BaseSettings):
@@ -64,6 +82,12 @@ class Settings(BaseSettings):
     policy: Policy = Policy.REWRITE  # what to do with an unethical answer
     on_review_error: ReviewErrorMode = ReviewErrorMode.CLOSED  # fail closed: nothing unreviewed
     allow_overrides: bool = True  # may a request choose its framework/policy in "conscience"?
+    # Per client key, by its id (server/auth.key_id): its framework, policy, threshold. JSON:
+    # {"key_0123456789ab": {"policy": "block", "unethical_threshold": 0.8}}.
+    key_policies: Annotated[dict[str, KeyPolicy], NoDecode] = {}
+    # Under the flag policy, also ask for the rewrite and store it (never served): what
+    # enforcement would have done, for an operator to see before switching it on.
+    flag_rewrite: bool = False
     calibration_file: Path | None = None  # `fit calibration` output; wins over thresholds
     unethical_threshold: float | None = Field(None, ge=0, le=1)  # P(unethical) that decides
     neutral_threshold: float | None = Field(None, ge=0, le=1)  # P(neutral) that decides
@@ -123,6 +147,29 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("key_policies", mode="before")
+    @classmethod
+    def _policies_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not JSON ({exc})") from None
+        return value
+
+    @field_validator("key_policies")
+    @classmethod
+    def _key_ids(cls, value: dict[str, KeyPolicy]) -> dict[str, KeyPolicy]:
+        for key in value:
+            if not _KEY_ID.fullmatch(key):
+                raise ValueError(
+                    f"{key!r} is not a key id: key_ and the first 12 hex digits of the key's"
+                    ' SHA-256 (printf %s "$KEY" | sha256sum | cut -c1-12), or admin'
+                )
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ leading-space and capitalised forms in one pass over ``top_logprobs``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from conscience.errors import VerdictError
@@ -21,6 +21,7 @@ __all__ = [
     "LABEL_SURFACE_FORMS",
     "DecisionRule",
     "VerdictReading",
+    "at_threshold",
     "label_probs_from_logprobs",
     "parse_label_text",
     "read_verdict",
@@ -115,6 +116,28 @@ class VerdictReading:
     method: JudgeMethod = JudgeMethod.SINGLE  # the judge that read it (conscience/judge.py)
     # With a second opinion (conscience/cascade.py): P(unethical) by layout (Judgement.readings).
     readings: dict[str, float] | None = None
+
+
+def at_threshold(reading: VerdictReading, threshold: float) -> VerdictReading:
+    """The reading decided again at another P(unethical) threshold (a client key's own)::
+
+        unethical                          if P(unethical) >= threshold
+        the judge's verdict                if that was not unethical
+        the more probable of the others    else
+
+    so a stricter key flags more and a more lenient one less, on the same reading. A reading
+    without label probabilities (a judge that gave none) is left as it is."""
+    probs = reading.label_probs
+    if not probs or Verdict.UNETHICAL not in probs:
+        return reading
+    if probs[Verdict.UNETHICAL] >= threshold:
+        verdict = Verdict.UNETHICAL
+    elif reading.verdict is not Verdict.UNETHICAL:
+        verdict = reading.verdict
+    else:
+        rest = {label: p for label, p in probs.items() if label != Verdict.UNETHICAL}
+        verdict = Verdict(max(rest, key=rest.__getitem__))
+    return replace(reading, verdict=verdict, confidence=probs.get(verdict))
 
 
 def read_verdict(choice: dict[str, Any], rule: DecisionRule | None = None) -> VerdictReading:

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from conscience.engine.connect import open_engine
+from conscience.errors import ConfigError
 from conscience.labels import Layout
 from conscience.probe_history import ProbeHistory
 from conscience.review import Conscience, conscience_from_settings
@@ -154,6 +155,19 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
+def _check_key_policies(settings: Settings, conscience: Conscience) -> None:
+    """A client key's framework must exist (said at start, not at its first request)."""
+    for key, chosen in settings.key_policies.items():
+        if chosen.framework is not None and chosen.framework not in conscience.frameworks:
+            known = ", ".join(sorted(conscience.frameworks))
+            raise ConfigError(
+                f"CONSCIENCE_KEY_POLICIES: {key}'s framework {chosen.framework!r} is unknown"
+                f" (known: {known})"
+            )
+    if settings.key_policies:
+        log.info("own policies for %d client keys", len(settings.key_policies))
+
+
 def _probe_history(settings: Settings, conscience: Conscience) -> ProbeHistory | None:
     """Where a probe judges: the probes served since the first start (a published refit is
     judged with again after a restart, conscience/probe_history.py); else None."""
@@ -184,6 +198,7 @@ def create_app(settings: Settings) -> FastAPI:
             if settings.retention_days is not None:
                 purger = asyncio.create_task(retention_loop(store, settings.retention_days))
                 stack.push_async_callback(_cancel, purger)  # stopped before the store it uses
+            _check_key_policies(settings, conscience)
             app.state.probe_history = _probe_history(settings, conscience)
             _log_calibration(settings, conscience)
             app.state.engine = engine.embedded

@@ -29,7 +29,7 @@ from conscience.server.contract import Invalid, rewrite_in_format, schema_of
 from conscience.server.errors import ApiError
 from conscience.server.metrics import Metrics
 from conscience.server.protocol import ChatCompletionRequest, ConscienceResult
-from conscience.settings import Settings
+from conscience.settings import KeyPolicy, Settings
 from conscience.store import JudgementStore
 
 __all__ = ["REFUSAL", "Decision", "Options", "Pipeline", "Reviewed"]
@@ -41,8 +41,12 @@ REFUSAL = "I can't help with that."  # what a blocked answer says (finish_reason
 
 @dataclass(frozen=True)
 class Options:
+    """How one request is judged: the request's own options, else its client key's
+    (``CONSCIENCE_KEY_POLICIES``), else the defaults."""
+
     framework: str
     policy: Policy
+    unethical_threshold: float | None = None  # a key's own; None: the judge's
 
 
 @dataclass
@@ -98,9 +102,12 @@ class Pipeline:
                     param="conscience.framework",
                     code="unknown_framework",
                 )
-        framework = (asked and asked.framework) or self.settings.framework
-        policy = (asked and asked.policy) or self.settings.policy
-        return Options(framework=framework, policy=policy)
+        key = self.settings.key_policies.get(client_key_id.get() or "") or KeyPolicy()
+        return Options(
+            framework=(asked and asked.framework) or key.framework or self.settings.framework,
+            policy=(asked and asked.policy) or key.policy or self.settings.policy,
+            unethical_threshold=key.unethical_threshold,
+        )
 
     def upstream_model(self, requested: str) -> str:
         """The public model name (or "default") means the current generator; others pass."""
@@ -236,6 +243,7 @@ class Pipeline:
                 model=model,
                 request_id=request_id,
                 ahead=ahead,
+                unethical_threshold=options.unethical_threshold,
             )
         except ConscienceError as exc:
             self.metrics.review_seconds.observe(time.perf_counter() - started)
@@ -284,6 +292,27 @@ class Pipeline:
         log.warning("review failed, serving unreviewed (fail-open): %s", self.scrub(str(exc)))
         return ConscienceResult(verdict=None, framework=options.framework, action=Action.UNREVIEWED)
 
+    async def _shadow_rewrite(
+        self,
+        judgement: Judgement,
+        messages: list[dict[str, Any]],
+        options: Options,
+        response_format: dict[str, Any] | None,
+    ) -> None:
+        """Under ``flag`` with ``CONSCIENCE_FLAG_REWRITE``: the rewrite enforcement would have
+        served, stored on the judgement and never served; a failure is logged, the answer
+        still served (flag never withholds one)."""
+        started = time.perf_counter()
+        try:
+            with tracing.span("conscience.rewrite"):
+                judgement.rewrite = await _rewrite_for(
+                    self.conscience, judgement, messages, options.framework, response_format
+                )
+        except (ConscienceError, Invalid) as exc:
+            log.warning("the flag policy's stored rewrite failed: %s", self.scrub(str(exc)))
+            return
+        judgement.rewrite_ms = (time.perf_counter() - started) * 1000
+
     async def _apply_policy(
         self,
         choice: dict[str, Any],
@@ -294,23 +323,16 @@ class Pipeline:
         response_format: dict[str, Any] | None,
     ) -> Action:
         if options.policy is Policy.FLAG:
+            if self.settings.flag_rewrite:
+                await self._shadow_rewrite(judgement, messages, options, response_format)
             return Action.FLAGGED
         if options.policy is Policy.REWRITE and can_rewrite:
             started = time.perf_counter()
             try:
                 with tracing.span("conscience.rewrite"):
-                    if schema_of(response_format) is None:
-                        judgement.rewrite = await self.conscience.rewrite(
-                            messages, judgement.answer, options.framework
-                        )
-                    else:  # in the client's format, validated, or not served
-                        judgement.rewrite = await rewrite_in_format(
-                            self.conscience,
-                            messages,
-                            judgement.answer,
-                            options.framework,
-                            response_format or {},
-                        )
+                    judgement.rewrite = await _rewrite_for(  # in the client's format, or none
+                        self.conscience, judgement, messages, options.framework, response_format
+                    )
             except (ConscienceError, Invalid) as exc:
                 # Without a rewrite the unethical original must still not be served: block.
                 log.warning("rewrite failed, blocking instead: %s", self.scrub(str(exc)))
@@ -324,6 +346,21 @@ class Pipeline:
                 return Action.REWRITTEN
         _block(choice)
         return Action.BLOCKED
+
+
+async def _rewrite_for(
+    conscience: Conscience,
+    judgement: Judgement,
+    messages: list[dict[str, Any]],
+    framework: str,
+    response_format: dict[str, Any] | None,
+) -> str:
+    """The rewrite of the judged answer, in the client's format where it asked for one."""
+    if schema_of(response_format) is None:
+        return await conscience.rewrite(messages, judgement.answer, framework)
+    return await rewrite_in_format(
+        conscience, messages, judgement.answer, framework, response_format or {}
+    )
 
 
 def _block(choice: dict[str, Any]) -> None:

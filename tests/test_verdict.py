@@ -108,3 +108,18 @@ def test_read_verdict_decides_on_probabilities_not_greedy_text() -> None:
     assert plain.verdict == "neutral" and plain.confidence is None
     with pytest.raises(VerdictError):
         read_verdict({"message": {"content": "Classification: ethical"}})
+
+
+def test_a_reading_decided_again_at_another_threshold() -> None:
+    from conscience.verdict import VerdictReading, at_threshold
+
+    probs = {"ethical": 0.3, "neutral": 0.2, "unethical": 0.5}
+    unethical = VerdictReading(Verdict.UNETHICAL, 0.5, probs, "unethical")
+    lenient = at_threshold(unethical, 0.6)
+    assert lenient.verdict is Verdict.ETHICAL and lenient.confidence == 0.3
+    neutral = VerdictReading(Verdict.NEUTRAL, 0.2, probs, "neutral")
+    assert at_threshold(neutral, 0.6).verdict is Verdict.NEUTRAL  # not unethical: kept
+    strict = at_threshold(neutral, 0.4)
+    assert strict.verdict is Verdict.UNETHICAL and strict.confidence == 0.5
+    bare = VerdictReading(Verdict.UNETHICAL, None, None, "unethical")
+    assert at_threshold(bare, 0.99) is bare  # nothing to decide on

@@ -224,7 +224,7 @@ def test_training_shows_the_probe_refits_and_rolls_back(
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     fitted = {**SCRIPTED_PROBE.fitted, "train_items": 380, "labels": {"count": 140}}
     body: dict[str, Any] = {"probes": [asdict(replace(SCRIPTED_PROBE, fitted=fitted))]}
-    hostile = '<img src=x onerror="window.__pwned = \'gate\'">'
+    hostile = "<img src=x onerror=\"window.__pwned = 'gate'\">"
     body["gate"] = {"passed": False, "reason": f"held auc 0.61 against 0.74 {hostile}"}
     assert httpx.post(console_url + "/admin/probe", json=body, headers=admin).status_code == 409
     body["gate"] = {"passed": True, "reason": "not worse on held, dev"}
