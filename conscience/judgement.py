@@ -27,6 +27,7 @@ class Judgement(BaseModel):
     id: str = Field(default_factory=new_judgement_id)
     created_at: datetime = Field(default_factory=_now)
     request_id: str | None = None
+    trace_id: str | None = None  # the request's W3C trace id (32 hex digits), where it had one
     # The client key's id (``server/auth.key_id``: a digest, never the key); None without keys.
     client_key_id: str | None = None
     review_only: bool = False  # judged by POST /v1/conscience/review: nothing was generated

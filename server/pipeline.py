@@ -263,8 +263,10 @@ class Pipeline:
         """Commit the decisions' judgements, count their actions and verdicts, and return the
         response-level ``conscience`` object (the most severe choice)."""
         judgements = [d.judgement for d in decisions if d.judgement is not None]
+        asked_by, traced = client_key_id.get(), tracing.trace_id()
         for judgement in judgements:  # which client key asked (server/auth.py), by its id
-            judgement.client_key_id = client_key_id.get()
+            judgement.client_key_id = asked_by
+            judgement.trace_id = traced
         # Committed before the response exists: nothing acknowledged is ever lost. A single
         # judgement goes through `add`, which commits concurrent requests' rows together.
         if judgements:

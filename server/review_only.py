@@ -76,6 +76,7 @@ async def review(request: Request) -> JSONResponse:
     pipeline.metrics.review_seconds.observe(time.perf_counter() - started)
     judgement.review_only = True
     judgement.client_key_id = client_key_id.get()
+    judgement.trace_id = tracing.trace_id()
     await pipeline.store.add(judgement)
     pipeline.metrics.verdicts.labels(judgement.verdict.value, judgement.framework).inc()
     probs = judgement.label_probs or {}

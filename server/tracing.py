@@ -53,6 +53,7 @@ __all__ = [
     "record_judgement",
     "recording",
     "span",
+    "trace_id",
     "traced_stream",
     "tracing_requested",
     "untraced",
@@ -84,6 +85,13 @@ def _provider_installed() -> bool:
 def current() -> Span:
     """The current span: the caller's, or a non-recording one outside a trace."""
     return trace.get_current_span()
+
+
+def trace_id() -> str | None:
+    """The current trace's id as W3C writes it (32 hex digits): this proxy's trace, or the
+    incoming request's when the proxy does not trace; None outside any trace."""
+    context_of = trace.get_current_span().get_span_context()
+    return f"{context_of.trace_id:032x}" if context_of.trace_id else None
 
 
 def span(

@@ -82,6 +82,8 @@ SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE judgements ADD COLUMN review_only INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX judgements_client_key ON judgements (client_key_id, created_at)",
     ),
+    # 6: the request's W3C trace id, to find its trace; rows before it: none.
+    ("ALTER TABLE judgements ADD COLUMN trace_id TEXT",),
 )
 
 POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -127,4 +129,6 @@ POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE judgements ADD COLUMN review_only boolean NOT NULL DEFAULT false",
         "CREATE INDEX judgements_client_key ON judgements (client_key_id, created_at)",
     ),
+    # 6: the request's W3C trace id, to find its trace; rows before it: none.
+    ("ALTER TABLE judgements ADD COLUMN trace_id text",),
 )

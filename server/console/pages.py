@@ -351,6 +351,7 @@ def detail_page(csrf: str, r: Judgement, refusal: str, threshold: float | None) 
         [
             ("judgement", r.id),
             ("request", r.request_id),
+            ("trace", r.trace_id),
             ("client key id", r.client_key_id),
             ("origin", "review only (nothing generated)" if r.review_only else "completion"),
             ("time (UTC)", _time(r.created_at)),

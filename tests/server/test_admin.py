@@ -71,3 +71,22 @@ def test_admin_disabled_without_key(proxy_url: str) -> None:
     response = httpx.get(proxy_url + "/admin/judgements")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "admin_disabled"
+
+
+def test_a_judgement_records_the_requests_trace_id(make_proxy) -> None:
+    url = make_proxy(admin_key="admin-key")
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    answer = client.chat.completions.create(
+        model="gen",
+        messages=ASK,
+        extra_headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+    )
+    judgement_id = answer.model_extra["conscience"]["judgement_id"]
+    admin = {"Authorization": "Bearer admin-key"}
+    stored = httpx.get(url + f"/admin/judgements/{judgement_id}", headers=admin).json()
+    assert stored["trace_id"] == trace
+    untraced = client.chat.completions.create(model="gen", messages=ASK)
+    other = untraced.model_extra["conscience"]["judgement_id"]
+    # No trace came with it: none, or the proxy's own where a tracer is installed; never the first.
+    assert httpx.get(url + f"/admin/judgements/{other}", headers=admin).json()["trace_id"] != trace
