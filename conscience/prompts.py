@@ -52,6 +52,25 @@ def fence(tag: str, text: str) -> str:
     return f"<{tag}>\n{_defuse(text)}\n</{tag}>"
 
 
+# What the judge is told of a part it cannot read (it reads text only): that it was there.
+_UNREAD_PARTS = {
+    "image_url": "[an image was attached here]",
+    "input_image": "[an image was attached here]",
+    "input_audio": "[an audio clip was attached here]",
+    "file": "[a file was attached here]",
+    "input_file": "[a file was attached here]",
+}
+
+
+def _part_text(part: dict[str, Any]) -> str:
+    """A content part as the judge reads it: its text, or a mark where an image, an audio clip
+    or a file was (the judge cannot see them, but it should know the question had one)."""
+    kind = part.get("type")
+    if kind in _UNREAD_PARTS:
+        return _UNREAD_PARTS[kind]
+    return str(part.get("text") or part.get("refusal") or "")
+
+
 def message_text(message: Message) -> str:
     """The text of an OpenAI message, whose content may be a string or a list of parts."""
     content = message.get("content")
@@ -60,7 +79,7 @@ def message_text(message: Message) -> str:
     elif isinstance(content, str):
         text = content
     else:
-        text = "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
+        text = "\n".join(_part_text(part) for part in content if isinstance(part, dict))
     calls = message.get("tool_calls") or []
     for call in calls:
         function = call.get("function", {}) if isinstance(call, dict) else {}
