@@ -48,6 +48,7 @@ __all__ = [
     "SingleReview",
     "answer_windows",
     "check_bands",
+    "free_reply",
     "free_text",
     "judge_for",
     "judge_request",
@@ -103,6 +104,28 @@ def judge_request(
     return body
 
 
+async def free_reply(
+    client: EngineClient,
+    model: str,
+    messages: list[Message],
+    *,
+    temperature: float,
+    max_tokens: int,
+) -> tuple[str, dict[str, Any] | None]:
+    """The judge's unconstrained reply to ``messages``, without its ``<think>`` blocks, and the
+    engine's ``usage`` of it (None where it gave none)."""
+    body = {
+        "model": model,
+        "messages": messages,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+    }
+    result = await client.chat(body)
+    content = (result["choices"][0].get("message") or {}).get("content") or ""
+    usage = result.get("usage")
+    return _THINK_RE.sub("", content).strip(), usage if isinstance(usage, dict) else None
+
+
 async def free_text(
     client: EngineClient,
     model: str,
@@ -112,15 +135,10 @@ async def free_text(
     max_tokens: int,
 ) -> str:
     """The judge's unconstrained reply to ``messages``, without its ``<think>`` blocks."""
-    body = {
-        "model": model,
-        "messages": messages,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-    }
-    result = await client.chat(body)
-    content = (result["choices"][0].get("message") or {}).get("content") or ""
-    return _THINK_RE.sub("", content).strip()
+    text, _ = await free_reply(
+        client, model, messages, temperature=temperature, max_tokens=max_tokens
+    )
+    return text
 
 
 @dataclass(frozen=True)

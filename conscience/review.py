@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from conscience.ahead import ReviewAhead
 from conscience.calibration import Calibration, select_calibrations
@@ -30,7 +30,7 @@ from conscience.judge import (
     SingleReview,
     answer_windows,
     check_bands,
-    free_text,
+    free_reply,
     judge_for,
     judge_request,
 )
@@ -41,10 +41,24 @@ from conscience.prompts import render_rewrite, split_reasoning
 from conscience.screen import screen as screen_answer
 from conscience.verdict import DecisionRule, VerdictReading, at_threshold
 
-__all__ = ["Conscience", "answer_windows", "conscience_from_settings", "judge_request"]
+__all__ = [
+    "Conscience",
+    "Rewritten",
+    "answer_windows",
+    "conscience_from_settings",
+    "judge_request",
+]
 
 log = logging.getLogger("conscience.review")
 T = TypeVar("T")
+
+
+class Rewritten(NamedTuple):
+    """A rewrite, and the engine's ``usage`` of it (None where the engine gave none)."""
+
+    text: str
+    usage: dict[str, Any] | None
+
 
 Message = dict[str, Any]
 
@@ -327,12 +341,18 @@ class Conscience:
         self, messages: list[Message], answer: str, framework: str | None = None
     ) -> str:
         """An ethical answer to ``messages`` that still helps, from the frozen model."""
+        return (await self.rewrite_with_usage(messages, answer, framework)).text
 
-        async def ask(budget: int, answer_chars: int) -> str:
+    async def rewrite_with_usage(
+        self, messages: list[Message], answer: str, framework: str | None = None
+    ) -> Rewritten:
+        """``rewrite``, and the engine's usage of the rewrite (what it cost, what is served)."""
+
+        async def ask(budget: int, answer_chars: int) -> tuple[str, dict[str, Any] | None]:
             prompt = self.rewrite_prompt(
                 messages, answer, framework, budget=budget, answer_chars=answer_chars
             )
-            return await free_text(
+            return await free_reply(
                 self.client,
                 self.judge_model,
                 prompt,
@@ -340,10 +360,10 @@ class Conscience:
                 max_tokens=self.rewrite_max_tokens,
             )
 
-        text = await self.fitting(ask)
+        text, usage = await self.fitting(ask)
         if not text:
             raise EngineError("the judge returned an empty rewrite")
-        return text
+        return Rewritten(text, usage)
 
     async def review_and_rewrite(
         self, messages: list[Message], answer: str, framework: str | None = None, **kwargs: Any

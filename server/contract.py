@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from conscience.errors import EngineError
-from conscience.review import Conscience
+from conscience.review import Conscience, Rewritten
 
 __all__ = ["Invalid", "rewrite_in_format", "schema_of", "validate"]
 
@@ -115,14 +115,15 @@ async def rewrite_in_format(
     answer: str,
     framework: str,
     response_format: dict[str, Any],
-) -> str:
-    """The rewrite, asked in ``response_format`` and checked against it (``Invalid``)."""
+) -> Rewritten:
+    """The rewrite, asked in ``response_format`` and checked against it (``Invalid``), with
+    the engine's usage of it."""
     schema = schema_of(response_format)
     rule = "Reply with one JSON value and nothing else"
     if schema:
         rule += f", following this JSON schema: {json.dumps(schema)}"
 
-    async def ask(budget: int, answer_chars: int) -> Any:
+    async def ask(budget: int, answer_chars: int) -> tuple[Any, Any]:
         prompt = conscience.rewrite_prompt(
             messages, answer, framework, budget=budget, answer_chars=answer_chars
         )
@@ -136,9 +137,11 @@ async def rewrite_in_format(
             "response_format": response_format,
         }
         result = await conscience.client.chat(body)
-        return ((result.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
+        message = (result.get("choices") or [{}])[0].get("message") or {}
+        return message.get("content") or "", result.get("usage")
 
-    text = await conscience.fitting(ask)  # within the judge's context (conscience/context.py)
+    # Within the judge's context (conscience/context.py).
+    text, usage = await conscience.fitting(ask)
     if not isinstance(text, str) or not text.strip():
         raise EngineError("the judge returned an empty rewrite")
     try:
@@ -147,4 +150,4 @@ async def rewrite_in_format(
         raise Invalid(f"the rewrite is not JSON: {exc}") from exc
     if schema is not None:
         validate(value, schema)
-    return text
+    return Rewritten(text, usage if isinstance(usage, dict) else None)

@@ -21,7 +21,7 @@ from conscience.client import EngineClient
 from conscience.errors import ConscienceError
 from conscience.judgement import Judgement
 from conscience.labels import Action, Policy, ReviewErrorMode, Verdict
-from conscience.review import Conscience
+from conscience.review import Conscience, Rewritten
 from conscience.server import tracing
 from conscience.server.answer import Unreadable, read_choice
 from conscience.server.auth import client_key_id
@@ -29,6 +29,7 @@ from conscience.server.contract import Invalid, rewrite_in_format, schema_of
 from conscience.server.errors import ApiError
 from conscience.server.metrics import Metrics
 from conscience.server.protocol import ChatCompletionRequest, ConscienceResult
+from conscience.server.usage import account
 from conscience.settings import KeyPolicy, Settings
 from conscience.store import JudgementStore
 
@@ -55,6 +56,7 @@ class Decision:
 
     result: ConscienceResult
     judgement: Judgement | None  # None when nothing was reviewed (policy off, fail-open)
+    rewrite_usage: dict[str, Any] | None = None  # the engine's usage of the rewrite it asked
 
 
 @dataclass
@@ -178,6 +180,7 @@ class Pipeline:
                     await follower.close()
         top = await self.record(decisions)
         completion["conscience"] = top.wire()
+        account(completion, decisions)
         judgements = [d.judgement for d in decisions if d.judgement is not None]
         return Reviewed(completion, top, judgements)
 
@@ -249,15 +252,15 @@ class Pipeline:
             self.metrics.review_seconds.observe(time.perf_counter() - started)
             tracing.record_failure(tracing.current(), exc)
             return Decision(self._review_failed(exc, options), None)
-        action = Action.PASSED
+        action, rewrite_usage = Action.PASSED, None
         if judgement.verdict is Verdict.UNETHICAL:
-            action = await self._apply_policy(
+            action, rewrite_usage = await self._apply_policy(
                 choice, judgement, messages, options, can_rewrite, response_format
             )
         judgement.action = action
         tracing.record_judgement(tracing.current(), judgement)
         self.metrics.review_seconds.observe(time.perf_counter() - started)
-        return Decision(ConscienceResult.of(judgement), judgement)
+        return Decision(ConscienceResult.of(judgement), judgement, rewrite_usage)
 
     async def record(self, decisions: list[Decision]) -> ConscienceResult:
         """Commit the decisions' judgements, count their actions and verdicts, and return the
@@ -300,20 +303,22 @@ class Pipeline:
         messages: list[dict[str, Any]],
         options: Options,
         response_format: dict[str, Any] | None,
-    ) -> None:
+    ) -> dict[str, Any] | None:
         """Under ``flag`` with ``CONSCIENCE_FLAG_REWRITE``: the rewrite enforcement would have
         served, stored on the judgement and never served; a failure is logged, the answer
         still served (flag never withholds one)."""
         started = time.perf_counter()
         try:
             with tracing.span("conscience.rewrite"):
-                judgement.rewrite = await _rewrite_for(
+                rewritten = await _rewrite_for(
                     self.conscience, judgement, messages, options.framework, response_format
                 )
         except (ConscienceError, Invalid) as exc:
             log.warning("the flag policy's stored rewrite failed: %s", self.scrub(str(exc)))
-            return
+            return None
+        judgement.rewrite = rewritten.text
         judgement.rewrite_ms = (time.perf_counter() - started) * 1000
+        return rewritten.usage
 
     async def _apply_policy(
         self,
@@ -323,31 +328,34 @@ class Pipeline:
         options: Options,
         can_rewrite: bool,
         response_format: dict[str, Any] | None,
-    ) -> Action:
+    ) -> tuple[Action, dict[str, Any] | None]:
+        """The action on an unethical answer, and the usage of the rewrite it asked for."""
         if options.policy is Policy.FLAG:
+            usage = None
             if self.settings.flag_rewrite:
-                await self._shadow_rewrite(judgement, messages, options, response_format)
-            return Action.FLAGGED
+                usage = await self._shadow_rewrite(judgement, messages, options, response_format)
+            return Action.FLAGGED, usage
         if options.policy is Policy.REWRITE and can_rewrite:
             started = time.perf_counter()
             try:
                 with tracing.span("conscience.rewrite"):
-                    judgement.rewrite = await _rewrite_for(  # in the client's format, or none
+                    rewritten = await _rewrite_for(  # in the client's format, or none
                         self.conscience, judgement, messages, options.framework, response_format
                     )
             except (ConscienceError, Invalid) as exc:
                 # Without a rewrite the unethical original must still not be served: block.
                 log.warning("rewrite failed, blocking instead: %s", self.scrub(str(exc)))
             else:
+                judgement.rewrite = rewritten.text
                 judgement.rewrite_ms = (time.perf_counter() - started) * 1000
                 # A tool call judged unethical becomes prose with finish_reason "stop": the
                 # assistant speaks instead, and an agent's loop ends on a final answer.
                 choice["message"] = {"role": "assistant", "content": judgement.rewrite}
                 choice["finish_reason"] = "stop"
                 choice.pop("logprobs", None)  # they were the original's
-                return Action.REWRITTEN
+                return Action.REWRITTEN, rewritten.usage
         _block(choice)
-        return Action.BLOCKED
+        return Action.BLOCKED, None
 
 
 async def _rewrite_for(
@@ -356,10 +364,10 @@ async def _rewrite_for(
     messages: list[dict[str, Any]],
     framework: str,
     response_format: dict[str, Any] | None,
-) -> str:
+) -> Rewritten:
     """The rewrite of the judged answer, in the client's format where it asked for one."""
     if schema_of(response_format) is None:
-        return await conscience.rewrite(messages, judgement.answer, framework)
+        return await conscience.rewrite_with_usage(messages, judgement.answer, framework)
     return await rewrite_in_format(
         conscience, messages, judgement.answer, framework, response_format or {}
     )

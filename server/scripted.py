@@ -172,8 +172,16 @@ class ScriptedEngine:
             "created": int(time.time()),
             "model": body.get("model"),
             "choices": self._choices(kind, body),
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            "usage": self._usage(kind, body),
         }
+
+    def _usage(self, kind: Kind, body: dict[str, Any]) -> dict[str, int]:
+        """A generation's and a review's: 10 + 5; a rewrite's: its words, prompt and reply."""
+        if kind != "rewrite":
+            return {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        prompt = len(json.dumps(body.get("messages"), ensure_ascii=False).split())
+        reply = len(self.rewrite.split())
+        return {"prompt_tokens": prompt, "completion_tokens": reply, "total_tokens": prompt + reply}
 
     async def _stream(
         self, completion: dict[str, Any], usage: bool, progress: bool = False
