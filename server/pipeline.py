@@ -145,7 +145,10 @@ class Pipeline:
     def generate_stream(self, request: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
         """The upstream's chunks, for incremental streaming to review as the answer grows."""
         model = self.upstream_model(request.model)
-        chunks = self.client.chat_stream(request.upstream_body(model))
+        # The upstream's usage is asked for always: the last chunk passes it on where the
+        # client asked for it too, counted as what was served (server/usage.py).
+        body = {**request.upstream_body(model), "stream_options": {"include_usage": True}}
+        chunks = self.client.chat_stream(body)
         return tracing.traced_stream(
             "conscience.generate", chunks, tracing.generation_attributes(model)
         )

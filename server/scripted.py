@@ -214,9 +214,13 @@ class ScriptedEngine:
             content = message.get("content") or ""
             if isinstance(content, list):  # content parts stream as their text
                 content = "".join(p.get("text") or "" for p in content)
-            for word in _words(content):
+            # The choice's token log-probs, one a word, as the words stream.
+            tokens = (choice.get("logprobs") or {}).get("content") or []
+            for i, word in enumerate(_words(content)):
                 await asyncio.sleep(self.stream_delay)
                 delta = {"index": index, "delta": {"content": word}, "finish_reason": None}
+                if i < len(tokens):
+                    delta["logprobs"] = {"content": [tokens[i]]}
                 yield _sse({**base, "choices": [delta]})
             end = {"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}
             yield _sse({**base, "choices": [end]})

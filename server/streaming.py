@@ -18,6 +18,7 @@ from conscience.labels import Action
 from conscience.server.answer import merge_delta
 from conscience.server.pipeline import Decision, Options, Pipeline
 from conscience.server.protocol import ChatCompletionRequest
+from conscience.server.usage import account
 
 __all__ = ["buffered_chunks", "incremental_chunks", "sse"]
 
@@ -86,14 +87,17 @@ class _Incremental:
 
     def __init__(self, request: ChatCompletionRequest) -> None:
         self.messages = [m.model_dump(exclude_none=True) for m in request.messages]
-        # Everything generated so far, merged as the SDK merges deltas: the text is released as
-        # it passes review; the rest (tool calls, refusal, audio) whole, once the answer passed.
-        # The reasoning is reviewed with the text but never released.
+        # Everything generated so far, merged as the SDK merges deltas: the text, its reasoning
+        # and its log-probs are released as they pass review; the rest (tool calls, refusal,
+        # audio) whole, once the answer passed.
         self.message: dict[str, Any] = {"role": "assistant", "content": ""}
         self.unknown: dict[str, Any] = {}  # choice fields read_choice will judge
         self.model: str | None = None  # the generating model, as the upstream names it
         self.finish = "stop"
         self.released = 0  # how many characters of the text the client has
+        self.reasoning_released = 0  # and of the reasoning
+        self.logprobs: list[Any] = []  # the text's token log-probs, not yet released
+        self.usage: dict[str, Any] | None = None  # the upstream's, from its last chunk
         self.base: dict[str, Any] = {
             "id": "chatcmpl-" + uuid.uuid4().hex,
             "model": request.model,
@@ -102,9 +106,14 @@ class _Incremental:
 
     def add(self, chunk: dict[str, Any]) -> None:
         self.model = chunk.get("model") or self.model
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
             merge_delta(self.message, choice.get("delta") or {})
             self.finish = choice.get("finish_reason") or self.finish
+            logprobs = (choice.get("logprobs") or {}).get("content")
+            if isinstance(logprobs, list):
+                self.logprobs.extend(logprobs)
             known = ("index", "delta", "finish_reason", "logprobs", "stop_reason")
             self.unknown.update((k, v) for k, v in choice.items() if k not in known)
 
@@ -119,8 +128,8 @@ class _Incremental:
         return {"index": 0, "message": message, "finish_reason": self.finish, **self.unknown}
 
     def held(self) -> bytes | None:
-        """The answer's fields but its text, once it passed review (the reasoning is not
-        released)."""
+        """The answer's fields but its text and reasoning (released with the text), once it
+        passed review: tool and function calls, the refusal, the audio."""
         rest = _held(self.message)
         for name in ("reasoning_content", "reasoning"):
             rest.pop(name, None)
@@ -128,9 +137,27 @@ class _Incremental:
             return None
         return _chunk(self.base, [{"index": 0, "delta": rest, "finish_reason": None}])
 
+    @property
+    def reasoning(self) -> str:
+        for name in ("reasoning_content", "reasoning"):
+            value = self.message.get(name)
+            if isinstance(value, str):
+                return value
+        return ""
+
     def release(self) -> bytes:
+        """The text generated since the last release, with the reasoning and the token
+        log-probs that came with it: all of it passed the review that released it."""
         piece, self.released = self.text[self.released :], len(self.text)
-        return _content(self.base, piece)
+        delta: dict[str, Any] = {"content": piece}
+        thought = self.reasoning[self.reasoning_released :]
+        if thought:
+            name = "reasoning_content" if "reasoning_content" in self.message else "reasoning"
+            delta[name], self.reasoning_released = thought, len(self.reasoning)
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+        if self.logprobs:
+            choice["logprobs"], self.logprobs = {"content": self.logprobs}, []
+        return _chunk(self.base, [choice])
 
 
 def _content(base: dict[str, Any], piece: str) -> bytes:
@@ -165,7 +192,7 @@ async def incremental_chunks(
 
     decision: Decision | None = None
     choice: dict[str, Any] = {}  # the reviewed answer, replaced by the policy where it acted
-    upstream = pipeline.generate_stream(request)
+    upstream = pipeline.generate_stream(request)  # with its usage (ChatCompletionRequest)
     try:
         async for chunk in upstream:
             state.add(chunk)
@@ -203,5 +230,10 @@ async def incremental_chunks(
             yield held
     result = await pipeline.record([decision])  # committed before the client sees the verdict
     yield _chunk(state.base, [{"index": 0, "delta": {}, "finish_reason": finish}])
-    yield _chunk(state.base, [], conscience=result.wire())
+    served = {"usage": state.usage, "conscience": result.wire()}
+    account(served, [decision])  # a rewrite served: its tokens, not the generation's
+    extra = {"conscience": served["conscience"]}
+    if (request.stream_options or {}).get("include_usage") and served["usage"] is not None:
+        extra["usage"] = served["usage"]
+    yield _chunk(state.base, [], **extra)
     yield b"data: [DONE]\n\n"

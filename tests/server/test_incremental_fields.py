@@ -1,0 +1,61 @@
+"""An incremental stream carries what its non-streamed twin does for the text it released: the
+reasoning, the token log-probs, and (asked for) the usage, through the real openai client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+
+from conscience.server.scripted import ScriptedEngine
+
+ASK = [{"role": "user", "content": "Tell me about the sea."}]
+ANSWER = "The sea is large and deep and full of fish and salt and light."
+THOUGHT = "They want facts about the sea; keep it short."
+
+
+def _stream(url: str, **extra: Any) -> list[Any]:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    return list(client.chat.completions.create(model="gen", messages=ASK, stream=True, **extra))
+
+
+def test_released_text_comes_with_its_reasoning_logprobs_and_usage(
+    engine: ScriptedEngine, make_proxy: Any
+) -> None:
+    engine.message = {"role": "assistant", "content": ANSWER, "reasoning_content": THOUGHT}
+    words = ANSWER.split(" ")
+    engine.choice_fields = {
+        "logprobs": {
+            "content": [{"token": w, "logprob": -0.1, "top_logprobs": []} for w in words]
+        }
+    }
+    url = make_proxy(stream_mode="incremental", stream_window_chars=20)
+    chunks = _stream(url, logprobs=True, stream_options={"include_usage": True})
+    deltas = [c.choices[0] for c in chunks if c.choices]
+    text = "".join(d.delta.content or "" for d in deltas)
+    assert text == ANSWER
+    assert sum(1 for d in deltas if d.delta.content) >= 2  # released in several pieces
+    thought = "".join((d.delta.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+    assert thought == THOUGHT
+    tokens = [t.token for d in deltas if d.logprobs for t in d.logprobs.content or []]
+    assert "".join(tokens).replace(" ", "") == ANSWER.replace(" ", "")
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None and last.usage.total_tokens == 15
+    assert last.model_extra["conscience"]["action"] == "passed"
+    # The upstream was asked for its usage; the client that did not ask gets none.
+    (generation, *_) = engine.of_kind("generate")
+    assert generation["stream_options"] == {"include_usage": True}
+    assert all(c.usage is None for c in _stream(url))
+
+
+def test_a_blocked_incremental_stream_releases_no_reasoning_of_the_held_text(
+    engine: ScriptedEngine, make_proxy: Any
+) -> None:
+    engine.message = {"role": "assistant", "content": ANSWER, "reasoning_content": THOUGHT}
+    engine.verdict = "unethical"
+    url = make_proxy(stream_mode="incremental", stream_window_chars=1000, policy="block")
+    chunks = _stream(url)
+    deltas = [c.choices[0] for c in chunks if c.choices]
+    assert not any((d.delta.model_extra or {}).get("reasoning_content") for d in deltas)
+    assert all(ANSWER not in (d.delta.content or "") for d in deltas)
+    assert chunks[-1].model_extra["conscience"]["action"] == "blocked"
