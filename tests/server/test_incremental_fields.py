@@ -25,9 +25,7 @@ def test_released_text_comes_with_its_reasoning_logprobs_and_usage(
     engine.message = {"role": "assistant", "content": ANSWER, "reasoning_content": THOUGHT}
     words = ANSWER.split(" ")
     engine.choice_fields = {
-        "logprobs": {
-            "content": [{"token": w, "logprob": -0.1, "top_logprobs": []} for w in words]
-        }
+        "logprobs": {"content": [{"token": w, "logprob": -0.1, "top_logprobs": []} for w in words]}
     }
     url = make_proxy(stream_mode="incremental", stream_window_chars=20)
     chunks = _stream(url, logprobs=True, stream_options={"include_usage": True})
