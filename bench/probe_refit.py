@@ -78,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     url = str(args.out / "labels.sqlite3")
     stored = asyncio.run(_store_labels(url, args.benign, args.per_set))
     print(f"{stored} labelled judgements in {url}; load {os.getloadavg()[0]:.2f}", flush=True)
-    from conscience.cli import main as conscience
+    from conscience.evals.calibrate import add_calibrate_command
+    from conscience.evals.probe_refit import refit_from_labels
+    from conscience.settings import Settings
 
-    code = conscience(
+    # `conscience fit probe`'s own parser, so its defaults are the command's.
+    fit = argparse.ArgumentParser(prog="conscience fit")
+    add_calibrate_command(fit.add_subparsers(), "probe", probe_preset=True)
+    refit = fit.parse_args(
         [
-            "fit",
             "probe",
             "--labels-from",
             url,
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             "fpr:0.2",  # the packaged probe's rule
         ]
     )
+    refit_from_labels(refit, Settings())
+    code = 0
     report = args.out / "probe.json.refit.json"
     if code == 0 and report.exists():
         said = json.loads(report.read_text(encoding="utf-8"))
