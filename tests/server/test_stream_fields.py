@@ -1,8 +1,10 @@
-"""An incremental stream carries what its non-streamed twin does for the text it released: the
-reasoning, the token log-probs, and (asked for) the usage, through the real openai client."""
+"""A stream carries what its non-streamed twin does, through the real openai client: released
+text with its reasoning, token log-probs and (asked for) usage in incremental mode, a reviewed
+tool call whole, and a buffered stream's log-probs."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
@@ -57,3 +59,47 @@ def test_a_blocked_incremental_stream_releases_no_reasoning_of_the_held_text(
     assert not any((d.delta.model_extra or {}).get("reasoning_content") for d in deltas)
     assert all(ANSWER not in (d.delta.content or "") for d in deltas)
     assert chunks[-1].model_extra["conscience"]["action"] == "blocked"
+
+
+def test_a_buffered_stream_carries_the_logprobs_of_its_unary_twin(
+    engine: ScriptedEngine, make_proxy: Any
+) -> None:
+    words = ANSWER.split(" ")
+    tokens = [{"token": w, "logprob": -0.2, "top_logprobs": []} for w in words]
+    engine.message = {"role": "assistant", "content": ANSWER}
+    engine.choice_fields = {"logprobs": {"content": tokens}}
+    url = make_proxy(stream_mode="buffered")
+    chunks = _stream(url, logprobs=True)
+    streamed = [
+        t.token
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for t in (c.choices[0].logprobs.content or [])
+    ]
+    assert streamed == words
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    unary = client.chat.completions.create(model="gen", messages=ASK, logprobs=True)
+    assert unary.choices[0].logprobs is not None
+    assert [t.token for t in unary.choices[0].logprobs.content or []] == streamed
+
+
+def test_an_incremental_stream_releases_a_reviewed_tool_call_whole(
+    engine: ScriptedEngine, make_proxy: Any
+) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+    }
+    engine.message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    url = make_proxy(stream_mode="incremental")
+    chunks = _stream(url)
+    calls = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
+    assert len(calls) == 1 and calls[0].function.name == "get_weather"
+    assert calls[0].function.arguments == '{"city": "Oslo"}'
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finish == ["tool_calls"]
+    (review,) = engine.of_kind("review")
+    assert "get_weather" in json.dumps(review["messages"])  # read before it was released
