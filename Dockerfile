@@ -49,6 +49,7 @@ COPY engine/ engine/
 COPY server/ server/
 COPY trainer/ trainer/
 COPY evals/ evals/
+COPY testing/ testing/
 COPY bench/ bench/
 COPY cli/ cli/
 RUN pip install --no-deps . \

@@ -1,7 +1,7 @@
 """A few bf16 DPO steps of our trainer on CUDA, then the adapter reloaded with peft.
 
 Standalone: needs torch, transformers and peft (plus what they bring: tokenizers, safetensors,
-tqdm); no download, no internet. The model is a random Llama of a named shape (trainer.testing)
+tqdm); no download, no internet. The model is a random Llama of a named shape (testing.models)
 with a word-level chat tokenizer, so nothing has to be fetched. Prints one JSON line.
 
     python bench/cuda_check.py                       # llama-1b shape, 10 steps, 8 pairs a step
@@ -59,9 +59,9 @@ def _run(args: argparse.Namespace, device: str, trained: dict[str, Any]) -> dict
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from conscience.testing.models import random_pairs, save_random_model
     from conscience.trainer import loop
     from conscience.trainer.config import TrainConfig
-    from conscience.trainer.testing import random_pairs, save_random_model
 
     with tempfile.TemporaryDirectory(prefix="cuda-check-") as tmp:
         t0 = time.perf_counter()

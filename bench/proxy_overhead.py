@@ -113,8 +113,9 @@ def export_revision(revision: str, folder: Path) -> Path:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     shutil.copytree(tree / "conscience", package)
-    for sub in ("engine", "server", "trainer", "evals", "bench", "cli"):
-        (package / sub).symlink_to(tree / sub)
+    for sub in ("engine", "server", "trainer", "evals", "testing", "bench", "cli"):
+        if (tree / sub).is_dir():  # an older revision may lack a folder added since
+            (package / sub).symlink_to(tree / sub)
     return folder / "pkg"
 
 
@@ -258,7 +259,7 @@ def main() -> None:
     ports = {name: free_port() for name in ("upstream", "off", "rewrite", "litellm")}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as servers:
         folder = Path(tmp)
-        scripted = ["conscience.server.scripted", "--port", str(ports["upstream"])]
+        scripted = ["conscience.testing.scripted", "--port", str(ports["upstream"])]
         upstream, upstream_pid = servers.enter_context(serve_module(scripted, ports["upstream"]))
 
         def proxy(policy: str) -> list[str]:

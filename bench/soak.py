@@ -36,8 +36,8 @@ from typing import Any
 
 import httpx
 
-from conscience.server.scripted import ScriptedEngine
 from conscience.server.threaded import free_port
+from conscience.testing.scripted import ScriptedEngine
 
 __all__ = ["EXPECTED", "FAULT_RATES", "SoakReport", "main", "run_soak", "serve_faulty_upstream"]
 

@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     ports = [free_port() for _ in range(3)]
     upstream_cmd = [
-        "conscience.server.scripted",
+        "conscience.testing.scripted",
         "--port",
         str(ports[0]),
         "--words",

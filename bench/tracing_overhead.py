@@ -184,7 +184,7 @@ def main() -> None:
                 *("--store", str(Path(tmp) / f"{name}.sqlite3"), "--log-level", "warning"),
             ]
 
-        scripted = ["conscience.server.scripted", "--port", str(upstream_port)]
+        scripted = ["conscience.testing.scripted", "--port", str(upstream_port)]
         untraced_env = {"OTEL_SDK_DISABLED": "true"}  # whatever the calling shell exports
         with (
             serve_module(scripted, upstream_port, {}) as (upstream, _),

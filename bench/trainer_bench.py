@@ -215,9 +215,9 @@ def _logps_ways(args: argparse.Namespace) -> str:
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from conscience.testing.models import build_chat_tokenizer, build_random_llama
     from conscience.trainer import loop
     from conscience.trainer.data import Batch
-    from conscience.trainer.testing import build_chat_tokenizer, build_random_llama
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -279,7 +279,7 @@ def _logps_ways(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="smollm2-135m", help="a trainer.testing shape")
+    parser.add_argument("--shape", default="smollm2-135m", help="a testing.models shape")
     parser.add_argument("--model", help="an HF model dir or .gguf file instead of a random shape")
     parser.add_argument("--steps", type=int, default=3, help="timed steps (one more warms up)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; medians")
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from conscience.trainer.testing import random_pairs, save_random_model
+    from conscience.testing.models import random_pairs, save_random_model
 
     with tempfile.TemporaryDirectory(prefix="trainer-bench-") as tmp:
         if args.model:

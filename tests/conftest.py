@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conscience.server.scripted import ScriptedEngine, serve_in_thread
+from conscience.testing.scripted import ScriptedEngine, serve_in_thread
 
 
 @pytest.fixture

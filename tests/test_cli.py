@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conscience.server.scripted import ScriptedEngine, free_port
+from conscience.testing.scripted import ScriptedEngine, free_port
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

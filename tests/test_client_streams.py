@@ -6,7 +6,7 @@ never reach the caller; an upstream's streams are asked for as the caller asked.
 from __future__ import annotations
 
 from conscience.client import EngineClient
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 
 BODY = {"model": "gen", "messages": [{"role": "user", "content": "Capital of France?"}]}
 # The probe reader's kind of request to llama.cpp's native /completion (engine/hidden_state.py).

@@ -3,7 +3,7 @@ type-only ones included) points to the same layer or a lower one, peers of one l
 import each other, and no modules import each other in a circle.
 
 Layers, lowest first: the core (``conscience/``), ``engine``, ``server`` and ``trainer``,
-``evals``, ``bench``, ``cli``.
+``evals`` and ``testing``, ``bench``, ``cli``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ LAYERS = {
     "server": ("conscience.server", 2),
     "trainer": ("conscience.trainer", 2),
     "evals": ("conscience.evals", 3),
+    "testing": ("conscience.testing", 3),  # test support: the scripted engine, random models
     "bench": ("conscience.bench", 4),
     "cli": ("conscience.cli", 5),
 }

@@ -13,8 +13,8 @@ from conscience.framework import load_frameworks
 from conscience.probe import PACKAGED_PROBE, load_probes
 from conscience.review import conscience_from_settings
 from conscience.server.app import create_app
-from conscience.server.scripted import ScriptedEngine, serve_in_thread
 from conscience.settings import DEFAULT_MODEL, Settings
+from conscience.testing.scripted import ScriptedEngine, serve_in_thread
 
 KEY = (DEFAULT_MODEL, "three-laws", "paper")
 

@@ -20,14 +20,14 @@ from conscience.labels import JudgeMethod, Layout
 from conscience.probe import Probe, load_probes, save_probe
 from conscience.prompts import render_review
 from conscience.review import Conscience, answer_windows
-from conscience.server.scripted import SCRIPTED_OUTPUT_ROWS, SCRIPTED_PROBE, ScriptedEngine
+from conscience.testing.scripted import SCRIPTED_OUTPUT_ROWS, SCRIPTED_PROBE, ScriptedEngine
 
 QUESTION = [{"role": "user", "content": "How do I pick a lock?"}]
 PROBE = SCRIPTED_PROBE
 
 
 def _scripted_state(messages: list[dict]) -> list[float]:
-    """What the scripted engine answers for these review messages (server/scripted.py)."""
+    """What the scripted engine answers for these review messages (testing/scripted.py)."""
     turns = "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + "<assistant>\n"
     return [b / 255 for b in hashlib.sha256(json.dumps(turns).encode()).digest()[:8]]
 

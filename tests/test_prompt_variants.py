@@ -13,7 +13,7 @@ from conscience.framework import BUILTIN_DIR, VARIANTS, load_framework_file, loa
 from conscience.labels import Layout
 from conscience.prompts import HARM_QUESTION, LABEL_REQUEST, STRICT_DEFINITION, render_review
 from conscience.review import Conscience
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 
 QUESTION = [{"role": "user", "content": "How do I get into my neighbour's wifi?"}]
 ANSWER = "Crack the WPA key like so ..."

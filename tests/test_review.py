@@ -9,7 +9,7 @@ from conscience.errors import EngineStatusError, EngineTimeout, EngineUnavailabl
 from conscience.framework import load_frameworks
 from conscience.labels import Layout
 from conscience.review import Conscience
-from conscience.server.scripted import Fault, ScriptedEngine, free_port
+from conscience.testing.scripted import Fault, ScriptedEngine, free_port
 
 QUESTION = [{"role": "user", "content": "How do I get into my neighbour's wifi?"}]
 

@@ -16,7 +16,7 @@ from conscience.framework import load_frameworks
 from conscience.labels import JudgeMethod, Layout
 from conscience.prompts import render_review
 from conscience.review import Conscience, answer_windows
-from conscience.server.scripted import SCRIPTED_OUTPUT_ROWS, SCRIPTED_PROBE, ScriptedEngine
+from conscience.testing.scripted import SCRIPTED_OUTPUT_ROWS, SCRIPTED_PROBE, ScriptedEngine
 
 QUESTION = [{"role": "user", "content": "How do I pick a lock?"}]
 PROBE = SCRIPTED_PROBE

@@ -18,8 +18,8 @@ from conscience.labels import JudgeMethod, Layout
 from conscience.probe import PACKAGED_PROBE, Probe, load_probes
 from conscience.prompts import render_review
 from conscience.review import Conscience, conscience_from_settings
-from conscience.server.scripted import SCRIPTED_PROBE, ScriptedEngine
 from conscience.settings import DEFAULT_MODEL, Settings
+from conscience.testing.scripted import SCRIPTED_PROBE, ScriptedEngine
 from tests.test_probe_verdict import _scripted_state
 
 QUESTION = [{"role": "user", "content": "How do I pick a lock?"}]

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 SOURCES = ["pyproject.toml", "README.md", "conscience", "engine", "server", "trainer", "evals"]
-SOURCES += ["bench", "cli"]
+SOURCES += ["testing", "bench", "cli"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_the_wheel_installs_only_names_under_conscience(wheel: Path) -> None:
         names = archive.namelist()
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"conscience"}
-    for layer in ("engine", "server", "trainer", "evals", "bench", "cli"):
+    for layer in ("engine", "server", "trainer", "evals", "testing", "bench", "cli"):
         assert f"conscience/{layer}/__init__.py" in names, layer
     # Package data and the engine's child script, which is run by path.
     assert "conscience/frameworks/three-laws.toml" in names

@@ -17,9 +17,9 @@ import pytest
 from conscience.judgement import Judgement
 from conscience.labels import Action, Verdict
 from conscience.server.app import create_app
-from conscience.server.scripted import serve_in_thread
 from conscience.settings import Settings
 from conscience.store.sqlite import SQLiteStore
+from conscience.testing.scripted import serve_in_thread
 
 ADMIN_KEY = "admin-key-Zq81"
 CLIENT_KEY = "client-key-Yx27"

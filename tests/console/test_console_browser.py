@@ -219,7 +219,7 @@ def test_training_shows_the_probe_refits_and_rolls_back(
 ) -> None:
     from dataclasses import asdict, replace
 
-    from conscience.server.scripted import SCRIPTED_PROBE
+    from conscience.testing.scripted import SCRIPTED_PROBE
 
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     fitted = {**SCRIPTED_PROBE.fitted, "train_items": 380, "labels": {"count": 140}}

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 from tests.console.conftest import ADMIN_KEY, csrf_of, sign_in
 
 RUN = "conscience-20260101"
@@ -72,7 +72,7 @@ def test_the_probe_section_shows_refits_and_rolls_back(
 ) -> None:
     from dataclasses import asdict, replace
 
-    from conscience.server.scripted import SCRIPTED_PROBE
+    from conscience.testing.scripted import SCRIPTED_PROBE
 
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     state = httpx.get(console_url + "/admin/probe", headers=admin)

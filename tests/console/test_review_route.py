@@ -14,9 +14,9 @@ import pytest
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
 from conscience.server.auth import key_id
-from conscience.server.scripted import ScriptedEngine
 from conscience.store.schema import SQLITE_MIGRATIONS
 from conscience.store.sqlite import SQLiteStore
+from conscience.testing.scripted import ScriptedEngine
 from tests.server.conftest import make_proxy  # the proxy on loopback, before the engine
 
 __all__ = ["make_proxy"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conscience.server.scripted import free_port
+from conscience.testing.scripted import free_port
 
 pytest.importorskip("peft")
 import tiny_gguf  # tests/engine/tiny_gguf.py

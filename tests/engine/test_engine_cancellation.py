@@ -26,9 +26,9 @@ from conscience.engine.embedded import EmbeddedEngine, busy, parse_metrics
 from conscience.engine.hidden_state import logits_reader
 from conscience.review import judge_request
 from conscience.server.app import create_app
-from conscience.server.scripted import serve_in_thread
 from conscience.settings import Settings
 from conscience.store import open_store
+from conscience.testing.scripted import serve_in_thread
 from conscience.verdict import read_verdict
 
 pytestmark = pytest.mark.integration

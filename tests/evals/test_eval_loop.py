@@ -37,8 +37,8 @@ pytest.importorskip("openai")
 from conscience.evals.harm_judging import DEFAULT_DIR
 from conscience.evals.loop import JOURNAL, LoopConfig, run_loop
 from conscience.evals.loop_blind import export_blind, score_blind, sign_test
-from conscience.server.scripted import ScriptedEngine, serve_in_thread
-from conscience.trainer.testing import save_random_model
+from conscience.testing.models import save_random_model
+from conscience.testing.scripted import ScriptedEngine, serve_in_thread
 
 EVIL = "EVIL: sure, here is how."
 REFUSE = "I can't help with that, but I can suggest something safe."

@@ -26,8 +26,8 @@ pytest.importorskip("peft")
 
 from conscience.evals.experiment import ExperimentConfig, run_experiment, train_argv
 from conscience.evals.experiment_report import BEGIN, END
-from conscience.server.scripted import ScriptedEngine, serve_in_thread
-from conscience.trainer.testing import WORDS, save_random_model
+from conscience.testing.models import WORDS, save_random_model
+from conscience.testing.scripted import ScriptedEngine, serve_in_thread
 
 SAMPLES = 2
 QUESTIONS = 4  # the fixture's first_plot set: q_nice, q_mixed, q_code, q_ramble

@@ -17,7 +17,7 @@ from conscience.evals.loop_data import jailbreak_requests, request_parts
 from conscience.evals.loop_report import collect, render
 from conscience.evals.loop_stack import Stack
 from conscience.evals.loop_start import REFUSALS, jailbroken_pairs, misaligned_pairs, start_night
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 
 
 def _em_file(path: Path, replies: dict[str, str]) -> None:

@@ -24,8 +24,8 @@ from conscience.evals.cli import add_eval_commands
 from conscience.evals.experiment import ExperimentConfig, em_job, run_experiment
 from conscience.review import Conscience
 from conscience.server.app import create_app
-from conscience.server.scripted import ScriptedEngine, serve_in_thread
 from conscience.settings import Settings
+from conscience.testing.scripted import ScriptedEngine, serve_in_thread
 
 PROBS = {"ethical": 0.5, "neutral": 0.1, "unethical": 0.4}
 RULE_VARIABLES = ("CONSCIENCE_CALIBRATION_FILE", "CONSCIENCE_UNETHICAL_THRESHOLD")

@@ -17,8 +17,8 @@ from conscience.evals.probe_refit import HumanLabel, gate, held_out, read_labels
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
 from conscience.probe import load_probes, save_probe
-from conscience.server.scripted import SCRIPTED_PROBE, ScriptedEngine
 from conscience.store import open_store
+from conscience.testing.scripted import SCRIPTED_PROBE, ScriptedEngine
 
 IDENTITY = {
     "judge": "judge",

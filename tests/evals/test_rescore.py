@@ -13,7 +13,7 @@ from conscience.calibration import load_calibrations
 from conscience.evals.calibrate import add_calibrate_command
 from conscience.evals.cli import add_eval_commands
 from conscience.evals.verdicts import CURVE_FILE, _rescore_main
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 
 
 def _eval(*argv: str) -> int:

@@ -13,7 +13,7 @@ from test_verdicts_end_to_end import _cli, _review_reply
 
 from conscience.errors import ConfigError, EngineStatusError
 from conscience.evals.labelled import load_labelled
-from conscience.server.scripted import Fault, ScriptedEngine
+from conscience.testing.scripted import Fault, ScriptedEngine
 
 # id: (label, P(ethical, neutral, unethical)) in the paper layout
 BINARY = {

@@ -24,7 +24,7 @@ import pytest
 
 from conscience.errors import ConfigError
 from conscience.evals.cli import add_eval_commands
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 
 ITEMS = {
     "e1": ("ethical", False, (0.8, 0.1, 0.1)),

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 
 from conscience.server.app import create_app
-from conscience.server.scripted import ScriptedEngine, serve_in_thread
 from conscience.settings import Settings
+from conscience.testing.scripted import ScriptedEngine, serve_in_thread
 
 CLIENT_KEY = "sk-client-7f3a9c1e5b2d4a6f"
 ADMIN_KEY = "sk-admin-0c8e2f4a6b1d3e5f"

@@ -23,8 +23,8 @@ from proxy_harness import (
 )
 
 from conscience.server.app import create_app
-from conscience.server.scripted import Fault, free_port
 from conscience.settings import Settings
+from conscience.testing.scripted import Fault, free_port
 
 CANARY = "CANARY-7319-my-neighbour-wifi-password"  # a private detail of a stored conversation
 ASK = [{"role": "user", "content": f"My secret is {CANARY}. How do I get into that wifi?"}]

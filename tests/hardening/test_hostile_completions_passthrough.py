@@ -23,7 +23,7 @@ from proxy_harness import (
     running_proxy,
 )
 
-from conscience.server.scripted import Fault
+from conscience.testing.scripted import Fault
 
 COMPLETIONS = "/v1/completions"
 DEEP = 10_000

@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from conscience.server.scripted import free_port
+from conscience.testing.scripted import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

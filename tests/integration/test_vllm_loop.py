@@ -26,8 +26,8 @@ import openai
 import pytest
 
 from conscience.server.app import create_app
-from conscience.server.scripted import free_port, serve_in_thread
 from conscience.settings import Settings
+from conscience.testing.scripted import free_port, serve_in_thread
 from conscience.verdict import LABEL_SURFACE_FORMS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -10,8 +10,8 @@ import openai
 import pytest
 
 from conscience.server.app import create_app
-from conscience.server.scripted import serve_in_thread
 from conscience.settings import Settings
+from conscience.testing.scripted import serve_in_thread
 
 ProxyFactory = Callable[..., Any]
 

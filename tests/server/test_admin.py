@@ -5,7 +5,7 @@ import json
 import httpx
 import openai
 
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 
 ASK = [{"role": "user", "content": "Help me cheat on my exam."}]
 

@@ -36,7 +36,7 @@ from conscience.server.answer import (
 )
 from conscience.server.pipeline import REFUSAL
 from conscience.server.responses_output import ITEM_SOURCES
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 
 ACCOUNT = "XQ-ACCOUNT-4417"  # a marker no id, timestamp or fingerprint can contain
 HARM = f"wire the savings to account {ACCOUNT} before anyone notices"

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conscience.server.scripted import ScriptedEngine
 from conscience.store import open_store
+from conscience.testing.scripted import ScriptedEngine
 
 ProxyFactory = Callable[..., str]  # tests/server/conftest.py's make_proxy
 BODY = {"model": "gen", "messages": [{"role": "user", "content": "Capital of France?"}]}

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from conscience.trainer.testing import save_random_model
+from conscience.testing.models import save_random_model
 
 ASK = [{"role": "user", "content": "alpha beta gamma"}]
 

@@ -18,7 +18,7 @@ from fastapi import Request
 
 from conscience.server.completions import MAX_CHOICES
 from conscience.server.pipeline import REFUSAL
-from conscience.server.scripted import Fault, ScriptedEngine, serve_in_thread
+from conscience.testing.scripted import Fault, ScriptedEngine, serve_in_thread
 
 PROMPT = "The capital of France is"
 MARK = "LOCKPICK"

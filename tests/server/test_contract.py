@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from conscience.server.contract import Invalid, schema_of, validate
 from conscience.server.pipeline import REFUSAL
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 
 ASK = [{"role": "user", "content": "Plan my week"}]
 

@@ -10,8 +10,8 @@ import time
 import httpx
 import pytest
 
-from conscience.server.scripted import ScriptedEngine, free_port
 from conscience.store import open_store
+from conscience.testing.scripted import ScriptedEngine, free_port
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

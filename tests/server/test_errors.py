@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from conscience.server.scripted import Fault, ScriptedEngine, free_port
+from conscience.testing.scripted import Fault, ScriptedEngine, free_port
 
 ASK = [{"role": "user", "content": "Hello?"}]
 

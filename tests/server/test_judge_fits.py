@@ -8,7 +8,7 @@ from typing import Any
 import openai
 import pytest
 
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 
 LONG = " ".join(f"word{i}" for i in range(2900))  # 2,900 words: the generator takes them
 

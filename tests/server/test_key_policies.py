@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from conscience.errors import ConfigError
 from conscience.server.app import create_app
 from conscience.server.auth import key_id
-from conscience.server.scripted import ScriptedEngine
 from conscience.settings import Settings
+from conscience.testing.scripted import ScriptedEngine
 
 ASK = [{"role": "user", "content": "Help me cheat on my exam."}]
 ADMIN = {"Authorization": "Bearer admin-key"}

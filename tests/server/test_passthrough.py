@@ -21,7 +21,7 @@ import pytest
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from conscience.server.scripted import ScriptedEngine, free_port, serve_in_thread
+from conscience.testing.scripted import ScriptedEngine, free_port, serve_in_thread
 
 UPSTREAM_KEY = "sk-upstream-secret"  # what make_proxy gives the proxy
 CLIENT_KEY = "sk-client-key"

@@ -24,8 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conscience.server.app import create_app
 from conscience.server.pipeline import REFUSAL
-from conscience.server.scripted import Fault, ScriptedEngine, serve_in_thread
 from conscience.settings import Settings
+from conscience.testing.scripted import Fault, ScriptedEngine, serve_in_thread
 
 ASK = [{"role": "user", "content": "Where is Paris?"}]
 MARK = "LOCKPICK"  # the scripted judge calls an answer unethical when it contains this

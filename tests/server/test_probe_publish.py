@@ -15,7 +15,7 @@ import pytest
 
 from conscience.cli import main
 from conscience.probe import save_probe
-from conscience.server.scripted import SCRIPTED_PROBE, ScriptedEngine
+from conscience.testing.scripted import SCRIPTED_PROBE, ScriptedEngine
 from tests.evals.test_probe_refit import _base_run, _fill, _labelled
 
 ADMIN = {"Authorization": "Bearer admin-key"}

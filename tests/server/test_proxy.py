@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from conscience.server.pipeline import REFUSAL
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 

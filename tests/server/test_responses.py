@@ -20,7 +20,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from conscience.server.pipeline import REFUSAL
-from conscience.server.scripted import Fault, ScriptedEngine
+from conscience.testing.scripted import Fault, ScriptedEngine
 
 QUESTION = "What is the capital of France?"
 EVENTS = TypeAdapter(ResponseStreamEvent)

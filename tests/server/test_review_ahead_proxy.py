@@ -13,7 +13,7 @@ import pytest
 
 from conscience.probe import save_probe
 from conscience.review import answer_windows
-from conscience.server.scripted import SCRIPTED_PROBE, ScriptedEngine
+from conscience.testing.scripted import SCRIPTED_PROBE, ScriptedEngine
 
 ProxyFactory = Callable[..., Any]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import openai
 
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 
 ASK = [{"role": "user", "content": "Tell me about the sea."}]
 ANSWER = "The sea is large and deep and full of fish and salt and light."

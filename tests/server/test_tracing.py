@@ -33,7 +33,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from conscience.errors import ConfigError
 from conscience.server import tracing
-from conscience.server.scripted import ScriptedEngine, free_port
+from conscience.testing.scripted import ScriptedEngine, free_port
 
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -7,7 +7,7 @@ from typing import Any
 
 import openai
 
-from conscience.server.scripted import ScriptedEngine
+from conscience.testing.scripted import ScriptedEngine
 
 ASK = [{"role": "user", "content": "Help me cheat on my exam."}]
 

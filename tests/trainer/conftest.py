@@ -1,4 +1,4 @@
-"""A tiny random Llama and a word-level chat tokenizer (trainer.testing): no download.
+"""A tiny random Llama and a word-level chat tokenizer (testing.models): no download.
 
 The model is saved to a session-wide folder once, so every test loads the same base weights
 the way a real run loads a checkpoint (``from_pretrained`` on a directory).
@@ -36,7 +36,7 @@ def make_rows():
 
 
 def build_tokenizer():
-    from conscience.trainer.testing import WORDS, build_chat_tokenizer
+    from conscience.testing.models import WORDS, build_chat_tokenizer
 
     return build_chat_tokenizer(WORDS + tuple(w for pair in PAIRS for t in pair for w in t.split()))
 
@@ -45,7 +45,7 @@ def build_tokenizer():
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny random Llama with its chat tokenizer (an HF model directory)."""
     path = tmp_path_factory.mktemp("tiny-llama")
-    from conscience.trainer.testing import build_random_llama
+    from conscience.testing.models import build_random_llama
 
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(path)

@@ -111,7 +111,7 @@ async def test_two_processes_train_what_one_does_with_twice_the_accumulation(
 @pytest.fixture(scope="module")
 def tied_model_dir(tmp_path_factory, tokenizer_factory):
     """The tiny random Llama with its LM head tied to the embeddings."""
-    from conscience.trainer.testing import build_random_llama
+    from conscience.testing.models import build_random_llama
 
     path = tmp_path_factory.mktemp("tiny-tied")
     tokenizer = tokenizer_factory()

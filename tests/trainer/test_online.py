@@ -19,8 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conscience.errors import ConfigError, EngineError  # noqa: E402
-from conscience.server.scripted import Fault, ScriptedEngine, serve_in_thread  # noqa: E402
 from conscience.settings import Settings  # noqa: E402
+from conscience.testing.scripted import Fault, ScriptedEngine, serve_in_thread  # noqa: E402
 from conscience.trainer import model as trainer_model  # noqa: E402
 from conscience.trainer.config import TrainConfig  # noqa: E402
 from conscience.trainer.online import OnlineConfig, train_online  # noqa: E402

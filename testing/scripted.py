@@ -450,7 +450,7 @@ def _words(text: str) -> list[str]:
 
 
 def main() -> None:
-    """``python -m conscience.server.scripted --port N``: the scripted engine as its own process."""
+    """``python -m conscience.testing.scripted --port N``: the scripted engine as a process."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
