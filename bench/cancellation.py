@@ -1,4 +1,4 @@
-"""How soon the embedded engine is idle after its client leaves (issue 16, item 3).
+"""How soon the embedded engine is idle after its client leaves.
 
     python -m conscience.bench.cancellation                    # SmolLM2-135M, 2 rounds
     python -m conscience.bench.cancellation --model qwen2.5-coder-1.5b-instruct --rounds 2

@@ -1,4 +1,4 @@
-"""Several users of the default stack at once (issue 16, item 2).
+"""Several users of the default stack at once.
 
     python -m conscience.bench.concurrency --requests 2                   # 1, 2 and 4 users
     python -m conscience.bench.concurrency --requests 4 --parallel 1      # one slot, to compare

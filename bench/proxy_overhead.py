@@ -40,7 +40,7 @@ import httpx
 from conscience.server.threaded import free_port
 
 BODY = {"model": "gen", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
-# The version of the earlier comparison (issue 16), pinned: LiteLLM 1.107.0 was a compromised
+# The version of the earlier comparison, pinned: LiteLLM 1.107.0 was a compromised
 # release, and an unpinned install would measure whatever came out last.
 LITELLM = "litellm[proxy]==1.108.7"
 # LiteLLM's uvicorn logs every request unless told otherwise; the proxy's access log is off.

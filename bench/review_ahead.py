@@ -1,4 +1,4 @@
-"""Review while generating, measured on the default stack (issue 16, item 1).
+"""Review while generating, measured on the default stack.
 
     python -m conscience.bench.review_ahead                        # the probe (the default)
     python -m conscience.bench.review_ahead --judge-method single  # the paper's single review

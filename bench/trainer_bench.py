@@ -106,7 +106,7 @@ def _child_ours(
     from conscience.trainer.config import TrainConfig
     from conscience.trainer.loop import train
 
-    if not chunked:  # the answer log-probs as before issue 16: the whole logits at once
+    if not chunked:  # the answer log-probs as they were first computed: the whole logits at once
         loop._plain_head = lambda base: None
 
     with tempfile.TemporaryDirectory() as out:

@@ -1,9 +1,9 @@
 """The probe verdict: a linear read-out of the frozen judge's hidden state, where the label
 would be said.
 
-The 1.5B judge's *words* about an answer are near chance on outside data (docs/decisions.md,
-issue 14), but its hidden state at the verdict position — the last token of the review prompt,
-just before the label — still holds what it read. A probe file holds a logistic read-out of
+The 1.5B judge's *words* about an answer are near chance on outside data (docs/decisions.md),
+but its hidden state at the verdict position — the last token of the review prompt, just
+before the label — still holds what it read. A probe file holds a logistic read-out of
 that state, fitted on labelled data (``conscience eval probe``)::
 
     z = (h - mean) / sd,        P(unethical | h) = sigmoid(w · z + b)

@@ -1,4 +1,4 @@
-"""The probe by depth (issue 35, item 1): states every 4 layers, two poolings, fitted, measured.
+"""The probe by depth: states every 4 layers, two poolings, fitted, measured.
 
 ``extract`` reads, for each item of a stratified pool of the split over every labelled source
 (``data/all_sources_split.json``: train and dev only), the judge's hidden states on the probe's

@@ -1,4 +1,4 @@
-"""A linear probe on the frozen judge's hidden state at the verdict position (issue 14, item 3).
+"""A linear probe on the frozen judge's hidden state at the verdict position.
 
 Features of an item: the final-layer hidden state of the last token of the single review's
 prompt (the framework's system message, the fenced question and answer, the question to the

@@ -1,7 +1,7 @@
 """The training run's configuration: one dataclass, every default with its reason.
 
 The numbers of the paper (β, λ, learning rate) are not public; ours are recorded with their
-reasons in docs/notes/trainer.md (merged into docs/decisions.md).
+reasons in docs/decisions.md (Training).
 """
 
 from __future__ import annotations

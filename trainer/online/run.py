@@ -56,7 +56,7 @@ __all__ = ["OnlineConfig", "train_online"]
 
 @dataclass
 class OnlineConfig:
-    """What the online run adds to ``TrainConfig`` (docs/notes/online.md has the reasons)."""
+    """What the online run adds to ``TrainConfig`` (docs/decisions.md has the reasons)."""
 
     task_data: str  # TRL/OpenAI chat JSONL: {"messages": [..., {"role": "assistant", ...}]}
     online_samples: int = 2  # K prompts of each step's task batch answered by the policy;
