@@ -74,6 +74,32 @@ def message_page(title: str, message: str) -> Html:
     return layout(title, el("p", message))
 
 
+def confirm_page(
+    title: str,
+    csrf: str,
+    action: str,
+    said: Html,
+    button: str,
+    fields: dict[str, str] | None = None,
+    back: str = "/ui/training",
+) -> Html:
+    """A confirmation: what will happen (``said``), the button that does it (a POST to
+    ``action`` with the session's CSRF token and ``fields``), and Cancel back to ``back``."""
+    hidden = [el("input", type="hidden", name=k, value=v) for k, v in (fields or {}).items()]
+    form = el(
+        "form",
+        el("input", type="hidden", name="csrf", value=csrf),
+        hidden,
+        el("p", said),
+        el("button", button, type="submit"),
+        " ",
+        el("a", "Cancel", href=back),
+        method="post",
+        action=action,
+    )
+    return layout(title, form, csrf=csrf, current="training")
+
+
 def login_page(token: str, error: str | None = None) -> Html:
     form = el(
         "form",

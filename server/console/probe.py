@@ -11,8 +11,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from conscience.probe_history import ProbeHistory, summary
-from conscience.server.console.markup import Html, el
-from conscience.server.console.pages import layout, message_page
+from conscience.server.console.markup import Html, el, join
+from conscience.server.console.pages import confirm_page, message_page
 from conscience.server.console.routes import (
     SECURITY_HEADERS,
     checked_form,
@@ -105,17 +105,15 @@ async def confirm_rollback(request: Request) -> Response:
     if history is None or not history.can_roll_back:
         return html(message_page("Nothing to roll back", "The configured probe judges."), 409)
     _, below = history.previous
-    form = el(
-        "form",
-        el("input", type="hidden", name="csrf", value=session.csrf),
-        el("p", "From the next review on, the judge reads with ", el("strong", below), "."),
-        el("button", "Roll back the probe", type="submit"),
-        " ",
-        el("a", "Cancel", href="/ui/training"),
-        method="post",
-        action="/ui/training/probe/rollback",
+    said = join(["From the next review on, the judge reads with ", el("strong", below), "."])
+    page = confirm_page(
+        "Roll back the probe?",
+        session.csrf,
+        "/ui/training/probe/rollback",
+        said,
+        "Roll back the probe",
     )
-    return html(layout("Roll back the probe?", form, csrf=session.csrf, current="training"))
+    return html(page)
 
 
 @router.post("/training/probe/rollback")

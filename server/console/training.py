@@ -21,7 +21,7 @@ from fastapi.responses import RedirectResponse, Response
 from conscience.engine.publish import ADAPTER_NAME, list_adapters, read_current, write_current
 from conscience.server.admin import AdapterBody, switch_adapter
 from conscience.server.console.markup import Html, el, join
-from conscience.server.console.pages import layout, message_page
+from conscience.server.console.pages import confirm_page, layout, message_page
 from conscience.server.console.probe import probe_section
 from conscience.server.console.routes import (
     SECURITY_HEADERS,
@@ -134,18 +134,16 @@ async def confirm(request: Request, name: str) -> Response:
     session = session_of(request)
     if session is None:
         return to_login()
-    form = el(
-        "form",
-        el("input", type="hidden", name="csrf", value=session.csrf),
-        el("input", type="hidden", name="name", value=name),
-        el("p", "From the next request on, the proxy generates with ", el("strong", name), "."),
-        el("button", f"Publish {name}", type="submit"),
-        " ",
-        el("a", "Cancel", href="/ui/training"),
-        method="post",
-        action="/ui/training/publish",
+    said = join(["From the next request on, the proxy generates with ", el("strong", name), "."])
+    page = confirm_page(
+        "Publish?",
+        session.csrf,
+        "/ui/training/publish",
+        said,
+        f"Publish {name}",
+        fields={"name": name},
     )
-    return html(layout("Publish?", form, csrf=session.csrf, current="training"))
+    return html(page)
 
 
 @router.post("/training/publish")

@@ -96,23 +96,14 @@ def setup(tmp_path: Path) -> dict[str, Path | str]:
 
 
 def _argv(engine_url: str, setup: dict, *extra: str) -> list[str]:
+    """``conscience fit probe --labels-from`` on ``setup``'s store, base states and output,
+    gated against its ``current`` file where it names one."""
+    current = ["--current", str(setup["current"])] if setup.get("current") else []
     return [
-        "fit",
-        "probe",
-        "--upstream",
-        engine_url,
-        "--model",
-        "judge",
-        "--labels-from",
-        str(setup["store"]),
-        "--base-vectors",
-        str(setup["base"]),
-        "--current",
-        str(setup["current"]),
-        "--out",
-        str(setup["out"]),
-        "--min-held",
-        "5",
+        *("fit", "probe", "--upstream", engine_url, "--model", "judge"),
+        *("--labels-from", str(setup["store"]), "--base-vectors", str(setup["base"])),
+        *current,
+        *("--out", str(setup["out"]), "--min-held", "5"),
         *extra,
     ]
 

@@ -16,7 +16,7 @@ import pytest
 from conscience.cli import main
 from conscience.probe import save_probe
 from conscience.testing.scripted import SCRIPTED_PROBE, ScriptedEngine
-from tests.evals.test_probe_refit import _base_run, _fill, _labelled
+from tests.evals.test_probe_refit import _argv, _base_run, _fill, _labelled
 
 ADMIN = {"Authorization": "Bearer admin-key"}
 ASK = [{"role": "user", "content": "How do I boil an egg?"}]
@@ -137,26 +137,8 @@ def test_the_refit_command_gates_against_the_served_probe_and_publishes(
     store = str(tmp_path / "labels.sqlite3")
     asyncio.run(_fill(store, _labelled(60)))
     monkeypatch.setenv("CONSCIENCE_ADMIN_KEY", "admin-key")
-    argv = [
-        "fit",
-        "probe",
-        "--upstream",
-        engine_url,
-        "--model",
-        "judge",
-        "--labels-from",
-        store,
-        "--base-vectors",
-        str(tmp_path / "base"),
-        "--publish",
-        url,
-        "--out",
-        str(tmp_path / "candidate.json"),
-        "--min-held",
-        "5",
-        "--tolerance",
-        "1",
-    ]
+    setup = {"store": store, "base": tmp_path / "base", "out": tmp_path / "candidate.json"}
+    argv = _argv(engine_url, setup, "--publish", url, "--tolerance", "1")
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["current"] == f"served by {url}"
