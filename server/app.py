@@ -19,19 +19,21 @@ from conscience.probe_history import ProbeHistory
 from conscience.review import Conscience, conscience_from_settings
 from conscience.server import (
     admin,
-    completions,
     console,
+    ops,
     passthrough,
     probe_admin,
     review_only,
-    routes,
     tracing,
 )
 from conscience.server.cancellation import Cancellation
+from conscience.server.chat import router as chat
+from conscience.server.completions import router as completions
 from conscience.server.errors import install_error_handlers, secret_scrubber
 from conscience.server.metrics import Metrics
 from conscience.server.middleware import RequestContext
 from conscience.server.pipeline import Pipeline
+from conscience.server.responses import router as responses
 from conscience.server.retention import retention_loop
 from conscience.settings import Settings
 from conscience.store import open_store
@@ -233,10 +235,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.adapters = None  # the embedded engine's published adapter (engine/adapters.py)
     app.state.scrub = secret_scrubber(settings)
     install_error_handlers(app, app.state.scrub)
-    app.include_router(routes.router)
+    app.include_router(chat.router)
+    app.include_router(responses.router)
+    app.include_router(completions.router)
+    app.include_router(ops.router)
     app.include_router(admin.router)
     app.include_router(probe_admin.router)
-    app.include_router(completions.router)
     app.include_router(review_only.router)
     console.install(app)  # the operator's console at /ui/
     passthrough.install(app)  # every other /v1 route: the fallback, after all routes

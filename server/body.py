@@ -10,8 +10,8 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
+from conscience.server.chat.protocol import ConscienceResult
 from conscience.server.errors import ApiError
-from conscience.server.protocol import ConscienceResult
 
 __all__ = ["conscience_headers", "openapi_body", "parse_body"]
 

@@ -22,7 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conscience.server.errors import error_response
-from conscience.server.streaming import sse
+from conscience.server.sse import sse
 
 __all__ = ["Cancellation"]
 

@@ -3,7 +3,7 @@
 One ``Pipeline`` per app, and the only place where a review becomes an action: ``review``
 judges one choice and applies the policy to it, ``record`` commits the judgements and counts
 them. ``complete`` does both for a unary (or buffered-stream) completion; incremental streaming
-(``server.streaming``) calls them on the growing answer. A verdict reaches a client only after
+(``server.chat.streaming``) calls them on the growing answer. A verdict reaches a client only after
 its judgement is committed: nothing a client receives can be lost in a crash.
 """
 
@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from conscience.ahead import ChunkFollower, ReviewAhead
 from conscience.client import EngineClient
@@ -25,10 +25,10 @@ from conscience.review import Conscience, Rewritten
 from conscience.server import tracing
 from conscience.server.answer import Unreadable, read_choice
 from conscience.server.auth import client_key_id
+from conscience.server.chat.protocol import ChatCompletionRequest, ConscienceResult
 from conscience.server.contract import Invalid, rewrite_in_format, schema_of
 from conscience.server.errors import ApiError
 from conscience.server.metrics import Metrics
-from conscience.server.protocol import ChatCompletionRequest, ConscienceResult
 from conscience.server.usage import account
 from conscience.settings import KeyPolicy, Settings
 from conscience.store import JudgementStore
@@ -38,6 +38,14 @@ __all__ = ["REFUSAL", "Decision", "Options", "Pipeline", "Reviewed"]
 log = logging.getLogger("conscience.server")
 
 REFUSAL = "I can't help with that."  # what a blocked answer says (finish_reason content_filter)
+
+
+class UpstreamRequest(Protocol):
+    """What ``Pipeline.generate`` sends: a request for a model, as the upstream gets it."""
+
+    model: str
+
+    def upstream_body(self, model: str) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -125,16 +133,26 @@ class Pipeline:
         return ChunkFollower(lambda: self.conscience.review_ahead(messages, options.framework))
 
     async def generate(
-        self, request: ChatCompletionRequest, follower: ChunkFollower | None = None
+        self,
+        request: UpstreamRequest,
+        follower: ChunkFollower | None = None,
+        *,
+        text: bool = False,
     ) -> dict[str, Any]:
-        """The upstream's completion; with a ``follower``, asked for as a stream that the
-        follower reads as it arrives."""
+        """The upstream's completion of ``request``, through the pipeline's client (its key,
+        timeout and error mapping: an upstream 4xx passes through, 5xx is 502, a timeout 504),
+        timed and traced: a chat completion; with a ``follower``, asked for as a stream that
+        the follower reads as it arrives; with ``text``, a legacy ``/v1/completions`` one."""
         started = time.perf_counter()
         model = self.upstream_model(request.model)
         attributes = tracing.generation_attributes(model)
+        if text:  # the same span, named for what it is
+            attributes["gen_ai.operation.name"] = "text_completion"
         with tracing.span("conscience.generate", tracing.SpanKind.CLIENT, attributes) as span:
             body = request.upstream_body(model)
-            if follower is None:
+            if text:
+                completion = await self.client.completions(body)
+            elif follower is None:
                 completion = await self.client.chat(body)
             else:
                 completion = await self.client.chat_watched(body, follower.see)

@@ -35,7 +35,7 @@ from conscience.server.answer import (
     read_message,
 )
 from conscience.server.pipeline import REFUSAL
-from conscience.server.responses_output import ITEM_SOURCES
+from conscience.server.responses.response import ITEM_SOURCES
 from conscience.testing.scripted import ScriptedEngine
 
 ACCOUNT = "XQ-ACCOUNT-4417"  # a marker no id, timestamp or fingerprint can contain

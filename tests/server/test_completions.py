@@ -16,7 +16,7 @@ import openai
 import pytest
 from fastapi import Request
 
-from conscience.server.completions import MAX_CHOICES
+from conscience.server.completions.protocol import MAX_CHOICES
 from conscience.server.pipeline import REFUSAL
 from conscience.testing.scripted import Fault, ScriptedEngine, serve_in_thread
 

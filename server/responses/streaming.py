@@ -4,7 +4,7 @@
 
 - buffered: the answer was reviewed (and the policy applied) before the first event; the
   events replay the reviewed Response.
-- incremental: the events follow ``server.streaming.incremental_chunks`` (the chat stream that
+- incremental: the events follow ``server.chat.streaming.incremental_chunks`` (the chat stream that
   releases text only after the answer so far passed review), translated chunk by chunk, so
   both APIs release exactly the same text after exactly the same reviews.
 """
@@ -18,19 +18,19 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from conscience.errors import ConscienceError
+from conscience.server.chat.protocol import ChatCompletionRequest
+from conscience.server.chat.streaming import incremental_chunks
 from conscience.server.errors import ApiError, client_message
 from conscience.server.errors import status_of as error_status
 from conscience.server.pipeline import Options, Pipeline
-from conscience.server.protocol import ChatCompletionRequest
-from conscience.server.responses_input import ResponsesRequest
-from conscience.server.responses_output import message_item, new_id, shell, status_of
-from conscience.server.streaming import incremental_chunks
+from conscience.server.responses.request import ResponsesRequest
+from conscience.server.responses.response import message_item, new_id, shell, status_of
 
 __all__ = ["buffered_events", "incremental_events"]
 
 log = logging.getLogger("conscience.server")
 
-_PIECE_CHARS = 24  # how much text one synthesized delta carries, as in server.streaming
+_PIECE_CHARS = 24  # how much text one synthesized delta carries, as in server.chat.streaming
 
 
 def _pieces(text: str) -> list[str]:

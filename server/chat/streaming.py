@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,17 +15,14 @@ from typing import Any
 
 from conscience.labels import Action
 from conscience.server.answer import merge_delta
+from conscience.server.chat.protocol import ChatCompletionRequest
 from conscience.server.pipeline import Decision, Options, Pipeline
-from conscience.server.protocol import ChatCompletionRequest
+from conscience.server.sse import sse
 from conscience.server.usage import account
 
-__all__ = ["buffered_chunks", "incremental_chunks", "sse"]
+__all__ = ["buffered_chunks", "incremental_chunks"]
 
 _PIECE_CHARS = 24  # how much text one synthesized chunk carries
-
-
-def sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
 def _chunk(base: dict[str, Any], choices: list[dict[str, Any]], **extra: Any) -> bytes:

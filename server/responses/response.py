@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from conscience.server.pipeline import REFUSAL
-from conscience.server.responses_input import ResponsesRequest
+from conscience.server.responses.request import ResponsesRequest
 
 __all__ = [
     "message_item",

@@ -1,11 +1,11 @@
-"""The OpenAI-compatible routes and the health probes. Each handler validates, calls the
-pipeline, and returns a response, a stream or an error."""
+"""``POST /v1/chat/completions``: validate, run the pipeline (generation, review, policy,
+record), and answer with the completion, a buffered stream of it, or an incremental stream
+(``server.chat.streaming``)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -13,21 +13,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from conscience.errors import ConscienceError
 from conscience.server.auth import require_client
 from conscience.server.body import conscience_headers, openapi_body, parse_body
+from conscience.server.chat.protocol import ChatCompletionRequest
+from conscience.server.chat.streaming import buffered_chunks, incremental_chunks
 from conscience.server.errors import ApiError, client_message, status_of
 from conscience.server.pipeline import Pipeline
-from conscience.server.protocol import ChatCompletionRequest
-from conscience.server.responses import ResponsesRequest, create_response
-from conscience.server.streaming import buffered_chunks, incremental_chunks, sse
+from conscience.server.sse import sse
 
 __all__ = ["router"]
 
 log = logging.getLogger("conscience.server")
 
 router = APIRouter()
-
-
-def _pipeline(request: Request) -> Pipeline:
-    return request.app.state.pipeline
 
 
 async def _guarded(
@@ -54,7 +50,7 @@ async def _guarded(
     openapi_extra=openapi_body(ChatCompletionRequest),
 )
 async def chat_completions(request: Request) -> Response:
-    pipeline = _pipeline(request)
+    pipeline: Pipeline = request.app.state.pipeline
     body = await parse_body(request, ChatCompletionRequest)
     options = pipeline.options(body)
     request_id = request.state.request_id
@@ -79,59 +75,3 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
     yield first
     async for chunk in rest:
         yield chunk
-
-
-@router.post(
-    "/v1/responses",
-    dependencies=[Depends(require_client)],
-    openapi_extra=openapi_body(ResponsesRequest),
-)
-async def responses(request: Request) -> Response:
-    """The Responses API, reviewed like chat completions (``server.responses``)."""
-    return await create_response(request, _pipeline(request))
-
-
-@router.get("/v1/models", dependencies=[Depends(require_client)])
-async def models(request: Request) -> dict[str, Any]:
-    pipeline = _pipeline(request)
-    entry = {
-        "id": pipeline.settings.model,
-        "object": "model",
-        "created": 0,
-        "owned_by": "conscience",
-    }
-    return {"object": "list", "data": [entry]}
-
-
-@router.get("/health")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@router.get("/ready")
-async def ready(request: Request) -> JSONResponse:
-    pipeline = _pipeline(request)
-    problems = []
-    engine = request.app.state.engine
-    adapters = request.app.state.adapters
-    if engine is not None and not engine.alive():
-        problems.append("the embedded engine is not running")
-    elif adapters is not None and not adapters.alive():
-        problems.append(f"the engine of adapter {adapters.name} is not running")
-    else:
-        try:
-            await pipeline.client.models()
-        except ConscienceError as exc:
-            problems.append(f"upstream: {request.app.state.scrub(str(exc))}")
-    if not await pipeline.store.ping():
-        problems.append("the judgement store does not answer")
-    if problems:
-        return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
-    return JSONResponse({"status": "ready"})
-
-
-@router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    return Response(
-        _pipeline(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-    )

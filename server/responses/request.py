@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from conscience.server.chat.protocol import ChatCompletionRequest, ConscienceOptions
 from conscience.server.errors import ApiError
-from conscience.server.protocol import ChatCompletionRequest, ConscienceOptions
 
 __all__ = ["InputItem", "InputPart", "ResponsesRequest", "to_chat_request"]
 
