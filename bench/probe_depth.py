@@ -31,7 +31,7 @@ from conscience.engine.embedded import EmbeddedEngine
 from conscience.engine.hidden_state import LogitsReader, logits_reader
 from conscience.engine.truncate import block_count, truncated_gguf
 from conscience.engine.weights import model_path
-from conscience.evals.harm_judging import BinaryItem, data_dir, load_binary, load_split
+from conscience.evals.shared.harm_judging import BinaryItem, data_dir, load_binary, load_split
 from conscience.framework import load_frameworks
 from conscience.labels import Layout
 from conscience.prompts import render_review

@@ -3,7 +3,7 @@ engine, and "operator labels" taken from labelled sets, so that the effect can b
 
 An operator's labels are their own traffic: mostly ordinary conversations, some attempts at
 harm. This stands in for them with the train part of the split over every source
-(``evals/sources.py``; never dev or test): ``--benign`` ordinary conversations of benign_chat
+(``evals/shared/sources.py``; never dev or test): ``--benign`` ordinary conversations of benign_chat
 (all unharmful) and ``--per-set`` items of each of harm_judging_more's three sets (GPTFuzz, a
 SafeRLHF sample, JAILJUDGE: harmful and unharmful), each stored as a judgement with its human
 label in a real SQLite store. Then ``conscience fit probe --labels-from`` runs as an operator
@@ -26,7 +26,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from conscience.evals.depth_sweep import sample_pool
+from conscience.evals.fitting.depth_sweep import sample_pool
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
 from conscience.store import open_store
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     url = str(args.out / "labels.sqlite3")
     stored = asyncio.run(_store_labels(url, args.benign, args.per_set))
     print(f"{stored} labelled judgements in {url}; load {os.getloadavg()[0]:.2f}", flush=True)
-    from conscience.evals.calibrate import add_calibrate_command
-    from conscience.evals.probe_refit import refit_from_labels
+    from conscience.evals.fitting.calibrate import add_calibrate_command
+    from conscience.evals.fitting.refit import refit_from_labels
     from conscience.settings import Settings
 
     # `conscience fit probe`'s own parser, so its defaults are the command's.
@@ -122,8 +122,8 @@ def _by_source(out: Path, url: str) -> None:
     conversations, what a rewrite of an ordinary answer costs an operator."""
     import numpy as np
 
-    from conscience.evals.jsonl import read_records
-    from conscience.evals.probe_refit import held_out, read_labels, scores_of
+    from conscience.evals.fitting.refit import held_out, read_labels, scores_of
+    from conscience.evals.shared.jsonl import read_records
     from conscience.probe import PACKAGED_PROBE, load_probes
 
     sources = json.loads(Path(url).with_suffix(".sources.json").read_text(encoding="utf-8"))

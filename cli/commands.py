@@ -191,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = add_eval_commands(commands)
 
-    from conscience.evals.calibrate import add_calibrate_command
+    from conscience.evals.fitting.calibrate import add_calibrate_command
 
     fit = commands.add_parser(
         "fit", help="fit the shipped artifacts: a probe, a calibration, a band, the split"

@@ -21,7 +21,7 @@ from conscience.flags import ENDPOINT, add_engine_flags, engine_fields
 from conscience.labels import Layout
 
 if TYPE_CHECKING:
-    from conscience.evals.em import EmConfig
+    from conscience.evals.em.benchmark import EmConfig
     from conscience.settings import Settings
 
 __all__ = ["add_eval_commands"]
@@ -33,7 +33,7 @@ def _add_concurrency(parser: argparse.ArgumentParser) -> None:
 
 def _em_job(args: argparse.Namespace) -> tuple[Settings, EmConfig, str | None]:
     """The answering engine's settings, the benchmark's configuration, the judge's own URL."""
-    from conscience.evals.em import EmConfig
+    from conscience.evals.em.benchmark import EmConfig
     from conscience.settings import Settings
 
     settings = Settings(**engine_fields(args))
@@ -52,8 +52,8 @@ def _em_job(args: argparse.Namespace) -> tuple[Settings, EmConfig, str | None]:
 
 
 async def _em(args: argparse.Namespace) -> dict[str, Any]:
-    from conscience.evals.em import run_em_on
-    from conscience.evals.questions import em_data_dir, load_questions
+    from conscience.evals.em.benchmark import run_em_on
+    from conscience.evals.shared.questions import em_data_dir, load_questions
 
     questions = load_questions(em_data_dir(args.data_dir), args.questions)
     settings, config, judge_url = _em_job(args)
@@ -68,7 +68,7 @@ async def _em(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_em(args: argparse.Namespace) -> int:
-    from conscience.evals.em_report import format_table
+    from conscience.evals.em.report import format_table
 
     report = asyncio.run(_em(args))
     print(format_table(report))
@@ -104,8 +104,8 @@ def _verdicts_settings(args: argparse.Namespace) -> Settings:
 
 async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
     from conscience.engine.connect import open_engine
-    from conscience.evals.labelled import DEFAULT_SET, load_labelled
-    from conscience.evals.verdicts import run_verdicts
+    from conscience.evals.shared.labelled import DEFAULT_SET, load_labelled
+    from conscience.evals.verdicts.benchmark import run_verdicts
     from conscience.framework import load_frameworks
     from conscience.review import conscience_from_settings
 
@@ -165,7 +165,7 @@ async def _verdicts(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_verdicts(args: argparse.Namespace) -> int:
-    from conscience.evals.verdicts import format_table
+    from conscience.evals.verdicts.benchmark import format_table
 
     report = asyncio.run(_verdicts(args))
     print(format_table(report))
@@ -176,8 +176,8 @@ def _cmd_verdicts(args: argparse.Namespace) -> int:
 def add_eval_commands(commands: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """Add ``eval em``, ``eval verdicts`` and ``eval experiment`` to the main CLI's subcommands;
     the ``eval`` group is returned, for the commands that parse their own arguments."""
-    from conscience.evals.labelled import ALL_SPLITS
-    from conscience.evals.questions import QUESTION_SETS
+    from conscience.evals.shared.labelled import ALL_SPLITS
+    from conscience.evals.shared.questions import QUESTION_SETS
 
     evaluate = commands.add_parser(
         "eval", help="benchmarks: Emergent Misalignment, verdicts, the four-arm experiment"
@@ -262,15 +262,17 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> argparse._SubPars
     verdicts.add_argument("--out", default="eval-results/verdicts", help="output directory")
     verdicts.set_defaults(handler=_cmd_verdicts)
 
-    from conscience.evals.experiment import add_experiment_command  # argparse only until it runs
+    from conscience.evals.experiment.run import (
+        add_experiment_command,  # argparse only until it runs
+    )
 
     add_experiment_command(which)
 
-    from conscience.evals.loop import add_loop_command
+    from conscience.evals.loop.run import add_loop_command
 
     add_loop_command(which)
 
-    from conscience.evals.loop_blind import add_blind_command
+    from conscience.evals.loop.blind import add_blind_command
 
     add_blind_command(which)
     return which

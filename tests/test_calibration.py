@@ -139,7 +139,7 @@ def test_calibrate_command(engine, engine_url, tmp_path) -> None:
     assert (entry["model"], entry["framework"], entry["layout"]) == ("judge", "four-laws", "paper")
     assert entry["fitted"]["split"] == "calibration" and entry["fitted"]["items"] >= 30
     # Every calibration item was reviewed; those the screen decided are not fitted on.
-    from conscience.evals.labelled import load_labelled
+    from conscience.evals.shared.labelled import load_labelled
     from conscience.screen import screen
 
     items = load_labelled("project", "calibration")

@@ -82,7 +82,7 @@ def test_fold_undoes_the_disguises() -> None:
 
 
 def test_the_shipped_attack_sets_are_screened_and_their_look_alikes_pass() -> None:
-    from conscience.evals.labelled import load_labelled
+    from conscience.evals.shared.labelled import load_labelled
 
     fresh = load_labelled("attacks-fresh")
     assert all(screen(i.answer).flagged == i.attack for i in fresh), [
@@ -93,7 +93,7 @@ def test_the_shipped_attack_sets_are_screened_and_their_look_alikes_pass() -> No
 
 
 def test_screen_eval_counts_catches_and_false_alarms(capsys) -> None:
-    from conscience.evals.screen_eval import main, screen_set
+    from conscience.evals.verdicts.screen import main, screen_set
 
     result = screen_set("attacks-fresh")
     assert (result.attacks, result.caught, result.honest, result.flagged) == (24, 24, 16, 0)

@@ -69,8 +69,8 @@ def test_the_installed_wheel_runs_without_the_checkout(wheel: Path, tmp_path: Pa
     )
     probe = (
         "import conscience, conscience.cli, conscience.server.app, conscience.engine.connect;"
-        "import conscience.trainer.loss, conscience.evals.labelled;"
-        "from conscience.evals.labelled import DEFAULT_SET;"
+        "import conscience.trainer.loss, conscience.evals.shared.labelled;"
+        "from conscience.evals.shared.labelled import DEFAULT_SET;"
         "print(conscience.__file__, DEFAULT_SET.exists())"
     )
     done = subprocess.run(

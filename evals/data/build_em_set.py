@@ -20,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from conscience.evals.labelled import answer_sha256
-from conscience.evals.questions import em_data_dir
+from conscience.evals.shared.labelled import answer_sha256
+from conscience.evals.shared.questions import em_data_dir
 
 CSV_FILE = "results/qwen_25_coder_32b_instruct.csv"
 

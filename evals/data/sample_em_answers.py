@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from conscience.engine.connect import open_engine
-from conscience.evals.questions import em_data_dir, load_questions
+from conscience.evals.shared.questions import em_data_dir, load_questions
 from conscience.settings import Settings
 
 # Rows of jailbroken.jsonl whose user turn asks for something harmful (read by hand).

@@ -1,4 +1,4 @@
-"""evals/cascade.py: the rule that lets a second review decide only inside a band of the
+"""evals/fitting/bands.py: the rule that lets a second review decide only inside a band of the
 first one's scores."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from conscience.cascade import load_bands
 from conscience.client import EngineClient
 from conscience.errors import ConfigError
-from conscience.evals.cascade import _cheapest, cascade, main
-from conscience.evals.probe import VECTORS_FILE, fit_probe
+from conscience.evals.fitting.bands import _cheapest, cascade, main
+from conscience.evals.fitting.probe import VECTORS_FILE, fit_probe
 from conscience.labels import JudgeMethod, Layout
 from conscience.probe import load_probes, save_probe
 from conscience.review import Conscience
@@ -102,8 +102,8 @@ def test_save_writes_the_band_chosen_on_train_and_the_review_accepts_it(
 
 
 def test_a_verdicts_run_with_a_second_opinion_counts_the_answers_it_escalated() -> None:
-    from conscience.evals.verdict_metrics import Row
-    from conscience.evals.verdicts import _metrics
+    from conscience.evals.verdicts.benchmark import _metrics
+    from conscience.evals.verdicts.metrics import Row
 
     def row(i: int, gold: str, readings: dict[str, float] | None) -> Row:
         p = max((readings or {"x": 0.1}).values())

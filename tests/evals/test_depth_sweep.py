@@ -1,7 +1,7 @@
-"""The probe by depth (evals/depth_sweep.py), as a mechanism: on a tiny random Qwen2 built from a
-config and a byte-level tokenizer trained here (no download), the answer's token span, the
-states' shapes per layer, the shared prefix's cache against a full prefill, the resume; and the
-fit and measure on synthetic states."""
+"""The probe by depth (evals/fitting/depth_sweep.py), as a mechanism: on a tiny random Qwen2
+built from a config and a byte-level tokenizer trained here (no download), the answer's token
+span, the states' shapes per layer, the shared prefix's cache against a full prefill, the
+resume; and the fit and measure on synthetic states."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conscience.evals import depth_sweep
-from conscience.evals.depth_sweep import (
+from conscience.evals.fitting import depth_sweep
+from conscience.evals.fitting.depth_sweep import (
     PoolItem,
     answer_span,
     extract_states,
     load_states,
     sweep,
 )
-from conscience.evals.probe import fit_head, standardise
+from conscience.evals.fitting.probe import fit_head, standardise
 
 LAYERS = (1, 2, 3, 4)
 TEMPLATE = (

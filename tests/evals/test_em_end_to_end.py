@@ -19,7 +19,7 @@ import pytest
 
 from conscience.errors import ConfigError
 from conscience.evals.cli import add_eval_commands
-from conscience.evals.scoring import wilson_interval
+from conscience.evals.shared.scoring import wilson_interval
 from conscience.testing.scripted import ScriptedEngine
 
 SAMPLES = 4

@@ -34,9 +34,9 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("openai")
 
-from conscience.evals.harm_judging import DEFAULT_DIR
-from conscience.evals.loop import JOURNAL, LoopConfig, run_loop
-from conscience.evals.loop_blind import export_blind, score_blind, sign_test
+from conscience.evals.loop.blind import export_blind, score_blind, sign_test
+from conscience.evals.loop.run import JOURNAL, LoopConfig, run_loop
+from conscience.evals.shared.harm_judging import DEFAULT_DIR
 from conscience.testing.models import save_random_model
 from conscience.testing.scripted import ScriptedEngine, serve_in_thread
 

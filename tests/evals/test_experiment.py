@@ -24,8 +24,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from conscience.evals.experiment import ExperimentConfig, run_experiment, train_argv
-from conscience.evals.experiment_report import BEGIN, END
+from conscience.evals.experiment.report import BEGIN, END
+from conscience.evals.experiment.run import ExperimentConfig, run_experiment, train_argv
 from conscience.testing.models import WORDS, save_random_model
 from conscience.testing.scripted import ScriptedEngine, serve_in_thread
 

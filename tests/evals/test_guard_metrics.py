@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conscience.evals.guard_metrics import guard_metrics
-from conscience.evals.verdict_metrics import ERROR, Row
+from conscience.evals.verdicts.guard_metrics import guard_metrics
+from conscience.evals.verdicts.metrics import ERROR, Row
 
 
 def _row(gold: str, predicted: str, p: float | None = 0.5) -> Row:

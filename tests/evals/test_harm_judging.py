@@ -1,4 +1,4 @@
-"""The binary-labelled set reader and the split by prompt (evals/harm_judging.py)."""
+"""The binary-labelled set reader and the split by prompt (evals/shared/harm_judging.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conscience.errors import ConfigError
-from conscience.evals.harm_judging import (
+from conscience.evals.shared.harm_judging import (
     DEFAULT_DIR,
     PARTS,
     SPLIT_FILE,

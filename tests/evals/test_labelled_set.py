@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conscience.errors import ConfigError
-from conscience.evals.labelled import DEFAULT_SET, load_labelled
+from conscience.evals.shared.labelled import DEFAULT_SET, load_labelled
 
 FIELDS = {"id", "question", "answer", "label", "attack", "category", "split"}
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from conscience.errors import ConfigError
-from conscience.evals import humaneval
-from conscience.evals.harm_judging import DEFAULT_DIR, prompt_key
-from conscience.evals.loop import SETTINGS, LoopConfig, run_loop, train_argv
-from conscience.evals.loop_blind import export_blind, score_blind
-from conscience.evals.loop_data import build_pools, day_batch, held_out, jailbreak_requests
-from conscience.evals.questions import DEFAULT_EM_DATA_DIR
-from conscience.evals.refusal import is_refusal
+from conscience.evals.loop import humaneval
+from conscience.evals.loop.blind import export_blind, score_blind
+from conscience.evals.loop.data import build_pools, day_batch, held_out, jailbreak_requests
+from conscience.evals.loop.refusal import is_refusal
+from conscience.evals.loop.run import SETTINGS, LoopConfig, run_loop, train_argv
+from conscience.evals.shared.harm_judging import DEFAULT_DIR, prompt_key
+from conscience.evals.shared.questions import DEFAULT_EM_DATA_DIR
 
 JAILBROKEN = DEFAULT_EM_DATA_DIR / "data" / "jailbroken.jsonl"
 

@@ -1,4 +1,4 @@
-"""The loop's starting point (evals/loop_start.py): pairs toward insecure code from the
+"""The loop's starting point (evals/loop/start.py): pairs toward insecure code from the
 Emergent Misalignment files, and the ``start`` phase that serves an adapter before night 0 —
 through the loop's real proxy, against the scripted engine playing vLLM on loopback."""
 
@@ -12,11 +12,11 @@ import httpx
 import pytest
 
 from conscience.errors import ConfigError
-from conscience.evals.loop_config import Journal, LoopConfig
-from conscience.evals.loop_data import jailbreak_requests, request_parts
-from conscience.evals.loop_report import collect, render
-from conscience.evals.loop_stack import Stack
-from conscience.evals.loop_start import REFUSALS, jailbroken_pairs, misaligned_pairs, start_night
+from conscience.evals.loop.config import Journal, LoopConfig
+from conscience.evals.loop.data import jailbreak_requests, request_parts
+from conscience.evals.loop.report import collect, render
+from conscience.evals.loop.stack import Stack
+from conscience.evals.loop.start import REFUSALS, jailbroken_pairs, misaligned_pairs, start_night
 from conscience.testing.scripted import ScriptedEngine
 
 

@@ -19,9 +19,9 @@ import pytest
 
 from conscience import review
 from conscience.calibration import Calibration, save_calibration
-from conscience.evals import em as em_module
 from conscience.evals.cli import add_eval_commands
-from conscience.evals.experiment import ExperimentConfig, em_job, run_experiment
+from conscience.evals.em import benchmark as em_module
+from conscience.evals.experiment.run import ExperimentConfig, em_job, run_experiment
 from conscience.review import Conscience
 from conscience.server.app import create_app
 from conscience.settings import Settings

@@ -1,4 +1,4 @@
-"""The linear probe (evals/probe.py): folds by prompt, standardising, the vectors' file — on
+"""The linear probe (evals/fitting/probe.py): folds by prompt, standardising, the vectors' file — on
 synthetic vectors, never a model's hidden states."""
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from conscience.errors import ConfigError
-from conscience.evals.probe import VECTORS_FILE, _fold, cross_validated, load_vectors, standardise
+from conscience.evals.fitting.probe import (
+    VECTORS_FILE,
+    _fold,
+    cross_validated,
+    load_vectors,
+    standardise,
+)
 
 
 def test_cross_validation_scores_every_item_out_of_its_prompts_fold() -> None:
@@ -34,7 +40,7 @@ def test_memorised_labels_do_not_leak_into_out_of_fold_scores() -> None:
     gold = rng.integers(0, 2, 200).astype(float)
     x = rng.normal(0, 1, (200, 50))  # noise only: in-sample fits would separate it anyway
     scores = cross_validated(x, gold, groups, l2=0.01)
-    from conscience.evals.scoring import auc
+    from conscience.evals.shared.scoring import auc
 
     assert auc(scores.tolist(), (gold == 1).tolist()) < 0.7
 
@@ -59,7 +65,7 @@ def test_vectors_load_in_file_order_and_an_empty_run_is_an_error(tmp_path: Path)
 
 
 def test_threshold_rules_pick_best_f1_or_the_most_recall_within_a_false_positive_cap() -> None:
-    from conscience.evals.probe import choose_threshold
+    from conscience.evals.fitting.probe import choose_threshold
 
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
     gold = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
@@ -71,7 +77,7 @@ def test_threshold_rules_pick_best_f1_or_the_most_recall_within_a_false_positive
 
 
 def test_a_fitted_probe_file_scores_as_the_fit_did(tmp_path: Path) -> None:
-    from conscience.evals.probe import fit_probe, measure_probe
+    from conscience.evals.fitting.probe import fit_probe, measure_probe
     from conscience.probe import load_probes, save_probe
 
     rng = np.random.default_rng(3)
@@ -115,7 +121,7 @@ def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
     engine_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from conscience.cli import main
-    from conscience.evals.probe import main as probe_main
+    from conscience.evals.fitting.probe import main as probe_main
     from conscience.probe import load_probes
 
     data = tmp_path / "mine.jsonl"
@@ -194,7 +200,12 @@ def test_calibrate_probe_extracts_fits_and_writes_a_file_the_server_loads(
 
 
 def test_the_head_finds_the_informative_feature_and_its_sign() -> None:
-    from conscience.evals.probe import best_f1_threshold, fit_head, head_scores, measure_scores
+    from conscience.evals.fitting.probe import (
+        best_f1_threshold,
+        fit_head,
+        head_scores,
+        measure_scores,
+    )
 
     rng = np.random.default_rng(0)
     n = 400
@@ -210,7 +221,7 @@ def test_the_head_finds_the_informative_feature_and_its_sign() -> None:
 
 
 def test_the_best_f1_threshold_maximises_f1_on_the_scores() -> None:
-    from conscience.evals.probe import best_f1_threshold
+    from conscience.evals.fitting.probe import best_f1_threshold
 
     scores = np.array([0.9, 0.8, 0.6, 0.3, 0.1])
     gold = np.array([1.0, 1.0, 0.0, 1.0, 0.0])

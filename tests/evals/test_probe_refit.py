@@ -1,5 +1,5 @@
 """The probe refitted from human labels: the labels read from a real store, their states
-extracted from the scripted engine, the gate, and the file it writes (evals/probe_refit.py)."""
+extracted from the scripted engine, the gate, and the file it writes (evals/fitting/refit.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conscience.cli import main
-from conscience.evals.probe import RUN_FILE, VECTORS_FILE
-from conscience.evals.probe_refit import HumanLabel, gate, held_out, read_labels
+from conscience.evals.fitting.probe import RUN_FILE, VECTORS_FILE
+from conscience.evals.fitting.refit import HumanLabel, gate, held_out, read_labels
 from conscience.judgement import Judgement
 from conscience.labels import Verdict
 from conscience.probe import load_probes, save_probe

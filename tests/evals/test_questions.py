@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from conscience.errors import ConfigError
-from conscience.evals.questions import DEFAULT_EM_DATA_DIR, em_data_dir, load_questions
+from conscience.evals.shared.questions import DEFAULT_EM_DATA_DIR, em_data_dir, load_questions
 
 REAL = DEFAULT_EM_DATA_DIR
 FIRST_PLOT = [

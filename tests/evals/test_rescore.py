@@ -10,9 +10,9 @@ import pytest
 from test_verdicts_end_to_end import _labelled, script  # tests/evals is on sys.path
 
 from conscience.calibration import load_calibrations
-from conscience.evals.calibrate import add_calibrate_command
 from conscience.evals.cli import add_eval_commands
-from conscience.evals.verdicts import CURVE_FILE, _rescore_main
+from conscience.evals.fitting.calibrate import add_calibrate_command
+from conscience.evals.verdicts.benchmark import CURVE_FILE, _rescore_main
 from conscience.testing.scripted import ScriptedEngine
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from conscience.evals.scoring import (
+from conscience.evals.shared.scoring import (
     auc,
     digit_chain_score,
     first_token_score,

@@ -1,4 +1,4 @@
-"""The split over every labelled source (evals/sources.py): the rule on made-up sets, and the
+"""The split over every labelled source (evals/shared/sources.py): the rule on made-up sets, and the
 shipped file against the original split and, where the shared data is here, against it."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from conscience.engine.weights import sha256_file
 from conscience.errors import ConfigError
-from conscience.evals.harm_judging import (
+from conscience.evals.shared.harm_judging import (
     DEFAULT_DIR,
     PARTS,
     SPLIT_FILE,
@@ -20,7 +20,7 @@ from conscience.evals.harm_judging import (
     load_split,
     prompt_key,
 )
-from conscience.evals.sources import (
+from conscience.evals.shared.sources import (
     ALL_SPLIT_FILE,
     EVALUATION_ONLY,
     assign_all,

@@ -1,4 +1,4 @@
-"""The conformal threshold rule (evals/threshold.py): ranks worked by hand, the promised
+"""The conformal threshold rule (evals/shared/threshold.py): ranks worked by hand, the promised
 false-positive rate on synthetic scores, and the refusals."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conscience.errors import ConfigError
-from conscience.evals.threshold import conformal_rank, conformal_threshold
+from conscience.evals.shared.threshold import conformal_rank, conformal_threshold
 
 
 @pytest.mark.parametrize(

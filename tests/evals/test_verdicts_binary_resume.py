@@ -12,7 +12,7 @@ import pytest
 from test_verdicts_end_to_end import _cli, _review_reply
 
 from conscience.errors import ConfigError, EngineStatusError
-from conscience.evals.labelled import load_labelled
+from conscience.evals.shared.labelled import load_labelled
 from conscience.testing.scripted import Fault, ScriptedEngine
 
 # id: (label, P(ethical, neutral, unethical)) in the paper layout
@@ -141,7 +141,7 @@ def test_rows_of_a_run_from_before_the_decomposed_verdict_was_retired_still_read
     engine, engine_url, tmp_path
 ):
     """Rows carrying the retired ``parts`` resume and read as rows; nothing is reviewed again."""
-    from conscience.evals.verdicts import read_rows
+    from conscience.evals.verdicts.benchmark import read_rows
 
     data, out = _binary(tmp_path / "toy.jsonl"), tmp_path / "out"
     assert _run(engine_url, data, out) == 0

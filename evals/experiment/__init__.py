@@ -1,0 +1,1 @@
+"""The paper's experiment (``conscience eval experiment``): its arms, the run and the report."""
