@@ -4,7 +4,7 @@
 # --max-minutes 20` -> gate -> publish to the embedded llama.cpp engine -> morning measure,
 # with the default model (Qwen2.5-Coder-1.5B-Instruct Q4_K_M) and the shipped default judge.
 # About 1 hour a night on the 2-core box, ~0.5 hour for night 0 (the arithmetic is in
-# evals/loop.py). Resumable: rerun the same command and finished phases are skipped; a phase
+# evals/loop/run.py). Resumable: rerun the same command and finished phases are skipped; a phase
 # cut short resumes at its next unanswered prompt (or the trainer's checkpoint).
 #
 #   bash scripts/loop.sh                       # night 0 + 3 nights into runs/loop
