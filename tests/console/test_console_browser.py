@@ -1,7 +1,8 @@
 """The console in a real browser: Debian's Chromium driven by Playwright.
 
 Sign-in, the table and a filter, one judgement, labelling and undo, the label queue, the
-overview, the training page's probe refits and rollback, sign-out; and
+overview, the training page (an adapter published and rolled back, the probe's refits and its
+rollback), sign-out; and
 hostile text in prompts and answers (``<script>``, ``<img onerror>``, ``javascript:`` links,
 look-alike buttons) that must stay inert text. Each page's screenshot is taken on the way; with
 ``CONSCIENCE_UPDATE_SCREENSHOTS=1`` they are written into ``docs/images/`` (docs/console.md).
@@ -14,6 +15,7 @@ chromium``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -79,6 +81,21 @@ def page(browser: Any, console_url: str) -> Iterator[Any]:
     tab.set_default_timeout(10_000)
     yield tab
     context.close()
+
+
+RUN = "run-20261207-031500"
+
+
+@pytest.fixture
+def console_settings(tmp_path: Path, engine: Any) -> dict[str, Any]:
+    """Two nightly runs on disk, one of them served by the (scripted) upstream."""
+    root = tmp_path / "adapters"
+    for name, report in ((RUN, {"status": "trained", "pairs_total": 12}),):
+        (root / name).mkdir(parents=True)
+        (root / name / "adapter_config.json").write_text("{}")
+        (root / name / "report.json").write_text(json.dumps(report))
+    engine.adapters = {RUN: str(root / RUN)}
+    return {"adapters_dir": root}
 
 
 def _shot(tab: Any, name: str, tmp_path: Path) -> None:
@@ -244,4 +261,20 @@ def test_training_shows_the_probe_refits_and_rolls_back(
     page.wait_for_url("**/ui/training")
     assert not page.inner_text("#probe-source").startswith("published")
     assert page.get_by_role("link", name="Roll back the probe").count() == 0
+    _not_pwned(page)
+
+
+def test_training_publishes_an_adapter_and_rolls_back(page: Any) -> None:
+    _sign_in(page)
+    page.goto("/ui/training")
+    assert page.inner_text("#generator") == "gen"
+    page.get_by_role("link", name=f"Publish {RUN}").click()
+    page.wait_for_url(f"**/ui/training/publish/{RUN}")
+    page.get_by_role("button", name=f"Publish {RUN}").click()
+    page.wait_for_url("**/ui/training")
+    assert page.inner_text("#generator") == RUN
+    page.get_by_role("link", name="Roll back to the base model").click()
+    page.get_by_role("button", name="Publish gen").click()
+    page.wait_for_url("**/ui/training")
+    assert page.inner_text("#generator") == "gen"
     _not_pwned(page)
