@@ -30,6 +30,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -158,7 +159,7 @@ def gate(
     ``current`` and ``candidate`` map a set's name (``held``, ``dev``) to ``measure_scores``'
     figures; a held set of under ``min_held`` items, or without both labels, decides nothing."""
     held = candidate["held"]
-    if held["items"] < min_held or held["auc"] is None or np.isnan(held["auc"]):
+    if held["items"] < min_held or held["auc"] is None or math.isnan(held["auc"]):
         reason = (
             f"the held labels ({held['items']}) are under {min_held} or lack one of the labels:"
             " label more, or lower --min-held"
@@ -225,9 +226,18 @@ def _current(args: argparse.Namespace, settings: Any) -> tuple[Probes, str]:
     return load_probes(path), str(path)
 
 
-def _label_vectors(run: Path, labels: list[HumanLabel]) -> np.ndarray:
+def _label_vectors(run: Path, labels: list[HumanLabel], dims: int) -> np.ndarray:
+    """The labels' states, one row each (``dims`` columns, also when there are none)."""
     by_id = {record["id"]: record["vector"] for record in read_records(run / VECTORS_FILE)}
-    return np.array([by_id[label.id] for label in labels], dtype=float)
+    rows = [by_id[label.id] for label in labels]
+    return np.array(rows, dtype=float).reshape(len(rows), dims)
+
+
+def _measured(probe: Probe, x: np.ndarray, gold: np.ndarray) -> dict[str, Any]:
+    """``measure_scores`` of ``probe`` at its threshold; no figures for no items."""
+    if len(gold) == 0:
+        return {"items": 0, "auc": None, "f1": None, "fpr": None, "fnr": None}
+    return measure_scores(scores_of(probe, x), gold, probe.threshold)
 
 
 def refit_from_labels(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
@@ -281,18 +291,19 @@ def refit_from_labels(args: argparse.Namespace, settings: Any) -> dict[str, Any]
             f" the training split's with {base}: one judge, framework, layout and reading"
         )
     _, groups, x_base, gold_base = load_vectors(runs["train"])
-    x_fit = np.vstack([x_base, _label_vectors(labels_run, fitted_on)])
+    dims = x_base.shape[1]
+    x_fit = np.vstack([x_base, _label_vectors(labels_run, fitted_on, dims)])
     gold_fit = np.concatenate([gold_base, _gold(fitted_on)])
     head = fit_arrays(
         x_fit, gold_fit, [*groups, *(label.group for label in fitted_on)], args.threshold_rule
     )
     _, _, x_dev, gold_dev = load_vectors(runs["dev"])
-    x_held, gold_held = _label_vectors(labels_run, held), _gold(held)
+    x_held, gold_held = _label_vectors(labels_run, held, dims), _gold(held)
     candidate = probe_of(head, base, read_chars=current.max_answer_chars, fitted={})
     figures = {
         which: {
-            "held": measure_scores(scores_of(probe, x_held), gold_held, probe.threshold),
-            "dev": measure_scores(scores_of(probe, x_dev), gold_dev, probe.threshold),
+            "held": _measured(probe, x_held, gold_held),
+            "dev": _measured(probe, x_dev, gold_dev),
         }
         for which, probe in (("current", current), ("candidate", candidate))
     }

@@ -206,3 +206,15 @@ def test_the_gate_compares_each_figure_on_each_set() -> None:
     assert gate(current, one_label, tolerance=1.0, min_held=10)["passed"] is False
     few = {"held": {**same, "items": 5}, "dev": same}
     assert "under 10" in gate(current, few, tolerance=1.0, min_held=10)["reason"]
+
+
+@pytest.mark.parametrize("share", ["0", "1"])
+def test_no_held_labels_or_none_to_fit_on_is_a_refused_gate_not_a_crash(
+    engine_url: str, setup: dict, capsys: pytest.CaptureFixture[str], share: str
+) -> None:
+    assert main(_argv(engine_url, setup, "--held-share", share)) == 0
+    report = json.loads(capsys.readouterr().out)
+    if share == "0":  # nothing held: nothing to decide on
+        assert report["gate"]["passed"] is False and report["held"] == 0
+    else:  # everything held: the training split alone is fitted, and measured on all labels
+        assert report["held"] == 60 and report["fitted_items"] == 80
