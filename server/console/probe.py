@@ -8,20 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from conscience.probe_history import ProbeHistory, summary
 from conscience.server.console.markup import Html, el, join
 from conscience.server.console.pages import confirm_page, message_page
-from conscience.server.console.routes import (
-    SECURITY_HEADERS,
-    checked_form,
-    forbidden,
-    html,
-    session_of,
-    to_login,
-)
-from conscience.server.errors import ApiError
+from conscience.server.console.routes import confirmed, html, session_of, to_login
 from conscience.server.probe_admin import switch_back
 
 __all__ = ["probe_section", "router"]
@@ -118,11 +110,7 @@ async def confirm_rollback(request: Request) -> Response:
 
 @router.post("/training/probe/rollback")
 async def roll_back(request: Request) -> Response:
-    checked = await checked_form(request)
-    if checked is None:
-        return forbidden()
-    try:
+    async def act(_: dict[str, str]) -> None:
         switch_back(request)
-    except ApiError as exc:
-        return html(message_page("Not rolled back", exc.message), exc.status)
-    return RedirectResponse("/ui/training", status_code=303, headers=SECURITY_HEADERS)
+
+    return await confirmed(request, "Not rolled back", act)

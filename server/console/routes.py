@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -42,6 +43,7 @@ from conscience.server.console.session import (
     same_token,
     set_cookie,
 )
+from conscience.server.errors import ApiError
 from conscience.server.pipeline import REFUSAL
 from conscience.store.base import UnreadableRow
 from conscience.store.search import Search
@@ -124,6 +126,25 @@ async def checked_form(request: Request) -> tuple[Session, dict[str, str]] | Non
     if not same_token(form.get("csrf"), session.csrf):
         return None
     return session, form
+
+
+async def confirmed(
+    request: Request,
+    refused: str,
+    act: Callable[[dict[str, str]], Awaitable[Response | None]],
+    back: str = "/ui/training",
+) -> Response:
+    """A confirmation page's POST: the session, origin and CSRF token checked (403 otherwise),
+    then ``act`` on the form. An ``ApiError`` it raises is a page titled ``refused`` with the
+    error's reason and status; a response it returns is sent; else back to ``back``."""
+    checked = await checked_form(request)
+    if checked is None:
+        return forbidden()
+    try:
+        answer = await act(checked[1])
+    except ApiError as exc:
+        return html(message_page(refused, exc.message), exc.status)
+    return answer or RedirectResponse(back, status_code=303, headers=SECURITY_HEADERS)
 
 
 def forbidden() -> HTMLResponse:

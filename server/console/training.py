@@ -16,22 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from conscience.engine.publish import ADAPTER_NAME, list_adapters, read_current, write_current
 from conscience.server.admin import AdapterBody, switch_adapter
 from conscience.server.console.markup import Html, el, join
 from conscience.server.console.pages import confirm_page, layout, message_page
 from conscience.server.console.probe import probe_section
-from conscience.server.console.routes import (
-    SECURITY_HEADERS,
-    checked_form,
-    forbidden,
-    html,
-    session_of,
-    to_login,
-)
-from conscience.server.errors import ApiError
+from conscience.server.console.routes import confirmed, html, session_of, to_login
 
 __all__ = ["router"]
 
@@ -148,18 +140,14 @@ async def confirm(request: Request, name: str) -> Response:
 
 @router.post("/training/publish")
 async def publish(request: Request) -> Response:
-    checked = await checked_form(request)
-    if checked is None:
-        return forbidden()
-    _, form = checked
-    name = form.get("name", "")
-    settings = request.app.state.settings
-    if not ADAPTER_NAME.fullmatch(name):
-        return html(message_page("Refused", "That is not an adapter's name."), 400)
-    try:
+    async def act(form: dict[str, str]) -> Response | None:
+        name = form.get("name", "")
+        if not ADAPTER_NAME.fullmatch(name):
+            return html(message_page("Refused", "That is not an adapter's name."), 400)
         await switch_adapter(request, AdapterBody(model=name))
-    except ApiError as exc:
-        return html(message_page("Not published", exc.message), exc.status)
-    if settings.adapters_dir is not None:
-        await asyncio.to_thread(write_current, settings.adapters_dir, name)
-    return RedirectResponse("/ui/training", status_code=303, headers=SECURITY_HEADERS)
+        adapters_dir = request.app.state.settings.adapters_dir
+        if adapters_dir is not None:
+            await asyncio.to_thread(write_current, adapters_dir, name)
+        return None
+
+    return await confirmed(request, "Not published", act)

@@ -12,6 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from conscience.testing.scripted import ScriptedEngine
+from tests.server.test_stream_fields import WEATHER_CALL
 
 langchain_openai = pytest.importorskip("langchain_openai")
 
@@ -61,12 +62,7 @@ def test_structured_output_survives_a_rewrite(engine: ScriptedEngine, make_proxy
 def test_bound_tools_stream_incrementally_with_their_calls(
     engine: ScriptedEngine, make_proxy: Any
 ) -> None:
-    call = {
-        "id": "call_1",
-        "type": "function",
-        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
-    }
-    engine.message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    engine.message = {"role": "assistant", "content": None, "tool_calls": [WEATHER_CALL]}
     url = make_proxy(stream_mode="incremental")
 
     def get_weather(city: str) -> str:

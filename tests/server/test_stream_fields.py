@@ -14,6 +14,11 @@ from conscience.testing.scripted import ScriptedEngine
 ASK = [{"role": "user", "content": "Tell me about the sea."}]
 ANSWER = "The sea is large and deep and full of fish and salt and light."
 THOUGHT = "They want facts about the sea; keep it short."
+WEATHER_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+}
 
 
 def _stream(url: str, **extra: Any) -> list[Any]:
@@ -86,12 +91,7 @@ def test_a_buffered_stream_carries_the_logprobs_of_its_unary_twin(
 def test_an_incremental_stream_releases_a_reviewed_tool_call_whole(
     engine: ScriptedEngine, make_proxy: Any
 ) -> None:
-    call = {
-        "id": "call_1",
-        "type": "function",
-        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
-    }
-    engine.message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    engine.message = {"role": "assistant", "content": None, "tool_calls": [WEATHER_CALL]}
     url = make_proxy(stream_mode="incremental")
     chunks = _stream(url)
     calls = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
