@@ -96,6 +96,13 @@ class ProbeHistory:
         return self._served[-1]
 
     @property
+    def next_source(self) -> str:
+        """Where the next published probe will be said to come from (its file)."""
+        if self.directory is None:
+            return "published probe (in memory)"
+        return f"published probe {self.directory / f'probe-{len(self.events) + 1}.json'}"
+
+    @property
     def previous(self) -> tuple[Probes, str]:
         """What a rollback would serve (``can_roll_back`` says whether there is one)."""
         return self._served[-2]
@@ -108,11 +115,10 @@ class ProbeHistory:
         """Record the candidate ``probes``; serve it (push) if its gate passed."""
         if not gate.get("passed"):
             return self._record("refused", "candidate (not kept)", gate, probes)
-        source = "published probe (in memory)"
+        source = self.next_source
         if self.directory is not None:
             path = self.directory / f"probe-{len(self.events) + 1}.json"
             write_entries(path, probes.values())  # whole, before the line that names it
-            source = f"published probe {path}"
         self._served.append((probes, source))
         return self._record("published", source, gate, probes)
 

@@ -110,9 +110,8 @@ async def publish_probe(request: Request, body: PublishBody) -> dict[str, Any]:
             code="gate_failed",
         )
     # Checked on the conscience first, so that a probe it cannot use is never recorded served.
-    _switch(request, probes, "the published probe")
+    _switch(request, probes, history.next_source)
     event = history.publish(probes, body.gate)
-    request.app.state.pipeline.conscience.probe_source = event.source
     log.info("probe: %s now judges (%s)", event.source, event.fitted)
     return _said(event)
 
